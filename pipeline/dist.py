@@ -1,0 +1,70 @@
+"""Where this process stands in a distributed job: the one place that reads rank and world size.
+
+torchrun sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; a SLURM task (srun, or a
+submitit job) has SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS and a node list to take the master
+from. A process with neither is a world of one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+DEFAULT_PORT = 29500
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = DEFAULT_PORT
+    source: str = "single"  # single | torchrun | slurm
+
+    @property
+    def is_primary(self) -> bool:
+        """Rank 0 alone writes logs, W&B and shared files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_info_from_env(env: Optional[Mapping[str, str]] = None) -> DistInfo:
+    """Read rank, world size and master from torchrun's variables, else SLURM's, else a world of one."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistInfo(
+            rank=int(env["RANK"]),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            world_size=int(env["WORLD_SIZE"]),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)),
+            source="torchrun",
+        )
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        return DistInfo(
+            rank=int(env["SLURM_PROCID"]),
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            world_size=int(env["SLURM_NTASKS"]),
+            master_addr=env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+            # A port derived from the job id: two jobs sharing a node do not collide.
+            master_port=int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000),
+            source="slurm",
+        )
+    return DistInfo()
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: 'gpu[003-005,009],cpu1' -> 'gpu003'."""
+    head = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not head:
+        raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
+    prefix, ranges = head.group(1), head.group(2)
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
