@@ -1,0 +1,82 @@
+"""Checkpoints: complete or ignored, rotation, data-only loading, and a writer killed mid-write."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from pipeline.checkpoint import CheckpointStore, load_state, save_state
+
+
+def save(store, step, **meta):
+    staging = store.begin(step)
+    save_state(staging / "state.pt", {"step": step, "w": torch.full((3,), float(step))})
+    return store.commit(staging, step, meta)
+
+
+def test_latest_and_rotation_keep_last_and_best(tmp_path):
+    store = CheckpointStore(tmp_path, keep_last=2, keep_best=True)
+    for step, err in [(100, 9.0), (200, 5.0), (300, 7.0), (400, 8.0)]:
+        save(store, step, val_top1_error=err)
+    assert [c.step for c in store.complete()] == [200, 300, 400]  # 200 is the best, 300/400 the last two
+    assert store.latest().step == 400 and store.best().step == 200
+    state = load_state(store.latest().path / "state.pt")
+    assert state["step"] == 400 and torch.equal(state["w"], torch.full((3,), 400.0))
+
+
+def test_incomplete_checkpoint_is_skipped_with_warning(tmp_path, caplog):
+    store = CheckpointStore(tmp_path)
+    save(store, 100)
+    broken = tmp_path / "step-000000200"  # renamed into place but without its marker
+    broken.mkdir()
+    (broken / "state.pt").write_bytes(b"half")
+    staging = store.begin(300)  # a writer that never committed
+    (staging / "state.pt").write_bytes(b"half")
+    with caplog.at_level(logging.WARNING):
+        assert store.latest().step == 100
+    assert "step-000000200" in caplog.text and "step-000000300.tmp" in caplog.text
+
+
+def test_writer_killed_mid_write_leaves_previous_checkpoint(tmp_path, caplog):
+    store = CheckpointStore(tmp_path)
+    save(store, 100)
+    script = textwrap.dedent(f"""
+        import time, torch
+        from pipeline.checkpoint import CheckpointStore, save_state
+        store = CheckpointStore({str(tmp_path)!r})
+        staging = store.begin(200)
+        save_state(staging / "state.pt", {{"w": torch.zeros(1000)}})
+        open({str(tmp_path / "ready")!r}, "w").close()
+        time.sleep(60)          # killed here, before commit
+        store.commit(staging, 200)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=os.getcwd())
+    deadline = time.time() + 60
+    while not (tmp_path / "ready").exists():
+        assert proc.poll() is None and time.time() < deadline, "writer did not start"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with caplog.at_level(logging.WARNING):
+        latest = store.latest()
+    assert latest.step == 100 and "did not finish" in caplog.text
+    save(store, 300)  # the next save cleans nothing it should keep and works
+    assert [c.step for c in store.complete()] == [100, 300]
+
+
+def test_state_loading_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "state.pt"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(RuntimeError, match="cannot load checkpoint state"):
+        load_state(path)
+    assert not (tmp_path / "pwned").exists()
