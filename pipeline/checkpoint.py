@@ -49,9 +49,12 @@ class CheckpointStore:
 
     # -- writing ---------------------------------------------------------------------------------
 
+    def staging_path(self, step: int) -> Path:
+        return self.root / f"{_dirname(step)}.tmp"
+
     def begin(self, step: int) -> Path:
         """A fresh staging directory for the checkpoint of `step` (left-over staging is removed)."""
-        staging = self.root / f"{_dirname(step)}.tmp"
+        staging = self.staging_path(step)
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)

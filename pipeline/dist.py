@@ -68,3 +68,70 @@ def first_host(nodelist: str) -> str:
     if not ranges:
         return prefix
     return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def init_process_group(info: DistInfo, device_type: str, timeout_minutes: float) -> None:
+    """Join the job's process group: nccl on GPU, gloo on CPU.
+
+    The timeout bounds every collective, so a rank that died makes the others fail instead of
+    waiting forever (SLURM or torchrun then ends or requeues the job).
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(
+        backend=backend,
+        init_method=f"tcp://{info.master_addr}:{info.master_port}",
+        rank=info.rank,
+        world_size=info.world_size,
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+    )
+
+
+def destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def any_rank(flags: "list[bool]") -> "list[bool]":
+    """Each flag, true on every rank when it is true on at least one (e.g. a signal seen by one rank)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return list(flags)
+    tensor = torch.tensor([1.0 if f else 0.0 for f in flags], device=_collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in tensor.tolist()]
+
+
+def all_reduce_sum(values: "list[float]") -> "list[float]":
+    """Sum a few numbers over ranks (evaluation counts); float64 so counts stay exact."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _collective_device() -> str:
+    import torch
+    import torch.distributed as dist
+
+    return "cuda" if dist.get_backend() == "nccl" and torch.cuda.is_available() else "cpu"

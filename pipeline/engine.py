@@ -1,0 +1,208 @@
+"""DDP and DeepSpeed behind one small interface: step, set the lr, evaluate, save, load.
+
+    engine = build_engine(cfg.engine, model, cfg.optim, lr, info, device, micro_batch)
+    loss, correct = engine.train_step(images, labels)   # forward, backward, optimizer step
+    engine.set_lr(schedule.lr(step))
+    logits = engine.predict(images)             # eval mode, no grad
+    engine.save(staging_dir); engine.load(checkpoint_dir)
+
+DDP: autocast for bf16/fp16 and a gradient scaler for fp16. DeepSpeed: its own config is generated from
+the `engine` section (ZeRO stage, bf16/fp16) and it writes its own checkpoint format. Both: optional
+channels_last, torch.compile, SyncBN and activation checkpointing of every residual block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.checkpoint import load_state, save_state
+from pipeline.config_schema import EngineConfig, OptimConfig
+from pipeline.dist import DistInfo
+from pipeline.optim import build_optimizer, set_lr
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def prepare_model(model: nn.Module, cfg: EngineConfig, device: torch.device, distributed: bool) -> nn.Module:
+    """Apply the engine options that change the module itself, then move it to `device`."""
+    if cfg.sync_bn and distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.activation_checkpointing:
+        checkpoint_blocks(model)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def checkpoint_blocks(model: nn.Module) -> None:
+    """Recompute each residual block's activations in backward instead of storing them.
+
+    Overrides the blocks' `forward` on the instance, so parameter names (and checkpoints) are unchanged.
+    BN running statistics are updated once per forward pass: the recomputation runs with them frozen.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = list(model.blocks()) if hasattr(model, "blocks") else []
+    if not blocks:
+        raise ValueError("activation checkpointing needs a model with residual blocks (model.blocks())")
+    for block in blocks:
+        block.forward = functools.partial(_checkpointed_forward, checkpoint, block.forward)
+
+
+def _checkpointed_forward(checkpoint, forward, x: torch.Tensor) -> torch.Tensor:
+    if not torch.is_grad_enabled():
+        return forward(x)
+    return checkpoint(forward, x, use_reentrant=False)
+
+
+class DDPEngine:
+    """Plain PyTorch: DistributedDataParallel when there is more than one rank."""
+
+    name = "ddp"
+
+    def __init__(self, cfg: EngineConfig, model: nn.Module, optim_cfg: OptimConfig, lr: float,
+                 info: DistInfo, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.module = prepare_model(model, cfg, device, info.distributed)
+        self.optimizer = build_optimizer(self.module, optim_cfg, lr)
+        self.autocast_dtype = _DTYPES[cfg.precision]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        wrapped: nn.Module = self.module
+        if info.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+        self.forward = torch.compile(wrapped) if cfg.compile else wrapped
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns the loss and the number of top-1 hits (both detached)."""
+        self.forward.train()
+        with self._autocast():
+            logits = self.forward(self._format(images))
+            loss = F.cross_entropy(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), _hits(logits, labels)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        # The unwrapped module: evaluation needs no gradient synchronisation.
+        self.module.eval()
+        with self._autocast():
+            return self.module(self._format(images)).float()
+
+    def set_lr(self, lr: float) -> None:
+        set_lr(self.optimizer, lr)
+
+    def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool) -> None:
+        if is_primary:
+            save_state(staging / "state.pt", {
+                "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                **extra,
+            })
+
+    def load(self, checkpoint: Path) -> Dict[str, Any]:
+        state = load_state(checkpoint / "state.pt")
+        self.module.load_state_dict(state.pop("model"))
+        self.optimizer.load_state_dict(state.pop("optimizer"))
+        self.scaler.load_state_dict(state.pop("scaler"))
+        return state
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _format(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else images
+
+
+class DeepSpeedEngine:
+    """DeepSpeed with ZeRO stage 0/1/2; our SGD is handed to it, its config generated from ours."""
+
+    name = "deepspeed"
+
+    def __init__(self, cfg: EngineConfig, model: nn.Module, optim_cfg: OptimConfig, lr: float,
+                 info: DistInfo, device: torch.device, micro_batch: int) -> None:
+        import deepspeed  # heavy: only when this engine is chosen
+
+        self.cfg, self.device = cfg, device
+        module = prepare_model(model, cfg, device, info.distributed)
+        optimizer = build_optimizer(module, optim_cfg, lr)
+        self.ds_config = deepspeed_config(cfg, micro_batch, info.world_size)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=module, optimizer=optimizer, config=self.ds_config, dist_init_required=False
+        )
+        self.module = self.engine.module
+        self.input_dtype = _DTYPES[cfg.precision]
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        self.engine.train()
+        logits = self.engine(self._format(images))
+        loss = F.cross_entropy(logits.float(), labels)
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss.detach(), _hits(logits, labels)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        self.engine.eval()
+        return self.engine(self._format(images)).float()
+
+    def set_lr(self, lr: float) -> None:
+        set_lr(self.optimizer, lr)
+
+    def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool) -> None:
+        # Every rank takes part: with ZeRO each holds a slice of the optimizer state.
+        self.engine.save_checkpoint(str(staging), tag="deepspeed", client_state={}, save_latest=False)
+        if is_primary:
+            save_state(staging / "state.pt", extra)
+
+    def load(self, checkpoint: Path) -> Dict[str, Any]:
+        path, _ = self.engine.load_checkpoint(str(checkpoint), tag="deepspeed", load_module_strict=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint in {checkpoint}")
+        return load_state(checkpoint / "state.pt")
+
+    def _format(self, images: torch.Tensor) -> torch.Tensor:
+        if self.input_dtype is not None:
+            images = images.to(self.input_dtype)  # DeepSpeed casts the module, not its inputs
+        return images.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else images
+
+
+def _hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return (logits.detach().argmax(dim=1) == labels).sum()
+
+
+def deepspeed_config(cfg: EngineConfig, micro_batch: int, world_size: int) -> Dict[str, Any]:
+    """DeepSpeed's JSON config, derived from the `engine` section (no separate file to keep in sync)."""
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "train_batch_size": micro_batch * world_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {"enabled": cfg.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "gradient_clipping": 0.0,
+        "steps_per_print": 10**9,  # our logger reports progress
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_engine(cfg: EngineConfig, model: nn.Module, optim_cfg: OptimConfig, lr: float, info: DistInfo,
+                 device: torch.device, micro_batch: int):
+    if cfg.name == "deepspeed":
+        return DeepSpeedEngine(cfg, model, optim_cfg, lr, info, device, micro_batch)
+    return DDPEngine(cfg, model, optim_cfg, lr, info, device)
+

@@ -1,0 +1,98 @@
+"""Process-level set-up for a run: device, seeds and determinism, RNG state, stop signals, memory."""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import sys
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+from pipeline.dist import DistInfo
+
+
+def resolve_device(choice: str, info: DistInfo) -> torch.device:
+    """`auto`: this rank's GPU when CUDA is present, else the CPU."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("run.device is 'cuda' but no CUDA device is visible")
+        torch.cuda.set_device(info.local_rank)
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed every library; with `deterministic`, ask for bitwise-reproducible kernels too."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; harmless on CPU.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every library's RNG state, as tensors and plain data (loadable with weights_only)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    py_version, py_state, py_gauss = state["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_kind, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopSignal:
+    """Remembers SIGUSR2 / SIGTERM (SLURM's warnings before preemption or the time limit).
+
+    The handler only sets a flag: the loop checks it between steps, and all ranks agree on it
+    through a collective before saving, so the checkpoint is consistent across ranks.
+    """
+
+    SIGNALS = ("SIGUSR2", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: Dict[int, Any] = {}
+
+    def install(self) -> "StopSignal":
+        for name in self.SIGNALS:
+            sig = getattr(signal, name)
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+        print(f"received {self.received}: checkpointing at the next step", file=sys.stderr, flush=True)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
