@@ -1,0 +1,114 @@
+"""`python -m launch {submit,local,status} ...`: run a training config here or on SLURM.
+
+  submit CONFIG [overrides] [--nodes N --gpus-per-node G --partition P --time MIN ...] [--dry-run]
+  local  CONFIG [overrides] --nproc N
+  status [RUN_DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def _add_resource_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("SLURM resources (defaults: the config's slurm section)")
+    group.add_argument("--nodes", type=int)
+    group.add_argument("--gpus-per-node", type=int, help="one task per GPU; 0 for CPU-only partitions")
+    group.add_argument("--tasks-per-node", type=int, help="tasks per node where there are no GPUs")
+    group.add_argument("--cpus-per-task", type=int)
+    group.add_argument("--partition")
+    group.add_argument("--account")
+    group.add_argument("--qos")
+    group.add_argument("--constraint")
+    group.add_argument("--mem-gb", type=int)
+    group.add_argument("--time", type=int, dest="time_minutes", help="time limit in minutes")
+    group.add_argument("--exclusive", action="store_true", default=None)
+    group.add_argument("--max-requeues", type=int, help="how many time-outs and preemptions to survive")
+    group.add_argument("--signal-delay-s", type=int, help="USR2 this many seconds before the time limit")
+    group.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                       help="extra sbatch option, e.g. --sbatch mail-type=END (repeatable)")
+
+
+def _resources(args: argparse.Namespace, cfg):
+    from launch.slurm import JobResources
+
+    names = [f for f in JobResources.__dataclass_fields__ if f != "additional"]
+    resources = JobResources.from_config(cfg.slurm, **{n: getattr(args, n, None) for n in names})
+    for item in args.sbatch:
+        key, _, value = item.partition("=")
+        resources.additional[key.replace("-", "_")] = value
+    return resources
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from launch.slurm import make_executor, prepare_run, sbatch_script, submit
+    from pipeline.config import config_to_yaml, load_config
+
+    cfg = load_config(args.config, args.overrides)  # refuse a bad config before anything is written
+    resources = _resources(args, cfg)
+    if args.dry_run:
+        from pipeline.train import run_dir_of
+
+        run_dir = run_dir_of(cfg).resolve()
+        print(f"# run directory: {run_dir}")
+        print(sbatch_script(make_executor(run_dir / "slurm", resources, cfg.run.name)))
+        print("# resolved config")
+        print(config_to_yaml(cfg))
+        return 0
+    cfg, run_dir = prepare_run(args.config, args.overrides)
+    job = submit(run_dir, resources, cfg.run.name)
+    print(f"submitted job {job.job_id}: {cfg.run.name}")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from launch.local import run_local
+    from pipeline.config import load_config
+
+    load_config(args.config, args.overrides)  # fail here, once, rather than in every process
+    return run_local(args.config, args.overrides, args.nproc)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from launch.status import print_status
+
+    return print_status(args.runs)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("submit", help="submit a training job to SLURM through submitit")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script and resolved config only")
+    _add_resource_flags(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("local", help="run a training config on this machine in N processes")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.add_argument("--nproc", type=int, default=1, help="number of processes (ranks)")
+    p.set_defaults(func=cmd_local)
+
+    p = sub.add_parser("status", help="state, last step and last metrics of runs")
+    p.add_argument("runs", nargs="*", default=["runs"], help="run directories or folders holding them")
+    p.set_defaults(func=cmd_status)
+
+    args = parser.parse_args(argv)
+    from pipeline.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Training jobs on SLURM through submitit: one task per GPU, checkpoint and requeue on the SLURM signal.
+
+The run directory is fixed before submission: the resolved config is written there and the job reads
+it back, so a requeued job (which runs the same pickled callable again) finds the same directory and
+resumes from its latest complete checkpoint.
+
+Preemption and time limits: SLURM sends USR2 (`--signal=USR2@<delay>`, or `scancel --signal=USR2`) to
+every task; the training loop notices it between steps, all ranks agree and save one consistent
+checkpoint, and then rank 0 hands over to submitit's own handler, which requeues the job (counting
+time-outs against `slurm.max_requeues`). Clusters that send SIGTERM instead are handled the same way.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from pipeline.config import ExperimentConfig, load_config, save_config
+from pipeline.config_schema import SlurmConfig
+
+SLURM_DIR = "slurm"  # submitit's job files and logs, inside the run directory
+JOB_ID_FILE = "slurm_job_id"
+
+
+@dataclass
+class JobResources:
+    """What one job asks SLURM for; defaults from the config's `slurm` section, flags override."""
+
+    nodes: int = 1
+    gpus_per_node: int = 1
+    tasks_per_node: Optional[int] = None  # None: one task per GPU
+    cpus_per_task: int = 8
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    mem_gb: Optional[int] = None
+    time_minutes: int = 240
+    exclusive: bool = False
+    max_requeues: int = 20
+    signal_delay_s: int = 120
+    additional: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, slurm: SlurmConfig, **overrides: Any) -> "JobResources":
+        base = cls(**{k: getattr(slurm, k) for k in cls.__dataclass_fields__})
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def ntasks_per_node(self) -> int:
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+
+def make_executor(folder: Path, resources: JobResources, job_name: str, array_parallelism: int = 256):
+    """A submitit SlurmExecutor asking for `resources`."""
+    import submitit  # heavy-ish; only when submitting
+
+    executor = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=resources.max_requeues)
+    params: Dict[str, Any] = dict(
+        job_name=job_name,
+        time=resources.time_minutes,
+        nodes=resources.nodes,
+        ntasks_per_node=resources.ntasks_per_node,
+        cpus_per_task=resources.cpus_per_task,
+        signal_delay_s=resources.signal_delay_s,
+        array_parallelism=array_parallelism,
+        additional_parameters=dict(resources.additional),
+    )
+    if resources.gpus_per_node > 0:
+        params["gpus_per_node"] = resources.gpus_per_node
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(resources, key):
+            params[key] = getattr(resources, key)
+    if resources.mem_gb:
+        params["mem"] = f"{resources.mem_gb}GB"
+    if resources.exclusive:
+        params["exclusive"] = True
+    executor.update_parameters(**params)
+    return executor
+
+
+def sbatch_script(executor) -> str:
+    """The sbatch script submitit would submit with `executor` (for --dry-run)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    return _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder, **executor.parameters)
+
+
+class TrainJob:
+    """The callable a SLURM job runs: train the run whose config lies in `run_dir`, resume if it can.
+
+    submitit treats an object with a `checkpoint` method as checkpointable: on requeue it runs the
+    object `checkpoint` returns; here that is the same job, since all state lives in the run directory.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = str(run_dir)
+
+    def __call__(self) -> dict:
+        from pipeline.dist import dist_info_from_env
+        from pipeline.train import train
+
+        cfg = load_config(Path(self.run_dir) / "config.yaml")
+        info = dist_info_from_env()
+        if info.is_primary:
+            _record_job_id(Path(self.run_dir))
+        result = train(cfg, info)
+        if result.get("interrupted"):
+            # The checkpoint is saved; let submitit's handler (restored when training returned)
+            # requeue the job on rank 0. Other ranks return and the requeued job starts them again.
+            handler = signal.getsignal(signal.SIGUSR2)
+            if callable(handler):
+                handler(signal.SIGUSR2, None)
+        return result
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir))
+
+
+def prepare_run(config: str, overrides: List[str]) -> tuple[ExperimentConfig, Path]:
+    """Resolve the config and fix the run directory before anything is submitted."""
+    from pipeline.train import run_dir_of
+
+    cfg = load_config(config, overrides)
+    run_dir = run_dir_of(cfg).resolve()
+    cfg.run.out_dir = str(run_dir.parent)  # absolute: the job may start in another working directory
+    save_config(cfg, run_dir / "config.yaml")
+    return cfg, run_dir
+
+
+def submit(run_dir: Path, resources: JobResources, job_name: str):
+    executor = make_executor(run_dir / SLURM_DIR, resources, job_name)
+    job = executor.submit(TrainJob(run_dir))
+    (run_dir / JOB_ID_FILE).write_text(str(job.job_id))
+    return job
+
+
+def _record_job_id(run_dir: Path) -> None:
+    import os
+
+    job_id = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+    job_id = job_id or os.environ.get("SLURM_JOB_ID")
+    if job_id:
+        (run_dir / JOB_ID_FILE).write_text(job_id)

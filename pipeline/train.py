@@ -1,0 +1,239 @@
+"""`python -m pipeline.train CONFIG [section.key=value ...]`: train one run of the paper.
+
+Runs as one process, under `torchrun --nproc-per-node N`, or as a SLURM task: rank, world size and
+master come from the environment (`pipeline.dist`). Running the same config into the same run
+directory again resumes from its latest complete checkpoint: resume is the default, not a flag.
+
+The run directory (`<run.out_dir>/<run.name>/`) holds `config.yaml`, `checkpoints/`, `metrics.jsonl`,
+`results.json`, `wandb/` and `wandb_id`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from pipeline import dist
+from pipeline.checkpoint import CheckpointStore, load_state, save_state
+from pipeline.config import ConfigError, ExperimentConfig, config_to_dict, load_config, loggable_config, save_config
+from pipeline.dist import DistInfo, dist_info_from_env
+from pipeline.evaluation import evaluate
+from pipeline.metrics import make_logger
+from pipeline.models import build_model
+from pipeline.runtime import StopSignal, peak_memory_mb, resolve_device, rng_state, seed_everything, set_rng_state
+from pipeline.schedule import LRSchedule
+
+log = logging.getLogger("pipeline.train")
+
+RESULTS_FILE = "results.json"
+EXIT_INTERRUPTED = 3  # stopped by a signal after saving a checkpoint: requeue and run again to resume
+
+
+@dataclass
+class Progress:
+    """Where training stands: what a checkpoint must restore besides the weights."""
+
+    step: int = 0
+    epoch: int = 0
+
+
+def run_dir_of(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.run.out_dir) / cfg.run.name
+
+
+def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
+    """Train (or resume) the run `cfg` describes; returns the final results (or the interruption)."""
+    from pipeline.data import build_loader, dataset_num_classes
+    from pipeline.engine import build_engine
+
+    info = info or dist_info_from_env()
+    device = resolve_device(cfg.run.device, info)
+    if info.distributed or cfg.engine.name == "deepspeed":
+        dist.init_process_group(info, device.type, cfg.engine.timeout_minutes)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    run_dir = run_dir_of(cfg)
+
+    # Components, each built from its own section.
+    train_loader = build_loader(cfg.data, cfg.data.train_split, info)
+    eval_loader = build_loader(cfg.data, cfg.data.eval_split, info)
+    if cfg.model.num_classes is None:
+        cfg.model.num_classes = dataset_num_classes(cfg.data)
+    if info.is_primary:
+        save_config(cfg, run_dir / "config.yaml")
+    schedule = LRSchedule(cfg.schedule, cfg.optim.lr, train_loader.steps_per_epoch, cfg.data.batch_size)
+    micro_batch = cfg.data.batch_size // info.world_size
+    engine = build_engine(cfg.engine, build_model(cfg.model), cfg.optim, schedule.lr(0), info, device, micro_batch)
+    store = CheckpointStore(run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_best)
+
+    # Resume from the latest complete checkpoint, if there is one.
+    progress = Progress()
+    latest = store.latest()
+    if latest is not None:
+        extra = engine.load(latest.path)
+        progress = Progress(**extra["progress"])
+        schedule.load_state_dict(extra["schedule"])
+        rank_state = load_state(latest.path / f"rank-{info.rank:05d}.pt")
+        _restore_rank_state(rank_state, train_loader, info)
+        log.warning("resuming %s from step %d (epoch %d)", run_dir, progress.step, progress.epoch)
+    logger = make_logger(info.is_primary, run_dir, cfg.logging, cfg.run.name, loggable_config(cfg), progress.step)
+
+    def save_checkpoint(metrics: Optional[dict] = None) -> None:
+        staging = store.begin(progress.step) if info.is_primary else store.staging_path(progress.step)
+        dist.barrier()  # the staging directory exists before any rank writes into it
+        save_state(staging / f"rank-{info.rank:05d}.pt", {"loader": train_loader.state_dict(), "rng": rng_state(),
+                                                          "world_size": info.world_size})
+        extra = {"progress": vars(progress).copy(), "schedule": schedule.state_dict(), "config": config_to_dict(cfg),
+                 "rng": rng_state()}
+        engine.save(staging, extra, info.is_primary)
+        dist.barrier()  # every rank's files are written before the checkpoint is marked complete
+        if info.is_primary:
+            store.commit(staging, progress.step, metrics)
+        dist.barrier()
+
+    stop = StopSignal().install()
+    total_steps = schedule.total_steps
+    last_save = time.monotonic()
+    window = _Window()
+    result: dict = {}
+    try:
+        while progress.step < total_steps:
+            epoch_done = True
+            data_start = time.perf_counter()
+            for images, labels in train_loader:
+                window.data_time += time.perf_counter() - data_start
+                lr = schedule.lr(progress.step)
+                engine.set_lr(lr)
+                loss, hits = engine.train_step(images, labels)
+                progress.step += 1
+                window.add(loss, hits, labels.numel())
+
+                if progress.step % cfg.logging.every_steps == 0 or progress.step == total_steps:
+                    logger.log({"epoch": progress.epoch, "lr": lr, **window.report(info, device)}, progress.step)
+                    window = _Window()
+                if cfg.eval.every_steps and progress.step % cfg.eval.every_steps == 0:
+                    _evaluate_and_log(engine, eval_loader, schedule, logger, progress)
+
+                minutes_due = cfg.checkpoint.every_minutes and time.monotonic() - last_save > 60 * cfg.checkpoint.every_minutes
+                steps_due = cfg.checkpoint.every_steps and progress.step % cfg.checkpoint.every_steps == 0
+                # One collective decides for all ranks: a consistent checkpoint needs every rank.
+                stopping, save_due = dist.any_rank([stop.received is not None, bool(minutes_due or steps_due)])
+                if stopping or save_due:
+                    save_checkpoint()
+                    last_save = time.monotonic()
+                if stopping:
+                    logger.log({"event": f"stopped by {stop.received or 'a signal on another rank'}"}, progress.step)
+                    return {"interrupted": True, "step": progress.step}
+                if progress.step >= total_steps:
+                    epoch_done = False  # stopped mid-epoch: the schedule ended here
+                    break
+                data_start = time.perf_counter()
+            if epoch_done:
+                progress.epoch += 1
+                if cfg.eval.every_epochs and progress.epoch % cfg.eval.every_epochs == 0:
+                    _evaluate_and_log(engine, eval_loader, schedule, logger, progress)
+                if cfg.checkpoint.at_epoch_end and progress.step < total_steps:
+                    save_checkpoint()
+                    last_save = time.monotonic()
+
+        final = evaluate(engine.predict, eval_loader)
+        result = {"step": progress.step, "epoch": progress.epoch, "split": cfg.data.eval_split,
+                  "protocol": "center", **final.as_dict()}
+        logger.log({"kind": "final", **final.as_dict("eval_")}, progress.step)
+        logger.summary(result)
+        save_checkpoint({"val_top1_error": final.top1_error})
+        if info.is_primary:
+            _write_json(run_dir / RESULTS_FILE, {"train": result})
+        return result
+    finally:
+        stop.uninstall()
+        logger.close()
+        dist.destroy_process_group()
+
+
+def _evaluate_and_log(engine, eval_loader, schedule: LRSchedule, logger, progress: Progress) -> None:
+    result = evaluate(engine.predict, eval_loader)
+    logger.log({"epoch": progress.epoch, **result.as_dict("val_")}, progress.step)
+    if schedule.observe_validation_error(result.top1_error):
+        logger.log({"event": "validation error plateaued: lr divided"}, progress.step)
+
+
+def _restore_rank_state(state: dict, loader, info: DistInfo) -> None:
+    set_rng_state(state["rng"])
+    loader.load_state_dict(state["loader"])
+
+
+class _Window:
+    """Sums over the steps since the last log line."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.data_time = 0.0
+        self.loss_sum = torch.zeros(())
+        self.hits = torch.zeros((), dtype=torch.long)
+        self.samples = 0
+        self.steps = 0
+
+    def add(self, loss: torch.Tensor, hits: torch.Tensor, samples: int) -> None:
+        # Accumulate on the device: no host sync per step.
+        self.loss_sum = self.loss_sum.to(loss.device) + loss
+        self.hits = self.hits.to(hits.device) + hits
+        self.samples += samples
+        self.steps += 1
+
+    def report(self, info: DistInfo, device: torch.device) -> dict:
+        elapsed = time.perf_counter() - self.start
+        loss_sum, hits, samples, data_time = dist.all_reduce_sum(
+            [float(self.loss_sum), float(self.hits), float(self.samples), self.data_time])
+        steps = max(self.steps, 1)
+        return {
+            "loss": loss_sum / (steps * info.world_size),
+            "train_top1_error": 100.0 * (1 - hits / max(samples, 1)),
+            "images_per_s": samples / max(elapsed, 1e-9),
+            "data_wait_fraction": data_time / info.world_size / max(elapsed, 1e-9),
+            "memory_mb": peak_memory_mb(device),
+        }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    existing.update(data)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(existing, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.train",
+        description="Train one run of the paper. Under torchrun or SLURM every rank runs this same command. "
+        "Running it again into the same run directory resumes from the latest complete checkpoint.",
+    )
+    parser.add_argument("config", help="a YAML config, e.g. configs/cifar10/resnet20.yaml")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=0.05 data.root=/data/cifar10")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = train(cfg)
+    if result.get("interrupted"):
+        return EXIT_INTERRUPTED
+    if dist_info_from_env().is_primary:
+        print(f"{result['split']} error: {result['top1_error']:.2f}% "
+              f"(top-5 {result['top5_error']:.2f}%, {result['samples']} samples)")
+        print(f"run directory: {run_dir_of(cfg).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
