@@ -2,13 +2,15 @@
 
   submit CONFIG [overrides] [--nodes N --gpus-per-node G --partition P --time MIN ...] [--dry-run]
   local  CONFIG [overrides] --nproc N
-  status [RUN_DIR ...]
+  sweep  configs/tables/<table>.yaml [--seeds 0 1 2] [--runs DIR] [--array-parallelism K] [resources]
+  status [RUN_DIR | TABLE ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 
@@ -72,6 +74,34 @@ def cmd_local(args: argparse.Namespace) -> int:
     return run_local(args.config, args.overrides, args.nproc)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from launch.slurm import prepare_planned_run, submit_array
+    from launch.status import run_status
+    from pipeline.tables import planned_runs, unique_runs
+
+    runs = unique_runs(planned_runs(args.table, args.runs, args.seeds, tuple(args.overrides)))
+    todo, done = [], []
+    for run in runs:
+        (done if run_status(run.run_dir).state in ("finished", "queued", "running", "requeued") else todo).append(run)
+    for run in done:
+        print(f"skip {run.run_dir}: {run_status(run.run_dir).state}")
+    if not todo:
+        print(f"nothing to submit: all {len(runs)} runs of {args.table} are finished or in the queue")
+        return 0
+    resources = _resources(args, todo[0].cfg)
+    if args.dry_run:
+        for run in todo:
+            print(f"would submit {run.run_dir} ({run.label}, seed {run.seed})")
+        return 0
+    run_dirs = [prepare_planned_run(run) for run in todo]
+    folder = run_dirs[0].parent / "_sweeps" / Path(args.table).stem
+    jobs = submit_array(run_dirs, resources, Path(args.table).stem, folder, args.array_parallelism)
+    print(f"submitted job array {jobs[0].job_id.split('_')[0]} with {len(jobs)} tasks for {args.table}")
+    for run_dir, job in zip(run_dirs, jobs):
+        print(f"  {job.job_id}: {run_dir}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from launch.status import print_status
 
@@ -95,6 +125,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.add_argument("--nproc", type=int, default=1, help="number of processes (ranks)")
     p.set_defaults(func=cmd_local)
+
+    p = sub.add_parser("sweep", help="submit every run of a paper table as one SLURM job array")
+    p.add_argument("table", help="a table config, e.g. configs/tables/table6.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value, applied to every run")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds for every row (default: the table's)")
+    p.add_argument("--runs", help="directory for the runs (default: each config's run.out_dir)")
+    p.add_argument("--array-parallelism", type=int, default=64, help="how many array tasks run at once")
+    p.add_argument("--dry-run", action="store_true", help="list the runs that would be submitted")
+    _add_resource_flags(p)
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("status", help="state, last step and last metrics of runs")
     p.add_argument("runs", nargs="*", default=["runs"], help="run directories or folders holding them")

@@ -132,6 +132,14 @@ def prepare_run(config: str, overrides: List[str]) -> tuple[ExperimentConfig, Pa
     return cfg, run_dir
 
 
+def prepare_planned_run(run) -> Path:
+    """Write a table run's resolved config into its (absolute) run directory before submission."""
+    run_dir = run.run_dir.resolve()
+    run.cfg.run.out_dir = str(run_dir.parent)
+    save_config(run.cfg, run_dir / "config.yaml")
+    return run_dir
+
+
 def submit(run_dir: Path, resources: JobResources, job_name: str):
     executor = make_executor(run_dir / SLURM_DIR, resources, job_name)
     job = executor.submit(TrainJob(run_dir))
@@ -146,3 +154,14 @@ def _record_job_id(run_dir: Path) -> None:
     job_id = job_id or os.environ.get("SLURM_JOB_ID")
     if job_id:
         (run_dir / JOB_ID_FILE).write_text(job_id)
+
+
+def submit_array(run_dirs: List[Path], resources: JobResources, job_name: str, folder: Path,
+                 array_parallelism: int) -> list:
+    """One SLURM job array with a task per run; each task checkpoints and requeues on its own."""
+    executor = make_executor(folder, resources, job_name, array_parallelism=array_parallelism)
+    with executor.batch():
+        jobs = [executor.submit(TrainJob(run_dir)) for run_dir in run_dirs]
+    for run_dir, job in zip(run_dirs, jobs):
+        (run_dir / JOB_ID_FILE).write_text(str(job.job_id))
+    return jobs
