@@ -1,0 +1,77 @@
+"""Merge the per-shard completion records of all tasks into `manifest.json` and `rejected.jsonl`.
+
+Run automatically by the task that finishes last (and idempotent, so two tasks finishing together
+write the same bytes), or explicitly with `python -m data_prep merge DIR` after a SLURM array.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List
+
+from .manifest import FORMAT, MANIFEST_NAME, VERSION
+from .shards import PARTS_DIR, atomic_write
+from .stats import PixelSums
+
+
+def _plan(out: Path) -> Dict:
+    path = out / PARTS_DIR / "plan.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no plan - run `python -m data_prep <source> --out {out}` first")
+    return json.loads(path.read_text())
+
+
+def missing_records(out: str | Path) -> List[str]:
+    """Names of planned shards that have no completion record yet."""
+    out = Path(out)
+    plan = _plan(out)
+    return [name for s in plan["splits"].values() for name in s["shards"]
+            if not (out / PARTS_DIR / f"{name}.json").is_file()]
+
+
+def _jsonl(rows: List[Dict]) -> bytes:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+
+
+def merge(out: str | Path) -> Path:
+    """Write `out/manifest.json` (+ rejected.jsonl, converted.jsonl) from the plan and all shard records."""
+    out = Path(out)
+    plan = _plan(out)
+    missing = missing_records(out)
+    if missing:
+        raise RuntimeError(f"{out}: {len(missing)} shard(s) not written yet, e.g. {missing[:3]} "
+                           f"- run the remaining tasks first")
+    splits, rejected, converted, sums = {}, [], [], PixelSums()
+    for split, info in plan["splits"].items():
+        shards = []
+        written = bad = 0
+        for name in info["shards"]:
+            rec = json.loads((out / PARTS_DIR / f"{name}.json").read_text())
+            rejected += rec["rejected"]
+            converted += rec["converted"]
+            written += rec["num_samples"]
+            bad += len(rec["rejected"])
+            if split == "train":
+                sums.merge(PixelSums.from_dict(rec["stats"]))
+            if rec["num_samples"]:  # a shard whose every input was rejected has no file
+                shards.append({k: rec[k] for k in ("tar", "index", "num_samples", "bytes", "sha256")})
+        if written + bad != info["found"]:  # the invariant: written + rejected = found
+            raise RuntimeError(f"{out}: split {split}: {written} written + {bad} rejected != {info['found']} found")
+        splits[split] = {"num_samples": written, "found": info["found"], "rejected": bad, "shards": shards}
+    stats = dict(plan["stats"])
+    if not stats.pop("exact"):
+        mean, std = sums.mean_std()
+        stats.update(mean=mean, std=std, mean_image=None)
+        stats["num_images"] = sums.images
+    else:
+        stats["num_images"] = splits.get("train", {}).get("num_samples", 0)
+    manifest = {"format": FORMAT, "version": VERSION, "dataset": plan["dataset"], "image_ext": plan["image_ext"],
+                "label_ext": "cls", "classes": plan["classes"], "num_classes": len(plan["classes"]),
+                "encoding": plan["encoding"], "splits": splits, "stats": stats, "seed": plan["seed"],
+                "created_by": plan["created_by"]}
+    atomic_write(out / "rejected.jsonl", _jsonl(rejected))
+    atomic_write(out / "converted.jsonl", _jsonl(converted))
+    path = out / MANIFEST_NAME
+    atomic_write(path, (json.dumps(manifest, indent=1) + "\n").encode())
+    return path

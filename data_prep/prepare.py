@@ -1,0 +1,186 @@
+"""Plan shards for a listed source, write this task's share in parallel, and merge when all are done.
+
+Planning is a pure function of the listing, the seed and the options, so every task of a SLURM array
+computes the same plan and writes a disjoint, deterministic part of it (shard i goes to task i mod K).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import __version__
+from .images import Encoding
+from .merge import merge, missing_records
+from .shards import PARTS_DIR, Item, ShardTask, atomic_write, fingerprint, write_shard
+from .sources import SourceData
+
+DEFAULT_SHARD_MB = 512.0
+DEFAULT_STATS = 1000  # images decoded (small) for the pixel mean/std of file sources
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to shard: size target (MB of input) or samples per shard or a shard count; seed; parallelism."""
+
+    seed: int = 0
+    shard_size_mb: Optional[float] = None
+    samples_per_shard: Optional[int] = None
+    num_shards: Optional[int] = None
+    encoding: Encoding = Encoding()
+    workers: int = 1
+    num_tasks: int = 1
+    task_id: int = 0
+    stats_images: int = DEFAULT_STATS
+    fsync: bool = True
+    progress: bool = True
+
+
+def _groups(items: List[Item], opts: Options) -> List[range]:
+    """Split positions 0..n-1 into consecutive shards by count, by shard number or by input bytes."""
+    n = len(items)
+    if opts.samples_per_shard:
+        per = opts.samples_per_shard
+        return [range(s, min(s + per, n)) for s in range(0, n, per)]
+    if opts.num_shards:
+        k = min(opts.num_shards, max(n, 1))
+        return [range(n * i // k, n * (i + 1) // k) for i in range(k)]
+    target = (opts.shard_size_mb or DEFAULT_SHARD_MB) * 1e6
+    groups, start, size = [], 0, 0
+    for i, it in enumerate(items):
+        if size and size + it.size > target:
+            groups.append(range(start, i))
+            start, size = i, 0
+        size += it.size
+    groups.append(range(start, n))
+    return groups
+
+
+def plan(source: SourceData, out: Path, opts: Options) -> List[ShardTask]:
+    """Every shard of every split: samples shuffled once (per split, from the seed), keyed, grouped."""
+    tasks = []
+    for split, items in source.splits.items():
+        # Class-sorted listings must not give class-sorted shards: one seeded shuffle before grouping.
+        rng = np.random.default_rng([opts.seed, zlib.crc32(split.encode())])
+        shuffled = [items[i] for i in rng.permutation(len(items))]
+        keys = [f"{split}_{i:010d}" for i in range(len(shuffled))]
+        every = 0
+        if split == "train" and source.exact_stats is None and opts.stats_images > 0:
+            every = max(1, math.ceil(len(shuffled) / opts.stats_images))
+        for number, g in enumerate(_groups(shuffled, opts)):
+            its, ks = shuffled[g.start:g.stop], keys[g.start:g.stop]
+            stats = [p - g.start for p in g if every and p % every == 0]
+            tasks.append(ShardTask(str(out), split, number, ks, its, source.image_ext, opts.encoding, stats,
+                                   fingerprint(its, ks, source.image_ext, opts.encoding), opts.fsync))
+    return tasks
+
+
+def _plan_record(source: SourceData, tasks: List[ShardTask], opts: Options) -> Dict:
+    splits = {s: {"found": len(items), "shards": [t.name for t in tasks if t.split == s]}
+              for s, items in source.splits.items()}
+    stats: Dict = {"split": "train", "exact": source.exact_stats is not None}
+    if source.exact_stats is not None:
+        stats.update(mean=source.exact_stats[0], std=source.exact_stats[1], mean_image="mean_image.npy")
+    return {"dataset": source.dataset, "image_ext": source.image_ext, "classes": source.classes,
+            "encoding": {"reencoded": opts.encoding.reencode, "max_side": opts.encoding.max_side,
+                         "quality": opts.encoding.quality},
+            "splits": splits, "stats": stats, "seed": opts.seed, "created_by": f"data_prep {__version__}"}
+
+
+_QUEUE = None
+
+
+def _init_worker(queue) -> None:
+    global _QUEUE
+    _QUEUE = queue
+
+
+def _work(task: ShardTask) -> Dict:
+    return write_shard(task, lambda n, b: _QUEUE.put((n, b)))
+
+
+class _Progress:
+    """tqdm bar on stderr with images/s and MB/s (of input read) in the postfix."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="img", file=sys.stderr, disable=not enabled, smoothing=0.1)
+        self.start, self.bytes, self.last = time.perf_counter(), 0, 0.0
+
+    def __call__(self, images: int, nbytes: int) -> None:
+        self.bar.update(images)
+        self.bytes += nbytes
+        now = time.perf_counter()
+        if now - self.last > 0.5:
+            dt = max(now - self.start, 1e-9)
+            self.bar.set_postfix_str(f"{self.bar.n / dt:.0f} img/s, {self.bytes / dt / 1e6:.1f} MB/s")
+            self.last = now
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run(tasks: List[ShardTask], workers: int, progress: _Progress) -> None:
+    if workers <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            write_shard(t, progress)
+        return
+    ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+    queue = ctx.Queue()
+    with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(queue,)) as pool:
+        results = [pool.apply_async(_work, (t,)) for t in tasks]
+        while True:
+            while not queue.empty():
+                progress(*queue.get())
+            if all(r.ready() for r in results):
+                break
+            time.sleep(0.05)
+        for r in results:
+            r.get()  # re-raises a worker's exception
+        while not queue.empty():
+            progress(*queue.get())
+
+
+def prepare(source: SourceData, out: str | Path, opts: Options) -> Optional[Path]:
+    """Write this task's shards of `source` into `out`; merge into manifest.json once every task is done.
+
+    Returns the manifest path, or None when other tasks still have shards to write."""
+    out = Path(out)
+    if not 0 <= opts.task_id < opts.num_tasks:
+        raise ValueError(f"--task-id {opts.task_id} must be in 0..{opts.num_tasks - 1}")
+    (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    tasks = plan(source, out, opts)
+    record = _plan_record(source, tasks, opts)
+    plan_path = out / PARTS_DIR / "plan.json"
+    # Every task writes the same plan; a different existing plan means a different input or options.
+    if plan_path.is_file():
+        old = json.loads(plan_path.read_text())
+        if old != record:
+            print(f"note: {plan_path} differs from this run's plan (new input or options): shards whose "
+                  f"inputs changed are rewritten", file=sys.stderr)
+    atomic_write(plan_path, json.dumps(record, indent=1).encode())
+    if source.exact_stats is not None:
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, source.exact_stats[2].astype(np.float32))
+        atomic_write(out / "mean_image.npy", buf.getvalue())
+    mine = [t for i, t in enumerate(tasks) if i % opts.num_tasks == opts.task_id]
+    progress = _Progress(sum(len(t.items) for t in mine), opts.progress)
+    try:
+        _run(mine, opts.workers, progress)
+    finally:
+        progress.close()
+    if missing_records(out):
+        return None
+    return merge(out)

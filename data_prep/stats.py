@@ -1,0 +1,67 @@
+"""Pixel statistics (0-255 scale): per-channel mean/std, and the per-pixel mean image for CIFAR.
+
+ImageNet-sized sets use a deterministic sample of the train split (every k-th image in shard order),
+decoded small (JPEG draft mode), and accumulate sums that merge across shards and tasks. CIFAR's
+arrays are in memory, so its statistics are exact over the whole train split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+
+@dataclass
+class PixelSums:
+    """Mergeable per-channel sums over pixels: count, sum, sum of squares (float64)."""
+
+    images: int = 0
+    pixels: int = 0
+    total: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    squares: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+
+    def add(self, rgb: np.ndarray) -> None:
+        """Accumulate an HxWx3 uint8 image."""
+        flat = rgb.reshape(-1, 3).astype(np.float64)
+        self.images += 1
+        self.pixels += flat.shape[0]
+        self.total = [a + b for a, b in zip(self.total, flat.sum(0).tolist())]
+        self.squares = [a + b for a, b in zip(self.squares, (flat * flat).sum(0).tolist())]
+
+    def merge(self, other: "PixelSums") -> None:
+        self.images += other.images
+        self.pixels += other.pixels
+        self.total = [a + b for a, b in zip(self.total, other.total)]
+        self.squares = [a + b for a, b in zip(self.squares, other.squares)]
+
+    def mean_std(self) -> Tuple[List[float], List[float]]:
+        if not self.pixels:
+            return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+        mean = [t / self.pixels for t in self.total]
+        std = [max(s / self.pixels - m * m, 0.0) ** 0.5 for s, m in zip(self.squares, mean)]
+        return mean, std
+
+    def to_dict(self) -> Dict:
+        return {"images": self.images, "pixels": self.pixels, "total": self.total, "squares": self.squares}
+
+    @classmethod
+    def from_dict(cls, d: Optional[Dict]) -> "PixelSums":
+        return cls(**d) if d else cls()
+
+
+def exact_stats(images: np.ndarray) -> Tuple[List[float], List[float], np.ndarray]:
+    """(mean, std, mean image) of an NxHxWx3 uint8 array, computed exactly (float64 accumulation)."""
+    n = images.shape[0]
+    mean_image = np.zeros(images.shape[1:], np.float64)
+    sq = np.zeros(3, np.float64)
+    for i in range(0, n, 4096):  # chunks: never a float64 copy of the whole set
+        chunk = images[i:i + 4096].astype(np.float64)
+        mean_image += chunk.sum(0)
+        sq += (chunk * chunk).sum((0, 1, 2))
+    mean_image /= max(n, 1)
+    pixels = max(n, 1) * images.shape[1] * images.shape[2]
+    mean = mean_image.mean((0, 1))
+    std = np.sqrt(np.maximum(sq / pixels - mean * mean, 0.0))
+    return mean.tolist(), std.tolist(), mean_image.astype(np.float32)
