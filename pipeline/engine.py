@@ -192,6 +192,8 @@ def deepspeed_config(cfg: EngineConfig, micro_batch: int, world_size: int) -> Di
         "train_batch_size": micro_batch * world_size,
         "gradient_accumulation_steps": 1,
         "zero_optimization": {"stage": cfg.zero_stage},
+        # ZeRO partitions any torch optimizer's state; DeepSpeed asks to confirm for ones it has not listed.
+        "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": cfg.precision == "bf16"},
         "fp16": {"enabled": cfg.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
         "gradient_clipping": 0.0,

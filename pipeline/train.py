@@ -62,8 +62,8 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
     run_dir = run_dir_of(cfg)
 
     # Components, each built from its own section.
-    train_loader = build_loader(cfg.data, cfg.data.train_split, info)
-    eval_loader = build_loader(cfg.data, cfg.data.eval_split, info)
+    train_loader = build_loader(cfg.data, cfg.data.train_split, info, train=True, device=device, seed=cfg.run.seed)
+    eval_loader = build_loader(cfg.data, cfg.data.eval_split, info, train=False, device=device, seed=cfg.run.seed)
     if cfg.model.num_classes is None:
         cfg.model.num_classes = dataset_num_classes(cfg.data)
     if info.is_primary:

@@ -1,0 +1,120 @@
+"""`build_loader`: the one way the rest of the project gets data."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from pipeline.config_schema import DataConfig
+from pipeline.data.augment import Finish, Normalize, geometry_for
+from pipeline.data.base import Loader, local_batch, rank_range, train_steps_per_epoch
+from pipeline.data.shards import DatasetError, open_split, read_manifest
+from pipeline.dist import DistInfo
+
+# The synthetic backend without a dataset directory: ImageNet's or CIFAR-10's size.
+_SYNTHETIC_SIZES = {False: (1_281_167, 1000), True: (50_000, 10)}  # keyed by "is CIFAR"
+
+
+def build_loader(data: DataConfig, split: str, info: DistInfo, state: Optional[dict] = None, *,
+                 train: Optional[bool] = None, device: Optional[torch.device] = None, seed: int = 0,
+                 protocol: str = "center", scales: Sequence[int] = (224, 256, 384, 480, 640),
+                 eval_resize: Optional[int] = None) -> Loader:
+    """A loader of `split` for this rank: iterate it once per epoch; `len(loader)` is its steps per epoch.
+
+    train: training mode (shuffled, augmented, floor(N / global batch) equal steps on every rank);
+        default: `split == data.train_split`. Otherwise evaluation: every sample of the split once
+        across ranks, the centre view, batches of `data.eval_batch_size / world_size`.
+    device: where batches are delivered; default the rank's GPU when there is one, else the CPU.
+    seed: the run's seed (the order and augmentation of every epoch derive from it).
+    protocol: evaluation views (ImageNet): "center"; "tencrop" yields images of shape (B, 10, C, H, W)
+        (4 corners + centre of the image resized to shorter side `data.resize_min`, and their flips);
+        "multiscale" yields a list of (1, C, H_s, W_s) whole images, one per shorter side in `scales`,
+        one sample per batch (the fully-convolutional evaluation of Table 4). Average the scores over
+        views / scales per sample; labels are per sample.
+    eval_resize: the shorter side before the centre / ten crops (`eval.resize`); default `data.resize_min`.
+    state: a `loader.state_dict()` to resume from (or call `load_state_dict` later).
+    """
+    train = (split == data.train_split) if train is None else train
+    device = device or (torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu"))
+    global_batch = data.batch_size if train else data.eval_batch_size
+    batch = local_batch(global_batch, info.world_size, "batch_size" if train else "eval_batch_size")
+    if not train and protocol == "multiscale":
+        batch = 1  # whole images differ in size
+    dtype = torch.bfloat16 if data.output_dtype == "bfloat16" else torch.float32
+    resize_min = data.resize_min if train or eval_resize is None else eval_resize
+    geometry = geometry_for(data.augmentation, train, data.image_size, resize_min, data.resize_max,
+                            data.rrc_min_scale, protocol, scales)
+    common = dict(train=train, info=info, seed=seed, batch_size=batch, device=device)
+
+    if data.backend == "synthetic":
+        loader = _synthetic(data, split, info, train, common, global_batch, dtype)
+    else:
+        ds = open_split(data.root, split)
+        if train:
+            steps = train_steps_per_epoch(ds.num_samples, global_batch)
+            if steps == 0:
+                raise DatasetError(f"{data.root}: split {split!r} has {ds.num_samples} samples, fewer than one "
+                                   f"global batch of {global_batch}")
+        else:
+            lo, hi = rank_range(ds.num_samples, info.rank, info.world_size)
+            steps = -(-(hi - lo) // batch)
+        finish = _finish(data, ds, train, dtype)
+        common.update(num_samples=ds.num_samples, steps_per_epoch=steps, finish=finish)
+        if data.backend == "dali":
+            from pipeline.data.dali_loader import DaliLoader
+
+            normalize = None
+            if geometry.kind != "none":  # the ImageNet views: DALI normalises in the pipeline, fused
+                normalize = Normalize(ds.mean, ds.std, finish.pca_lighting)
+            loader = DaliLoader(ds, geometry, data.shuffle_buffer, data.num_threads, data.hw_decoder_load,
+                                normalize, **common)
+        else:
+            from pipeline.data.torch_loader import TorchLoader
+
+            loader = TorchLoader(ds, geometry, data.shuffle_buffer, data.num_threads, **common)
+    if state is not None:
+        loader.load_state_dict(state)
+    return loader
+
+
+def dataset_num_classes(data: DataConfig) -> int:
+    """The class count the manifest records (the synthetic backend without a dataset: 1000 or 10)."""
+    if data.backend == "synthetic":
+        try:
+            return int(read_manifest(data.root)["num_classes"])
+        except DatasetError:
+            return _SYNTHETIC_SIZES[data.image_size <= 32][1]
+    return int(read_manifest(data.root)["num_classes"])
+
+
+def _finish(data: DataConfig, ds, train: bool, dtype: torch.dtype) -> Finish:
+    cifar = data.augmentation in ("cifar", "none") and data.image_size <= 32
+    mean_image = ds.mean_image() if cifar else None
+    if mean_image is not None:  # CIFAR: the per-pixel mean, as the paper; no division
+        mean, std = torch.from_numpy(mean_image).permute(2, 0, 1).contiguous(), torch.ones(3)
+    elif cifar:  # a CIFAR-like dataset without a mean image: its per-channel mean
+        mean, std = torch.tensor(ds.mean), torch.ones(3)
+    else:  # ImageNet: (x - mean) / std per channel
+        mean, std = torch.tensor(ds.mean), torch.tensor(ds.std)
+    lighting = data.pca_lighting if train and data.augmentation in ("paper", "rrc") else 0.0
+    pad = data.pad if train and data.augmentation == "cifar" else 0
+    return Finish(mean=mean, std=std, pca_lighting=lighting, cifar_pad=pad, dtype=dtype)
+
+
+def _synthetic(data: DataConfig, split: str, info: DistInfo, train: bool, common: dict, global_batch: int,
+               dtype: torch.dtype) -> Loader:
+    from pipeline.data.synthetic import SyntheticLoader
+
+    cifar = data.image_size <= 32
+    num_samples, num_classes = _SYNTHETIC_SIZES[cifar]
+    try:
+        manifest = read_manifest(data.root)
+        num_samples = int(manifest["splits"][split]["num_samples"])
+        num_classes = int(manifest["num_classes"])
+    except (DatasetError, KeyError):
+        pass
+    steps = max(1, num_samples // global_batch) if train else -(-num_samples // global_batch)
+    finish = Finish(mean=torch.full((3,), 127.5), std=torch.full((3,), 64.0), dtype=dtype)
+    return SyntheticLoader(data.image_size, num_classes, num_samples=num_samples, steps_per_epoch=steps,
+                           finish=finish, **common)

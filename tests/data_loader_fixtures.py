@@ -1,0 +1,100 @@
+"""Tiny prepared datasets for the loader tests, written to the shard contract (manifest v1).
+
+Used until/unless `data_prep synth` is available: `make_dataset` follows the contract exactly - tar
+members `<key>.<ext>` + `<key>.cls`, DALI `wds2idx` index files, manifest with counts, bytes, sha256.
+Images are crops of scikit-image's real photos, so JPEG decoding takes the real code paths.
+Each image's key encodes its global id and its size, so tests can check coverage and geometry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+
+def _photos() -> List[np.ndarray]:
+    from skimage import data
+
+    return [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+
+
+def make_dataset(out: Path, kind: str, splits: Dict[str, Sequence[int]], num_classes: int = 3,
+                 seed: int = 0, sizes: Tuple[int, int] = (60, 160)) -> Path:
+    """Write `out/` with, per split, shards of the given sample counts. kind: imagenet (jpg) | cifar (png 32x32).
+
+    ImageNet-kind images have sides drawn from `sizes` (photos are upscaled where they are smaller)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    photos = _photos()
+    ext = "jpg" if kind == "imagenet" else "png"
+    manifest_splits = {}
+    gid = 0
+    for split, counts in splits.items():
+        shards = []
+        for si, count in enumerate(counts):
+            tar_name, idx_name = f"{split}-{si:06d}.tar", f"{split}-{si:06d}.idx"
+            with tarfile.open(out / tar_name, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for _ in range(count):
+                    photo = photos[gid % len(photos)]
+                    if kind == "imagenet":
+                        h, w = int(rng.integers(*sizes)), int(rng.integers(*sizes))
+                        grow = max(h / photo.shape[0], w / photo.shape[1])
+                        if grow >= 1:
+                            size = (int(photo.shape[1] * grow) + 2, int(photo.shape[0] * grow) + 2)
+                            photo = np.asarray(Image.fromarray(photo).resize(size, Image.BILINEAR))
+                    else:
+                        h = w = 32
+                    y, x = int(rng.integers(0, photo.shape[0] - h + 1)), int(rng.integers(0, photo.shape[1] - w + 1))
+                    crop = photo[y:y + h, x:x + w]
+                    if crop.ndim == 2:
+                        crop = np.stack([crop] * 3, -1)
+                    buf = io.BytesIO()
+                    Image.fromarray(crop[..., :3]).save(buf, format="JPEG" if ext == "jpg" else "PNG", quality=90)
+                    key = f"s{gid:06d}_{h}x{w}"
+                    _add(tar, f"{key}.{ext}", buf.getvalue())
+                    _add(tar, f"{key}.cls", str(gid % num_classes).encode())
+                    gid += 1
+            write_index(out / tar_name, out / idx_name)
+            data = (out / tar_name).read_bytes()
+            shards.append({"tar": tar_name, "index": idx_name, "num_samples": count, "bytes": len(data),
+                           "sha256": hashlib.sha256(data).hexdigest()})
+        manifest_splits[split] = {"num_samples": sum(counts), "shards": shards}
+    mean_image = None
+    if kind == "cifar":
+        np.save(out / "mean_image.npy", np.full((32, 32, 3), 120.0, dtype=np.float32))
+        mean_image = "mean_image.npy"
+    manifest = {"format": "resnet-repro-shards", "version": 1, "dataset": f"test-{kind}", "image_ext": ext,
+                "label_ext": "cls", "classes": [f"c{i}" for i in range(num_classes)], "num_classes": num_classes,
+                "splits": manifest_splits,
+                "stats": {"mean": [120.0, 115.0, 100.0], "std": [60.0, 58.0, 59.0], "mean_image": mean_image}}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return out
+
+
+def write_index(tar_path: Path, idx_path: Path) -> None:
+    """DALI's `wds2idx` when DALI is installed; otherwise the same "v1.2" format written here."""
+    try:
+        from wds2idx import IndexCreator
+    except ImportError:
+        samples: Dict[str, List[str]] = {}
+        with tarfile.open(tar_path) as tar:
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                samples.setdefault(key, []).append(f"{ext} {m.offset_data} {m.size} {m.name}")
+        idx_path.write_text(f"v1.2 {len(samples)}\n" + "".join(" ".join(v) + "\n" for v in samples.values()))
+        return
+    with IndexCreator(str(tar_path), str(idx_path), verbose=False) as ic:
+        ic.create_index()
+
+
+def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    tar.addfile(info, io.BytesIO(payload))

@@ -1,0 +1,70 @@
+"""Training for real: several processes over gloo, DALI reading data_prep's shards, both engines."""
+
+import json
+
+import pytest
+import torch
+
+from pipeline.metrics import read_metrics
+from pipeline.wandb_offline import offline_runs
+from tests.train_support import final_weights, small_run, train, train_and_kill
+
+pytestmark = pytest.mark.slow
+
+
+def test_ddp_learns_the_digits_under_5_percent(digits_dataset, tmp_path):
+    out = train(2, [f"data.root={digits_dataset}", f"run.out_dir={tmp_path}", "logging.wandb_mode=disabled"])
+    run_dir = tmp_path / "digits-resnet14"
+    results = json.loads((run_dir / "results.json").read_text())["train"]
+    assert results["samples"] == 297  # every test sample once across the two ranks
+    assert results["top1_error"] < 5.0, out[-2000:]
+    losses = [m["loss"] for m in read_metrics(run_dir) if "loss" in m]
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
+    assert "test error:" in out
+
+
+def test_deepspeed_loss_falls(digits_dataset, tmp_path):
+    train(2, small_run(digits_dataset, tmp_path, "engine.name=deepspeed", "engine.zero_stage=1",
+                       "logging.wandb_mode=disabled", "schedule.total=70", "schedule.milestones=[60]",
+                       "optim.lr=0.05", "logging.every_steps=5"))
+    losses = [m["loss"] for m in read_metrics(tmp_path / "t") if "loss" in m]
+    assert sum(losses[-2:]) / 2 < 0.9 * sum(losses[:2]) / 2, losses
+
+
+def test_ddp_kill_and_resume_is_bitwise_identical(digits_dataset, tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    train(2, small_run(digits_dataset, whole, "logging.wandb_mode=offline"))
+    overrides = small_run(digits_dataset, broken, "logging.wandb_mode=offline")
+    train_and_kill(2, overrides, broken / "t", after_checkpoint=16)  # mid-epoch: 23 steps per epoch
+    # A checkpoint whose writing was cut short is skipped in favour of the previous one.
+    half = broken / "t" / "checkpoints" / "step-000000039"
+    half.mkdir(exist_ok=True)
+    (half / "state.pt").write_bytes(b"\0" * 100)
+    log = train(2, overrides)
+    assert "step-000000039" in log and "did not finish" in log
+    assert "resuming" in log
+
+    a, b = final_weights(whole / "t", 40), final_weights(broken / "t", 40)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # W&B, read back from its offline files: one run, steps only going forward, the metrics there.
+    runs = offline_runs(broken / "t")
+    assert len(runs) == 2 and len({r.run_id for r in runs}) == 1
+    steps = [row["_step"] for r in runs for row in r.history]
+    assert steps == sorted(set(steps)) and steps[-1] == 40
+    assert all("loss" in row and "lr" in row for r in runs for row in r.history if "loss" in row)
+    assert [m["step"] for m in read_metrics(broken / "t") if "loss" in m] == list(range(2, 41, 2))
+
+
+def test_deepspeed_resume_continues_the_same_loss_curve(digits_dataset, tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    extra = ("engine.name=deepspeed", "logging.wandb_mode=disabled")
+    train(2, small_run(digits_dataset, whole, *extra))
+    overrides = small_run(digits_dataset, broken, *extra)
+    train_and_kill(2, overrides, broken / "t", after_checkpoint=16)
+    train(2, overrides)
+    curve = lambda d: {m["step"]: m["loss"] for m in read_metrics(d / "t") if "loss" in m}
+    whole_curve, resumed = curve(whole), curve(broken)
+    assert min(resumed) == 2 and max(resumed) == 40
+    for step in range(18, 41, 2):  # the steps after the checkpoint it resumed from
+        assert resumed[step] == pytest.approx(whole_curve[step], abs=1e-6), step

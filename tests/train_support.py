@@ -1,0 +1,56 @@
+"""Run `pipeline.train` for real in N processes (torchrun, gloo on CPU), and read what it left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+
+from launch.local import local_command
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = str(REPO / "configs" / "demo" / "digits.yaml")
+
+
+def small_run(data_root: Path, out_dir: Path, *extra: str) -> List[str]:
+    """Overrides for a short, deterministic run on the digits: ResNet-8, 40 iterations."""
+    return [f"data.root={data_root}", f"run.out_dir={out_dir}", "run.name=t", "run.deterministic=true",
+            "model.name=cifar_resnet8", "schedule.unit=iteration", "schedule.total=40", "schedule.milestones=[30]",
+            "logging.every_steps=2", "eval.every_epochs=0", "checkpoint.every_steps=8", "checkpoint.keep_last=10",
+            *extra]
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def train(nproc: int, overrides: Sequence[str], config: str = DEMO_CONFIG, timeout: int = 600) -> str:
+    proc = subprocess.run(local_command(config, overrides, nproc), capture_output=True, text=True, cwd=REPO,
+                          env=env(), timeout=timeout)
+    assert proc.returncode == 0, f"training failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return proc.stdout + proc.stderr
+
+
+def train_and_kill(nproc: int, overrides: Sequence[str], run_dir: Path, after_checkpoint: int,
+                   config: str = DEMO_CONFIG) -> None:
+    """Start training and SIGKILL every process once the checkpoint of step `after_checkpoint` is complete."""
+    proc = subprocess.Popen(local_command(config, overrides, nproc), cwd=REPO, env=env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = run_dir / "checkpoints" / f"step-{after_checkpoint:09d}" / "COMPLETE"
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline, "no checkpoint appeared in time"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # every rank and the launcher, mid-epoch, without warning
+    proc.wait()
+
+
+def final_weights(run_dir: Path, step: int) -> dict:
+    return torch.load(run_dir / "checkpoints" / f"step-{step:09d}" / "state.pt", weights_only=True)["model"]
