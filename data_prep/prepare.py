@@ -12,6 +12,7 @@ import multiprocessing as mp
 import sys
 import time
 import zlib
+from queue import Empty
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -105,7 +106,10 @@ def _init_worker(queue) -> None:
 
 
 def _work(task: ShardTask) -> Dict:
-    return write_shard(task, lambda n, b: _QUEUE.put((n, b)))
+    try:
+        return write_shard(task, lambda n, b: _QUEUE.put((n, b)))
+    finally:
+        _QUEUE.put(None)  # this task is over (done or failed): after its progress messages, same pipe
 
 
 class _Progress:
@@ -139,16 +143,22 @@ def _run(tasks: List[ShardTask], workers: int, progress: _Progress) -> None:
     queue = ctx.Queue()
     with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(queue,)) as pool:
         results = [pool.apply_async(_work, (t,)) for t in tasks]
-        while True:
-            while not queue.empty():
-                progress(*queue.get())
-            if all(r.ready() for r in results):
-                break
-            time.sleep(0.05)
+        # Block on the queue (no polling interval to wait out at the end): progress messages, then one
+        # None per finished task.
+        finished = 0
+        while finished < len(tasks):
+            try:
+                msg = queue.get(timeout=1.0)
+            except Empty:
+                if all(r.ready() for r in results):
+                    break
+                continue
+            if msg is None:
+                finished += 1
+            else:
+                progress(*msg)
         for r in results:
             r.get()  # re-raises a worker's exception
-        while not queue.empty():
-            progress(*queue.get())
 
 
 def prepare(source: SourceData, out: str | Path, opts: Options) -> Optional[Path]:
