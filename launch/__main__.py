@@ -3,7 +3,8 @@
   submit CONFIG [overrides] [--nodes N --gpus-per-node G --partition P --time MIN ...] [--dry-run]
   local  CONFIG [overrides] --nproc N
   sweep  configs/tables/<table>.yaml [--seeds 0 1 2] [--runs DIR] [--array-parallelism K] [resources]
-  status [RUN_DIR | TABLE ...]
+  prep   --num-tasks K [resources] -- <data_prep arguments>
+  status [RUN_DIR ...]
 """
 
 from __future__ import annotations
@@ -102,6 +103,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prep(args: argparse.Namespace) -> int:
+    from launch.slurm import JobResources, submit_prep_array
+    from pipeline.config_schema import SlurmConfig
+
+    prep_args = [a for a in args.prep_args if a != "--"]
+    if "--out" not in prep_args:
+        print("error: the data_prep arguments need --out DIR", file=sys.stderr)
+        return 2
+    out = Path(prep_args[prep_args.index("--out") + 1]).resolve()
+    names = [f for f in JobResources.__dataclass_fields__ if f != "additional"]
+    defaults = SlurmConfig(gpus_per_node=0, tasks_per_node=1, cpus_per_task=args.cpus_per_task or 4)
+    resources = JobResources.from_config(defaults, **{n: getattr(args, n, None) for n in names})
+    jobs = submit_prep_array(prep_args, args.num_tasks, resources, out / "_slurm", args.array_parallelism)
+    print(f"submitted data_prep job array {jobs[0].job_id.split('_')[0]} with {len(jobs)} tasks into {out}")
+    if args.wait:
+        for job in jobs:
+            job.result()
+        print(f"done: {out / 'manifest.json'}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from launch.status import print_status
 
@@ -135,6 +157,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be submitted")
     _add_resource_flags(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("prep", help="shard a dataset with a SLURM job array (data_prep --num-tasks)")
+    p.add_argument("--num-tasks", type=int, required=True, help="array tasks; each writes a disjoint part")
+    p.add_argument("--array-parallelism", type=int, default=64)
+    p.add_argument("--wait", action="store_true", help="wait for every task and report the manifest")
+    p.add_argument("prep_args", nargs=argparse.REMAINDER, help="-- then data_prep's own arguments")
+    _add_resource_flags(p)
+    p.set_defaults(func=cmd_prep)
 
     p = sub.add_parser("status", help="state, last step and last metrics of runs")
     p.add_argument("runs", nargs="*", default=["runs"], help="run directories or folders holding them")

@@ -165,3 +165,33 @@ def submit_array(run_dirs: List[Path], resources: JobResources, job_name: str, f
     for run_dir, job in zip(run_dirs, jobs):
         (run_dir / JOB_ID_FILE).write_text(str(job.job_id))
     return jobs
+
+
+class PrepTask:
+    """One task of a data_prep job array: its part of the shards (the last task to finish merges)."""
+
+    def __init__(self, prep_args: List[str], num_tasks: int, task_id: int) -> None:
+        self.prep_args, self.num_tasks, self.task_id = list(prep_args), num_tasks, task_id
+
+    def __call__(self) -> int:
+        from data_prep.__main__ import main
+
+        # submitit ignores SIGTERM in the job's process; data_prep's worker processes would inherit that
+        # and could then never be stopped by their pool. Workers get the default back.
+        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            code = main([*self.prep_args, "--num-tasks", str(self.num_tasks), "--task-id", str(self.task_id),
+                         "--no-progress"])
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if code != 0:
+            raise RuntimeError(f"data_prep task {self.task_id} of {self.num_tasks} failed with exit code {code}")
+        return code
+
+
+def submit_prep_array(prep_args: List[str], num_tasks: int, resources: JobResources, folder: Path,
+                      array_parallelism: int) -> list:
+    """Shard a dataset with a SLURM job array of `num_tasks` independent tasks."""
+    executor = make_executor(folder, resources, "data_prep", array_parallelism=array_parallelism)
+    with executor.batch():
+        return [executor.submit(PrepTask(prep_args, num_tasks, i)) for i in range(num_tasks)]
