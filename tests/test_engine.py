@@ -9,19 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from launch.local import free_port
 from pipeline.config_schema import EngineConfig
 from pipeline.engine import checkpoint_blocks, deepspeed_config
 from pipeline.models import build
 
 WORKER = Path(__file__).parent / "workers" / "engine_worker.py"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
