@@ -17,9 +17,10 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "resnet-repro-shards"
-SUPPORTED_VERSIONS = (1,)
+from data_prep.index import IndexError_, parse_index
+from data_prep.manifest import FORMAT as MANIFEST_FORMAT
+from data_prep.manifest import MANIFEST_NAME
+from data_prep.manifest import VERSION as MANIFEST_VERSION
 
 
 class DatasetError(RuntimeError):
@@ -92,9 +93,9 @@ def read_manifest(root: str | Path) -> dict:
         raise DatasetError(f"{path}: not valid JSON: {e}") from e
     if manifest.get("format") != MANIFEST_FORMAT:
         raise DatasetError(f"{path}: format {manifest.get('format')!r} is not {MANIFEST_FORMAT!r}")
-    if manifest.get("version") not in SUPPORTED_VERSIONS:
+    if manifest.get("version") != MANIFEST_VERSION:
         raise DatasetError(f"{path}: manifest version {manifest.get('version')!r} is not supported "
-                           f"(this reader knows {', '.join(map(str, SUPPORTED_VERSIONS))})")
+                           f"(this reader knows {MANIFEST_VERSION})")
     return manifest
 
 
@@ -126,26 +127,12 @@ def open_split(root: str | Path, split: str) -> Split:
 
 
 def read_index(path: Path) -> List[Dict[str, Tuple[int, int, str]]]:
-    """Parse a DALI webdataset index: per sample, {extension: (offset, size, member name)}."""
+    """Parse a DALI webdataset index (data_prep's parser): per sample, {extension: (offset, size, member name)}."""
     try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read the index file: {e}") from e
-    if not lines or not lines[0].startswith("v1.2 "):
-        raise DatasetError(f"{path}: not a DALI webdataset index (first line should be 'v1.2 <count>')")
-    samples = []
-    for n, line in enumerate(lines[1:], start=2):
-        fields = line.split()
-        if len(fields) % 4:
-            raise DatasetError(f"{path}:{n}: malformed index line {line!r}")
-        members = {}
-        for k in range(0, len(fields), 4):
-            ext, offset, size, name = fields[k:k + 4]
-            members[ext] = (int(offset), int(size), name)
-        samples.append(members)
-    if int(lines[0].split()[1]) != len(samples):
-        raise DatasetError(f"{path}: header says {lines[0].split()[1]} samples, the file lists {len(samples)}")
-    return samples
+        samples = parse_index(path)
+    except IndexError_ as e:
+        raise DatasetError(str(e)) from None
+    return [{ext: (offset, size, name) for ext, offset, size, name in members} for members in samples]
 
 
 def _check_shard(shard: Shard, expected_bytes: Optional[int]) -> None:
