@@ -17,11 +17,16 @@ def free_port() -> int:
 
 def local_command(config: str, overrides: Sequence[str], nproc: int, port: int | None = None) -> List[str]:
     """The torchrun command line that runs `pipeline.train` in `nproc` processes."""
+    return torchrun_command("pipeline.train", [config, *overrides], nproc, port)
+
+
+def torchrun_command(module: str, args: Sequence[str], nproc: int, port: int | None = None) -> List[str]:
+    """The torchrun command line that runs `python -m <module> <args>` in `nproc` processes on this machine."""
     return [
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes=1", f"--nproc-per-node={nproc}",
         "--master-addr=127.0.0.1", f"--master-port={port or free_port()}",
-        "-m", "pipeline.train", config, *overrides,
+        "-m", module, *args,
     ]
 
 

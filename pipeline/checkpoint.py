@@ -97,6 +97,22 @@ class CheckpointStore:
         scored = [c for c in self.complete() if c.meta.get(self.best_metric) is not None]
         return min(scored, key=lambda c: (c.meta[self.best_metric], -c.step)) if scored else None
 
+    def select(self, which: str) -> Checkpoint:
+        """`last`, `best` (lowest `best_metric`), or the path of one checkpoint directory; must be complete."""
+        if which in ("last", "best"):
+            found = self.latest() if which == "last" else self.best()
+            if found is None:
+                detail = "" if which == "last" or not self.complete() else \
+                    f" (none records {self.best_metric}; use `last` or a path)"
+                raise FileNotFoundError(f"{self.root}: no complete checkpoint to use as {which!r}{detail}")
+            return found
+        path = Path(which)
+        match = _NAME.match(path.name)
+        meta = _read_marker(path)
+        if not path.is_dir() or match is None or meta is None:
+            raise FileNotFoundError(f"{path}: not a complete checkpoint directory (step-NNNNNNNNN/ with {MARKER})")
+        return Checkpoint(path, int(match.group(1)), meta)
+
     def _rotate(self) -> None:
         complete = self.complete()
         keep = {c.path for c in complete[-self.keep_last:]}

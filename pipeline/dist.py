@@ -92,11 +92,26 @@ def init_process_group(info: DistInfo, device_type: str, timeout_minutes: float)
     )
 
 
+# How long the end of a run leaves communication threads to finish (see destroy_process_group).
+_COMM_THREAD_GRACE_S = 0.5
+
+
 def destroy_process_group() -> None:
+    """Leave the process group, then give its communication threads a moment to go idle.
+
+    A gloo worker thread drops its reference to a finished collective just after the caller's wait
+    returns; when it holds the last one (DeepSpeed all-reduces tensors created in Python), that drop
+    takes the GIL. During interpreter shutdown taking the GIL ends the thread, which C++ turns into
+    `terminate called without an active exception` and exit code -6 for a run that succeeded.
+    Sleeping releases the GIL, so any such thread finishes before the interpreter starts shutting down.
+    """
+    import time
+
     import torch.distributed as dist
 
     if dist.is_initialized():
         dist.destroy_process_group()
+        time.sleep(_COMM_THREAD_GRACE_S)
 
 
 def barrier() -> None:

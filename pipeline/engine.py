@@ -27,6 +27,7 @@ from pipeline.config_schema import EngineConfig, OptimConfig
 from pipeline.dist import DistInfo
 from pipeline.optim import build_optimizer, set_lr
 
+DEEPSPEED_TAG = "deepspeed"  # the subdirectory DeepSpeed writes its files into, inside our checkpoint
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -63,6 +64,31 @@ def _checkpointed_forward(checkpoint, forward, x: torch.Tensor) -> torch.Tensor:
     return checkpoint(forward, x, use_reentrant=False)
 
 
+class BufferSync:
+    """Gives every rank rank 0's buffers (BN running statistics) before evaluation and saving.
+
+    Gradients are averaged, buffers are not: each rank's running statistics follow its own batches
+    (DDP broadcasts rank 0's before each training forward, then every rank updates them again; DeepSpeed
+    never does). Without this, ranks would evaluate slightly different models, and the checkpoint,
+    which holds rank 0's, would score differently from the evaluation at the end of training.
+    """
+
+    def __init__(self, module: nn.Module, distributed: bool) -> None:
+        self.module, self.distributed, self.changed = module, distributed, False
+
+    def mark_changed(self) -> None:
+        self.changed = self.distributed
+
+    def sync(self) -> None:
+        if not self.changed:
+            return
+        import torch.distributed as dist
+
+        for buffer in self.module.buffers():
+            dist.broadcast(buffer, src=0)
+        self.changed = False
+
+
 class DDPEngine:
     """Plain PyTorch: DistributedDataParallel when there is more than one rank."""
 
@@ -80,6 +106,7 @@ class DDPEngine:
             ids = [device.index] if device.type == "cuda" else None
             wrapped = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
         self.forward = torch.compile(wrapped) if cfg.compile else wrapped
+        self.buffers = BufferSync(self.module, info.distributed)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns the loss and the number of top-1 hits (both detached)."""
@@ -91,11 +118,13 @@ class DDPEngine:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.buffers.mark_changed()
         return loss.detach(), _hits(logits, labels)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         # The unwrapped module: evaluation needs no gradient synchronisation.
+        self.buffers.sync()
         self.module.eval()
         with self._autocast():
             return self.module(self._format(images)).float()
@@ -104,6 +133,7 @@ class DDPEngine:
         set_lr(self.optimizer, lr)
 
     def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool) -> None:
+        self.buffers.sync()
         if is_primary:
             save_state(staging / "state.pt", {
                 "model": self.module.state_dict(),
@@ -146,6 +176,7 @@ class DeepSpeedEngine:
         )
         self.module = self.engine.module
         self.input_dtype = _DTYPES[cfg.precision]
+        self.buffers = BufferSync(self.module, info.distributed)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         self.engine.train()
@@ -153,10 +184,12 @@ class DeepSpeedEngine:
         loss = F.cross_entropy(logits.float(), labels)
         self.engine.backward(loss)
         self.engine.step()
+        self.buffers.mark_changed()
         return loss.detach(), _hits(logits, labels)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
+        self.buffers.sync()
         self.engine.eval()
         return self.engine(self._format(images)).float()
 
@@ -164,13 +197,14 @@ class DeepSpeedEngine:
         set_lr(self.optimizer, lr)
 
     def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool) -> None:
+        self.buffers.sync()
         # Every rank takes part: with ZeRO each holds a slice of the optimizer state.
-        self.engine.save_checkpoint(str(staging), tag="deepspeed", client_state={}, save_latest=False)
+        self.engine.save_checkpoint(str(staging), tag=DEEPSPEED_TAG, client_state={}, save_latest=False)
         if is_primary:
             save_state(staging / "state.pt", extra)
 
     def load(self, checkpoint: Path) -> Dict[str, Any]:
-        path, _ = self.engine.load_checkpoint(str(checkpoint), tag="deepspeed", load_module_strict=True)
+        path, _ = self.engine.load_checkpoint(str(checkpoint), tag=DEEPSPEED_TAG, load_module_strict=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint in {checkpoint}")
         return load_state(checkpoint / "state.pt")
@@ -179,6 +213,17 @@ class DeepSpeedEngine:
         if self.input_dtype is not None:
             images = images.to(self.input_dtype)  # DeepSpeed casts the module, not its inputs
         return images.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else images
+
+
+def load_weights(checkpoint: Path) -> Dict[str, torch.Tensor]:
+    """The model's state dict from a checkpoint of either engine (for evaluation: no optimizer needed)."""
+    ours = load_state(checkpoint / "state.pt") if (checkpoint / "state.pt").exists() else {}
+    if "model" in ours:  # DDPEngine.save
+        return ours["model"]
+    deepspeed_file = checkpoint / DEEPSPEED_TAG / "mp_rank_00_model_states.pt"
+    if deepspeed_file.exists():  # DeepSpeedEngine.save: DeepSpeed's own layout
+        return load_state(deepspeed_file)["module"]
+    raise FileNotFoundError(f"{checkpoint}: no model weights (neither state.pt with 'model' nor {deepspeed_file.name})")
 
 
 def _hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

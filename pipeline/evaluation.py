@@ -1,13 +1,22 @@
-"""Exact top-1 / top-5 error over a whole split: every sample counted once, summed over ranks."""
+"""Exact top-1 / top-5 error over a whole split: every sample counted once, summed over ranks.
+
+The evaluation protocols differ only in the views a loader yields for each sample (`pipeline.data`):
+    center      images (B, C, H, W): one view, scored directly;
+    tencrop     images (B, 10, C, H, W): the mean of the ten views' softmax scores (Table 3);
+    multiscale  a list of (1, C, H_s, W_s), one per scale: the mean of the scales' softmax scores
+                (the fully-convolutional evaluation of Table 4).
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Tuple
+from typing import Callable, Iterable, List, Sequence, Tuple, Union
 
 import torch
 
 from pipeline.dist import all_reduce_sum
+
+Views = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -20,20 +29,30 @@ class EvalResult:
         return {f"{prefix}{k}": v for k, v in asdict(self).items()}
 
 
-def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[int, int]:
+def count_correct(scores: torch.Tensor, labels: torch.Tensor) -> Tuple[int, int]:
     """How many of the batch have the label first, and within the top five."""
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hits = top.eq(labels.view(-1, 1))
+    k = min(5, scores.shape[1])
+    top = scores.topk(k, dim=1).indices
+    hits = top.eq(labels.view(-1, 1).to(top.device))
     return int(hits[:, 0].sum()), int(hits.any(dim=1).sum())
 
 
-def evaluate(predict: Callable[[torch.Tensor], torch.Tensor],
-             batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]) -> EvalResult:
-    """Run `predict` over this rank's batches; the totals are summed over all ranks."""
+def view_scores(predict: Callable[[torch.Tensor], torch.Tensor], images: Views) -> torch.Tensor:
+    """Class scores per sample, (B, classes): logits for one view, the mean softmax over several."""
+    if isinstance(images, (list, tuple)):  # multiscale: one whole image per scale
+        return torch.stack([predict(view).float().softmax(dim=1) for view in images]).mean(dim=0)
+    if images.dim() == 5:  # tencrop: (B, V, C, H, W) -> all views in one batch
+        b, v = images.shape[:2]
+        probs = predict(images.flatten(0, 1)).float().softmax(dim=1)
+        return probs.view(b, v, -1).mean(dim=1)
+    return predict(images)  # one view: the softmax would not change the ranking
+
+
+def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[Tuple[Views, torch.Tensor]]) -> EvalResult:
+    """Run `predict` over this rank's batches, averaging views; the totals are summed over all ranks."""
     samples = top1 = top5 = 0
     for images, labels in batches:
-        c1, c5 = count_correct(predict(images), labels)
+        c1, c5 = count_correct(view_scores(predict, images), labels)
         samples, top1, top5 = samples + labels.numel(), top1 + c1, top5 + c5
     samples_f, top1_f, top5_f = all_reduce_sum([samples, top1, top5])
     if samples_f == 0:
@@ -43,3 +62,67 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor],
         top1_error=100.0 * (1 - top1_f / samples_f),
         top5_error=100.0 * (1 - top5_f / samples_f),
     )
+
+
+class LayerResponses:
+    """Fig. 7: the standard deviation of each 3x3 layer's response over the evaluation set.
+
+    A layer's response is the output of its BN, before the nonlinearity or the residual addition (the
+    paper's definition). Each 3x3 convolution is paired with the BatchNorm that follows it in
+    registration order, which is how every model of `pipeline.models` is built. The std is over every
+    value of the response (samples, channels and positions), from float64 sums reduced over ranks, so
+    it is exact whatever the number of ranks.
+
+        with LayerResponses(model) as responses:
+            evaluate(predict, loader)
+        stds = responses.result()   # {"layers": [...], "std": [...]}
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.layers = _bn_after_3x3(model)
+        if not self.layers:
+            raise ValueError("layer responses: the model has no 3x3 convolution followed by BatchNorm")
+        self.sums: List[torch.Tensor] = [torch.zeros(3, dtype=torch.float64) for _ in self.layers]
+        self._hooks: List = []
+
+    def __enter__(self) -> "LayerResponses":
+        for index, (_, bn) in enumerate(self.layers):
+            self._hooks.append(bn.register_forward_hook(self._hook(index)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+    def _hook(self, index: int):
+        def record(_module, _inputs, output: torch.Tensor) -> None:
+            # Summed here, inside the hook: the stem's in-place ReLU overwrites the tensor right after.
+            x = output.detach().double()
+            # (count, sum, sum of squares), kept on the output's device: no host sync per layer.
+            self.sums[index] = self.sums[index].to(x.device) + torch.stack(
+                [torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device), x.sum(), x.square().sum()])
+        return record
+
+    def result(self) -> dict:
+        totals = all_reduce_sum(torch.cat([s.cpu() for s in self.sums]).tolist())
+        stds = []
+        for i in range(len(self.layers)):
+            n, s, ss = totals[3 * i: 3 * i + 3]
+            if n == 0:
+                raise RuntimeError("layer responses: no forward pass was recorded")
+            mean = s / n
+            stds.append(max(ss / n - mean * mean, 0.0) ** 0.5)
+        return {"layers": [name for name, _ in self.layers], "std": stds}
+
+
+def _bn_after_3x3(model: torch.nn.Module) -> List[Tuple[str, torch.nn.Module]]:
+    """(name of the BN, BN) for every 3x3 convolution, in the order the layers are applied."""
+    pairs, pending = [], None
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            pending = name if module.kernel_size == (3, 3) else None
+        elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and pending is not None:
+            pairs.append((name, module))
+            pending = None
+    return pairs

@@ -5,13 +5,13 @@ master come from the environment (`pipeline.dist`). Running the same config into
 directory again resumes from its latest complete checkpoint: resume is the default, not a flag.
 
 The run directory (`<run.out_dir>/<run.name>/`) holds `config.yaml`, `checkpoints/`, `metrics.jsonl`,
-`results.json`, `wandb/` and `wandb_id`.
+`results.json` (and `layer_responses.json` with `eval.layer_responses`), `wandb/` and `wandb_id`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import sys
 import time
@@ -25,15 +25,15 @@ from pipeline import dist
 from pipeline.checkpoint import CheckpointStore, load_state, save_state
 from pipeline.config import ConfigError, ExperimentConfig, config_to_dict, load_config, loggable_config, save_config
 from pipeline.dist import DistInfo, dist_info_from_env
-from pipeline.evaluation import evaluate
+from pipeline.evaluation import LayerResponses, evaluate
 from pipeline.metrics import make_logger
 from pipeline.models import build_model
+from pipeline.results import update_results, write_layer_responses
 from pipeline.runtime import StopSignal, peak_memory_mb, resolve_device, rng_state, seed_everything, set_rng_state
 from pipeline.schedule import LRSchedule
 
 log = logging.getLogger("pipeline.train")
 
-RESULTS_FILE = "results.json"
 EXIT_INTERRUPTED = 3  # stopped by a signal after saving a checkpoint: requeue and run again to resume
 
 
@@ -63,7 +63,8 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
 
     # Components, each built from its own section.
     train_loader = build_loader(cfg.data, cfg.data.train_split, info, train=True, device=device, seed=cfg.run.seed)
-    eval_loader = build_loader(cfg.data, cfg.data.eval_split, info, train=False, device=device, seed=cfg.run.seed)
+    eval_loader = build_loader(cfg.data, cfg.data.eval_split, info, train=False, device=device, seed=cfg.run.seed,
+                               eval_resize=cfg.eval.resize)
     if cfg.model.num_classes is None:
         cfg.model.num_classes = dataset_num_classes(cfg.data)
     if info.is_primary:
@@ -81,7 +82,7 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
         progress = Progress(**extra["progress"])
         schedule.load_state_dict(extra["schedule"])
         rank_state = load_state(latest.path / f"rank-{info.rank:05d}.pt")
-        _restore_rank_state(rank_state, train_loader, info)
+        _restore_rank_state(rank_state, train_loader)
         log.warning("resuming %s from step %d (epoch %d)", run_dir, progress.step, progress.epoch)
     logger = make_logger(info.is_primary, run_dir, cfg.logging, cfg.run.name, loggable_config(cfg), progress.step)
 
@@ -101,6 +102,8 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
     stop = StopSignal().install()
     total_steps = schedule.total_steps
     last_save = time.monotonic()
+    logger.log({"event": "start", "total_steps": total_steps, "steps_per_epoch": train_loader.steps_per_epoch,
+                "world_size": info.world_size}, progress.step)
     window = _Window()
     result: dict = {}
     try:
@@ -143,14 +146,20 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
                     save_checkpoint()
                     last_save = time.monotonic()
 
-        final = evaluate(engine.predict, eval_loader)
+        responses = LayerResponses(engine.module) if cfg.eval.layer_responses else contextlib.nullcontext()
+        with responses:
+            final = evaluate(engine.predict, eval_loader)
+        stds = responses.result() if cfg.eval.layer_responses else None
         result = {"step": progress.step, "epoch": progress.epoch, "split": cfg.data.eval_split,
                   "protocol": "center", **final.as_dict()}
         logger.log({"kind": "final", **final.as_dict("eval_")}, progress.step)
         logger.summary(result)
         save_checkpoint({"val_top1_error": final.top1_error})
         if info.is_primary:
-            _write_json(run_dir / RESULTS_FILE, {"train": result})
+            update_results(run_dir, "train", result)
+            if stds is not None:
+                write_layer_responses(run_dir, {**stds, "samples": final.samples, "split": cfg.data.eval_split,
+                                                "step": progress.step})
         return result
     finally:
         stop.uninstall()
@@ -165,7 +174,7 @@ def _evaluate_and_log(engine, eval_loader, schedule: LRSchedule, logger, progres
         logger.log({"event": "validation error plateaued: lr divided"}, progress.step)
 
 
-def _restore_rank_state(state: dict, loader, info: DistInfo) -> None:
+def _restore_rank_state(state: dict, loader) -> None:
     set_rng_state(state["rng"])
     loader.load_state_dict(state["loader"])
 
@@ -200,14 +209,6 @@ class _Window:
             "data_wait_fraction": data_time / info.world_size / max(elapsed, 1e-9),
             "memory_mb": peak_memory_mb(device),
         }
-
-
-def _write_json(path: Path, data: dict) -> None:
-    existing = json.loads(path.read_text()) if path.exists() else {}
-    existing.update(data)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(existing, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def main(argv: Optional[list] = None) -> int:

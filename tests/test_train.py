@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from pipeline.evaluate import evaluate_run
 from pipeline.metrics import read_metrics
 from pipeline.wandb_offline import offline_runs
 from tests.train_support import final_weights, small_run, train, train_and_kill
@@ -29,6 +30,10 @@ def test_deepspeed_loss_falls(digits_dataset, tmp_path):
                        "optim.lr=0.05", "logging.every_steps=5"))
     losses = [m["loss"] for m in read_metrics(tmp_path / "t") if "loss" in m]
     assert sum(losses[-2:]) / 2 < 0.9 * sum(losses[:2]) / 2, losses
+    # `pipeline.evaluate` reads DeepSpeed's checkpoint layout and scores what training scored.
+    evaluated = evaluate_run(tmp_path / "t", "center", "best")
+    trained = json.loads((tmp_path / "t" / "results.json").read_text())["train"]
+    assert (evaluated["samples"], evaluated["top1_error"]) == (297, trained["top1_error"])
 
 
 def test_ddp_kill_and_resume_is_bitwise_identical(digits_dataset, tmp_path):

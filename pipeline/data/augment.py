@@ -114,6 +114,11 @@ def geometry_for(augmentation: str, train: bool, image_size: int, resize_min: in
     evaluation view is the original 32x32 image.
     """
     if augmentation in ("cifar", "none") and image_size <= 32:
+        if not train and protocol != "center":
+            # Silently scoring the single view under another protocol's name would mislabel a result.
+            raise ValueError(f"the {protocol} protocol needs ImageNet-style images; CIFAR-sized data "
+                             f"(image_size {image_size}) is evaluated on its one {image_size}x{image_size} view: "
+                             "use the center protocol")
         return Geometry("none", 0)
     if not train and protocol == "tencrop":
         return Geometry("tencrop", image_size, resize_min, resize_max)

@@ -1,0 +1,132 @@
+"""`python -m pipeline.evaluate RUN_DIR [--protocol center|tencrop|multiscale] [--checkpoint best|last|PATH]`
+
+Evaluates a trained run with one of the paper's testing protocols and records the result in the run's
+`results.json` under `eval.<protocol>`: exact top-1 and top-5 error over the whole split (every sample
+once, however many ranks), the sample count, the checkpoint and its step. `--layer-responses` also
+records Fig. 7's per-layer response std in `layer_responses.json`.
+
+Runs as one process, under `torchrun --nproc-per-node N`, or as a SLURM task (`python -m launch
+evaluate`): rank and world size come from the environment, as for training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from pipeline import dist
+from pipeline.checkpoint import CheckpointStore
+from pipeline.config import ConfigError, ExperimentConfig, load_config
+from pipeline.dist import DistInfo, dist_info_from_env
+from pipeline.evaluation import LayerResponses, evaluate
+from pipeline.results import update_results, write_layer_responses
+from pipeline.runtime import resolve_device
+
+log = logging.getLogger("pipeline.evaluate")
+
+PROTOCOLS = ("center", "tencrop", "multiscale")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def evaluate_run(run_dir: Path, protocol: str = "center", checkpoint: str = "last", split: Optional[str] = None,
+                 layer_responses: bool = False, info: Optional[DistInfo] = None) -> dict:
+    """Evaluate `run_dir`'s checkpoint with `protocol`; the primary rank records and returns the result."""
+    from pipeline.data import build_loader
+    from pipeline.engine import load_weights
+    from pipeline.models import build_model
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if layer_responses and protocol != "center":
+        raise ValueError("layer responses are measured on the centre view: use --protocol center")
+    chosen = CheckpointStore(run_dir / "checkpoints").select(checkpoint)
+    info = info or dist_info_from_env()
+    device = resolve_device(cfg.run.device, info)
+    if info.distributed:
+        dist.init_process_group(info, device.type, cfg.engine.timeout_minutes)
+    try:
+        split = split or cfg.data.eval_split
+        loader = build_loader(cfg.data, split, info, train=False, device=device, seed=cfg.run.seed,
+                              protocol=protocol, scales=cfg.eval.scales, eval_resize=cfg.eval.resize)
+        model = build_model(cfg.model)
+        model.load_state_dict(load_weights(chosen.path))
+        model = model.to(device).eval()
+        responses = LayerResponses(model) if layer_responses else contextlib.nullcontext()
+        with responses:
+            result = evaluate(_predictor(model, cfg, device), loader)
+        record = {"protocol": protocol, "split": split, "checkpoint": str(chosen.path.resolve()),
+                  "step": chosen.step, "world_size": info.world_size, **result.as_dict()}
+        stds = responses.result() if layer_responses else None
+        if info.is_primary:
+            update_results(run_dir, "eval", record, protocol=protocol)
+            if stds is not None:
+                write_layer_responses(run_dir, {**stds, "samples": result.samples, "split": split,
+                                                "checkpoint": record["checkpoint"], "step": chosen.step})
+        return record
+    finally:
+        dist.destroy_process_group()
+
+
+def run_config(run_dir: Path) -> ExperimentConfig:
+    """The resolved config a run was trained with (`RUN_DIR/config.yaml`)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no config.yaml; is this a run directory (<run.out_dir>/<run.name>)?")
+    cfg = load_config(path)
+    if cfg.model.num_classes is None:  # training writes it once it has read the dataset
+        from pipeline.data import dataset_num_classes
+
+        cfg.model.num_classes = dataset_num_classes(cfg.data)
+    return cfg
+
+
+def _predictor(model: torch.nn.Module, cfg: ExperimentConfig, device: torch.device) -> Callable:
+    dtype = _AUTOCAST.get(cfg.engine.precision)
+
+    @torch.no_grad()
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        if cfg.engine.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            return model(images).float()
+
+    return predict
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="a run directory (it holds config.yaml and checkpoints/)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="center",
+                        help="center: one 224 crop (ImageNet) or the 32x32 image (CIFAR); tencrop: Table 3's "
+                             "10-crop testing; multiscale: Table 4's fully-convolutional scores averaged over "
+                             "eval.scales (default: center)")
+    parser.add_argument("--checkpoint", default="last",
+                        help="last, best (lowest validation error), or a checkpoint directory (default: last)")
+    parser.add_argument("--split", help="the split to evaluate (default: the config's data.eval_split)")
+    parser.add_argument("--layer-responses", action="store_true",
+                        help="also record each 3x3 layer's response std (Fig. 7) in layer_responses.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        record = evaluate_run(Path(args.run_dir), args.protocol, args.checkpoint, args.split, args.layer_responses)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if dist_info_from_env().is_primary:
+        print(f"{record['split']} {record['protocol']} error: top-1 {record['top1_error']:.2f}%, "
+              f"top-5 {record['top5_error']:.2f}% ({record['samples']} samples, step {record['step']})")
+        print(f"recorded in {Path(args.run_dir) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Evaluation: the protocols' score averaging against direct computation, exactness over ranks, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from launch.local import torchrun_command
+from pipeline.checkpoint import CheckpointStore
+from pipeline.config_schema import DataConfig
+from pipeline.data import build_loader
+from pipeline.dist import DistInfo
+from pipeline.evaluate import evaluate_run
+from pipeline.evaluation import LayerResponses, evaluate, view_scores
+from pipeline.models import build
+from tests.data_loader_fixtures import make_dataset
+from tests.train_support import REPO, env, small_run, train
+
+MEAN, STD = np.array([120.0, 115.0, 100.0]), np.array([60.0, 58.0, 59.0])  # make_dataset's manifest stats
+
+
+@pytest.fixture(scope="module")
+def imagenet(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("imagenet"), "imagenet", {"train": [4], "test": [3, 2]},
+                        num_classes=5)
+
+
+def _photos(root: Path, split: str) -> list:
+    """The split's images straight from its tars, in shard order, decoded by PIL."""
+    photos = []
+    for tar_path in sorted(root.glob(f"{split}-*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".jpg"):
+                    photos.append(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
+    return photos
+
+
+def _normalised(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(((np.asarray(img, dtype=np.float64) - MEAN) / STD).astype(np.float32)).permute(2, 0, 1)
+
+
+def _resize_shorter(img: Image.Image, shorter: int) -> Image.Image:
+    w, h = img.size
+    scale = shorter / min(w, h)
+    return img.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build("resnet18", num_classes=5).eval()
+    for m in model.modules():  # non-trivial BN statistics, so that scores differ between views
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def _data(root: Path) -> DataConfig:
+    return DataConfig(root=str(root), backend="torch", augmentation="paper", image_size=48, resize_min=56,
+                      resize_max=96, batch_size=4, eval_batch_size=2, num_threads=1)
+
+
+@torch.no_grad()
+def test_tencrop_scores_are_the_mean_of_the_ten_views_softmax(imagenet):
+    model = _model()
+    loader = build_loader(_data(imagenet), "test", DistInfo(), train=False, protocol="tencrop", eval_resize=56)
+    ours = torch.cat([view_scores(model, images) for images, _ in loader])
+
+    direct = []
+    for photo in _photos(imagenet, "test"):  # resize shorter side to 56, 4 corners + centre of 48, and flips
+        img = _resize_shorter(photo, 56)
+        w, h = img.size
+        lefts_tops = [(0, 0), (w - 48, 0), (0, h - 48), (w - 48, h - 48), (round((w - 48) / 2), round((h - 48) / 2))]
+        crops = [img.crop((x, y, x + 48, y + 48)) for x, y in lefts_tops]
+        crops += [c.transpose(Image.FLIP_LEFT_RIGHT) for c in crops]
+        views = torch.stack([_normalised(c) for c in crops])
+        direct.append(model(views).softmax(dim=1).mean(dim=0))
+    direct = torch.stack(direct)
+
+    assert ours.shape == (5, 5)
+    assert torch.allclose(ours, direct, atol=1e-5)
+    # Not the same as scoring the centre view alone: averaging really happened.
+    centre = torch.cat([model(images[:, 4]).softmax(dim=1) for images, _ in loader])
+    assert not torch.allclose(ours, centre, atol=1e-3)
+
+
+@torch.no_grad()
+def test_multiscale_scores_are_the_mean_over_whole_images_at_each_scale(imagenet):
+    model = _model()
+    loader = build_loader(_data(imagenet), "test", DistInfo(), train=False, protocol="multiscale", scales=(40, 64))
+    ours = torch.cat([view_scores(model, images) for images, _ in loader])
+    direct = torch.stack([
+        torch.stack([model(_normalised(_resize_shorter(p, s))[None])[0].softmax(0) for s in (40, 64)]).mean(0)
+        for p in _photos(imagenet, "test")])
+    assert torch.allclose(ours, direct, atol=1e-5)
+
+
+def test_layer_responses_follow_each_3x3_layer_in_order():
+    torch.manual_seed(0)
+    model = build("cifar_resnet20", num_classes=10).eval()
+    batches = [(torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))) for _ in range(3)]
+    with LayerResponses(model) as responses:
+        evaluate(model, batches)
+    result = responses.result()
+    assert len(result["std"]) == 19  # the 20-layer net: 19 3x3 layers and the classifier
+    assert result["layers"][:3] == ["stem.1", "stages.0.0.bn1", "stages.0.0.bn2"]
+
+    captured = {}
+    bns = dict(model.named_modules())
+    hooks = [bns[name].register_forward_hook(lambda m, i, o, name=name: captured.setdefault(name, []).append(o.clone()))  # before an in-place ReLU
+             for name in result["layers"]]
+    with torch.no_grad():
+        for images, _ in batches:
+            model(images)
+    for hook in hooks:
+        hook.remove()
+    direct = [float(torch.cat(captured[name]).double().std(unbiased=False)) for name in result["layers"]]
+    assert result["std"] == pytest.approx(direct, rel=1e-9)
+
+
+def test_cifar_data_refuses_a_multi_view_protocol(tmp_path):
+    root = make_dataset(tmp_path / "cifar", "cifar", {"train": [4], "test": [3]}, num_classes=3)
+    data = DataConfig(root=str(root), backend="torch", augmentation="cifar", image_size=32, batch_size=2,
+                      eval_batch_size=2, num_threads=1)
+    with pytest.raises(ValueError, match="tencrop protocol needs ImageNet-style images"):
+        build_loader(data, "test", DistInfo(), train=False, protocol="tencrop")
+
+
+def test_checkpoint_choices_are_checked(tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoints")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint to use as 'last'"):
+        store.select("last")
+    store.commit(store.begin(5), 5)
+    assert store.select("last").step == 5
+    with pytest.raises(FileNotFoundError, match="none records val_top1_error"):
+        store.select("best")
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint directory"):
+        store.select(str(tmp_path / "checkpoints" / "step-000000007"))
+    assert store.select(str(tmp_path / "checkpoints" / "step-000000005")).step == 5
+
+
+@pytest.mark.slow
+def test_two_rank_evaluation_counts_every_sample_once(digits_dataset, tmp_path):
+    """297 test digits over 2 ranks (149 + 148): the same counts, errors and layer responses as 1 rank."""
+    train(2, small_run(digits_dataset, tmp_path, "logging.wandb_mode=disabled", "schedule.total=16",
+                       "schedule.milestones=[12]", "data.eval_batch_size=40"))
+    run_dir = tmp_path / "t"
+    one = evaluate_run(run_dir, "center", "last", layer_responses=True)
+    single_responses = json.loads((run_dir / "layer_responses.json").read_text())
+
+    proc = subprocess.run(torchrun_command("pipeline.evaluate", [str(run_dir), "--layer-responses"], 2),
+                          capture_output=True, text=True, cwd=REPO, env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    two = json.loads((run_dir / "results.json").read_text())["eval"]["center"]
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    for key in ("samples", "top1_error", "top5_error", "step"):
+        assert two[key] == one[key], key
+    assert two["samples"] == 297
+    # Training (2 DDP ranks) ended with an evaluation of the same weights, BN statistics included.
+    trained = json.loads((run_dir / "results.json").read_text())["train"]
+    assert trained["top1_error"] == one["top1_error"]
+    double = json.loads((run_dir / "layer_responses.json").read_text())
+    assert double["layers"] == single_responses["layers"]
+    assert double["std"] == pytest.approx(single_responses["std"], rel=1e-9)
+
+
+def test_evaluate_names_what_is_missing(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline.evaluate", str(tmp_path / "nowhere")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "no config.yaml" in proc.stderr
