@@ -3,7 +3,11 @@
   1. scikit-learn's 1,797 real handwritten digits, written in CIFAR-10's python-batch format;
   2. `data_prep` shards them into WebDataset tars with DALI index files and verifies them;
   3. `launch local` trains a CIFAR ResNet in 2 processes (DDP over gloo) through the DALI loader,
-     with checkpoints and an offline W&B run, and evaluates it on the test split.
+     with checkpoints and an offline W&B run, and evaluates it on the test split;
+  4. `pipeline.evaluate` scores the best checkpoint again in 2 processes and measures the std of each
+     3x3 layer's response (Fig. 7);
+  5. `pipeline.report` writes the run's table, training curves and layer responses (Markdown + PNG),
+     as it does for the paper's tables (configs/tables/).
 
 Run it again and it resumes (or, finished, just re-evaluates): nothing is redone that is complete.
 """
@@ -12,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "digits.yaml"
+DEMO_TABLES = Path(__file__).resolve().parents[1] / "configs" / "demo" / "tables"
+REPORTS = ("digits.yaml", "digits_curves.yaml", "digits_responses.yaml")
 
 
 def _step(title: str) -> None:
@@ -36,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nproc", type=int, default=2, help="training processes (default: 2)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
-    raw, shards, runs = out / "raw", out / "digits", out / "runs"
+    raw, shards, runs, report = out / "raw", out / "digits", out / "runs", out / "report"
 
     _step("1. The digits in CIFAR-10's format (real photos of handwriting from scikit-learn)")
     _run("-m", "data_prep", "synth", "--kind", "cifar10", "--out", str(raw))
@@ -46,16 +52,32 @@ def main(argv: list[str] | None = None) -> int:
          "--samples-per-shard", "400")
     _run("-m", "data_prep", "verify", str(shards))
 
+    # The run the demo's report tables plan (seed 0 of their one row), so the report finds it.
+    from pipeline.tables import planned_runs
+
+    run = planned_runs(DEMO_TABLES / REPORTS[0], runs, extra_overrides=(f"data.root={shards}",))[0]
+    run_dir = run.run_dir
+
     _step(f"3. Training a CIFAR ResNet with DDP in {args.nproc} processes on the CPU (DALI loader)")
-    _run("-m", "launch", "local", str(DEMO_CONFIG), f"data.root={shards}", f"run.out_dir={runs}",
-         "--nproc", str(args.nproc))
+    _run("-m", "launch", "local", str(run.config_path), *run.overrides, "--nproc", str(args.nproc))
 
-    from pipeline.config import load_config
+    _step(f"4. Evaluating the best checkpoint in {args.nproc} processes, with Fig. 7's layer responses")
+    from launch.local import torchrun_command
 
-    run_dir = runs / load_config(DEMO_CONFIG).run.name
+    evaluate = torchrun_command("pipeline.evaluate", [str(run_dir), "--checkpoint", "best", "--layer-responses"],
+                                args.nproc)
+    print("$ python " + " ".join(evaluate[1:]), flush=True)
+    threads = str(max(1, (os.cpu_count() or 1) // args.nproc))  # as `launch local` does
+    subprocess.run(evaluate, check=True, env={**os.environ, "OMP_NUM_THREADS": threads})
+
+    _step("5. The report: the run's table, curves and layer responses")
+    _run("-m", "pipeline.report", *[str(DEMO_TABLES / name) for name in REPORTS], "--runs", str(runs),
+         "--out", str(report))
+
     result = json.loads((run_dir / "results.json").read_text())["train"]
     print(f"\ntest error: {result['top1_error']:.2f}% (top-5 {result['top5_error']:.2f}%, "
           f"{result['samples']} test images, {result['step']} steps)")
+    print(f"report:         {report}/  ({', '.join(sorted(p.name for p in report.iterdir()))})")
     print(f"run directory:  {run_dir}")
     print(f"checkpoints:    {run_dir / 'checkpoints'}")
     print(f"metrics:        {run_dir / 'metrics.jsonl'}")

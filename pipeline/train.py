@@ -152,7 +152,8 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
         stds = responses.result() if cfg.eval.layer_responses else None
         result = {"step": progress.step, "epoch": progress.epoch, "split": cfg.data.eval_split,
                   "protocol": "center", **final.as_dict()}
-        logger.log({"kind": "final", **final.as_dict("eval_")}, progress.step)
+        # Logged as a validation record too: the last point of the validation curve (Figs. 4 and 6).
+        logger.log({"kind": "final", "epoch": progress.epoch, **final.as_dict("val_")}, progress.step)
         logger.summary(result)
         save_checkpoint({"val_top1_error": final.top1_error})
         if info.is_primary:

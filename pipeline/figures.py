@@ -1,0 +1,88 @@
+"""The report's figures, drawn as the paper draws them (matplotlib, no display needed).
+
+Curves (Figs. 4 and 6): one panel per `panel` of the table (plain beside residual), a colour per row,
+training error thin and dashed, validation error bold. Layer responses (Fig. 7): the std of each 3x3
+layer's response, in layer order (top) and sorted in descending order (bottom).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+DPI = 100
+PANEL_SIZE = (5.0, 4.0)  # inches per panel
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: clusters have no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(table, rows: Sequence[Tuple[str, Optional[str], object]], out: Path) -> Path:
+    """rows: (label, panel, RunReading or None); `table.metrics` = [training metric, validation metric]."""
+    plt = _pyplot()
+    panels = list(dict.fromkeys(panel or "" for _, panel, _ in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(PANEL_SIZE[0] * len(panels), PANEL_SIZE[1]), dpi=DPI,
+                             squeeze=False)
+    train_metric, val_metric = (table.metrics + [None])[:2]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, panel in zip(axes[0], panels):
+        in_panel = [(label, run) for label, p, run in rows if (p or "") == panel]
+        for i, (label, run) in enumerate(in_panel):
+            colour = colours[i % len(colours)]
+            curves = run.curves if run is not None else {}
+            name = label if any(curves.values()) else f"{label} (no data yet)"
+            if curves.get(train_metric):
+                ax.plot(*zip(*curves[train_metric]), color=colour, linewidth=0.8, linestyle="--")
+            val = curves.get(val_metric) or []
+            ax.plot(*(zip(*val) if val else ([], [])), color=colour, linewidth=2.2, label=name)
+        ax.set_title(panel or table.title)
+        ax.set_xlabel("iterations")
+        ax.set_ylabel("error (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{table.title}\n(dashed: training error, bold: validation error)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_responses(table, rows: Sequence[Tuple[str, Optional[List[float]]]], out: Path) -> Path:
+    """rows: (label, per-layer std or None)."""
+    plt = _pyplot()
+    fig, (by_layer, by_size) = plt.subplots(2, 1, figsize=(PANEL_SIZE[0] * 2, PANEL_SIZE[1] * 2), dpi=DPI)
+    for label, stds in rows:
+        if not stds:
+            by_layer.plot([], [], label=f"{label} (no data yet)")
+            by_size.plot([], [])
+            continue
+        layers = range(1, len(stds) + 1)
+        by_layer.plot(layers, stds, marker=".", linewidth=1, label=label)
+        by_size.plot(layers, sorted(stds, reverse=True), marker=".", linewidth=1)
+    by_layer.set_xlabel("layer index (original)")
+    by_size.set_xlabel("layer index (sorted by magnitude)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (by_layer, by_size):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("std")
+        ax.grid(alpha=0.3)
+    by_layer.legend(fontsize=8)
+    fig.suptitle(table.title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def figure_size(kind: str, panels: int = 1) -> Tuple[int, int]:
+    """The pixel size (width, height) of a figure, as written: for tests and for embedding."""
+    if kind == "curves":
+        return round(PANEL_SIZE[0] * panels * DPI), round(PANEL_SIZE[1] * DPI)
+    return round(PANEL_SIZE[0] * 2 * DPI), round(PANEL_SIZE[1] * 2 * DPI)
