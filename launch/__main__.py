@@ -4,6 +4,7 @@
   local  CONFIG [overrides] --nproc N
   sweep  configs/tables/<table>.yaml [--seeds 0 1 2] [--runs DIR] [--array-parallelism K] [resources]
   prep   --num-tasks K [resources] -- <data_prep arguments>
+  evaluate RUN_DIR [--protocol P] [--checkpoint C] [--layer-responses] (--nproc N | --slurm [resources] [--wait])
   status [RUN_DIR ...]
 """
 
@@ -124,6 +125,30 @@ def cmd_prep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import run_config
+
+    run_dir = Path(args.run_dir).resolve()
+    cfg = run_config(run_dir)  # refuse a directory that is not a run before anything starts
+    flags = ["--protocol", args.protocol, "--checkpoint", args.checkpoint] + \
+        (["--layer-responses"] if args.layer_responses else [])
+    if not args.slurm:
+        import subprocess
+
+        from launch.local import torchrun_command
+
+        return subprocess.run(torchrun_command("pipeline.evaluate", [str(run_dir), *flags], args.nproc)).returncode
+    from launch.slurm import submit_evaluation
+
+    job = submit_evaluation(run_dir, _resources(args, cfg), args.protocol, args.checkpoint, args.layer_responses)
+    print(f"submitted evaluation job {job.job_id}: {run_dir} ({args.protocol}, checkpoint {args.checkpoint})")
+    if args.wait:
+        record = job.results()[0]  # every task returns the same totals
+        print(f"{record['split']} {record['protocol']} error: top-1 {record['top1_error']:.2f}%, "
+              f"top-5 {record['top5_error']:.2f}% ({record['samples']} samples) -> {run_dir / 'results.json'}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from launch.status import print_status
 
@@ -165,6 +190,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("prep_args", nargs=argparse.REMAINDER, help="-- then data_prep's own arguments")
     _add_resource_flags(p)
     p.set_defaults(func=cmd_prep)
+
+    p = sub.add_parser("evaluate", help="evaluate a run (ten-crop, multi-scale...) here or as a SLURM job")
+    p.add_argument("run_dir", help="a run directory (it holds config.yaml and checkpoints/)")
+    p.add_argument("--protocol", choices=("center", "tencrop", "multiscale"), default="center")
+    p.add_argument("--checkpoint", default="last", help="last, best, or a checkpoint directory (default: last)")
+    p.add_argument("--layer-responses", action="store_true", help="also record Fig. 7's layer responses")
+    p.add_argument("--nproc", type=int, default=1, help="processes on this machine (without --slurm)")
+    p.add_argument("--slurm", action="store_true", help="submit a SLURM job (resources: the run's slurm section)")
+    p.add_argument("--wait", action="store_true", help="with --slurm: wait for the result and print it")
+    _add_resource_flags(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("status", help="state, last step and last metrics of runs")
     p.add_argument("runs", nargs="*", default=["runs"], help="run directories or folders holding them")

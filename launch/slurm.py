@@ -121,6 +121,33 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir))
 
 
+class EvalJob:
+    """The callable of an evaluation job: `pipeline.evaluate` on every task of the job.
+
+    Evaluation writes nothing until it has its result, so a preempted job simply runs again.
+    """
+
+    def __init__(self, run_dir: str | Path, protocol: str, checkpoint: str, layer_responses: bool) -> None:
+        self.run_dir, self.protocol, self.checkpoint = str(run_dir), protocol, checkpoint
+        self.layer_responses = layer_responses
+
+    def __call__(self) -> dict:
+        from pipeline.evaluate import evaluate_run
+
+        return evaluate_run(Path(self.run_dir), self.protocol, self.checkpoint, layer_responses=self.layer_responses)
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def submit_evaluation(run_dir: Path, resources: JobResources, protocol: str, checkpoint: str,
+                      layer_responses: bool):
+    executor = make_executor(run_dir / SLURM_DIR / "eval", resources, f"eval-{protocol}-{run_dir.name}")
+    return executor.submit(EvalJob(run_dir, protocol, checkpoint, layer_responses))
+
+
 def prepare_run(config: str, overrides: List[str]) -> tuple[ExperimentConfig, Path]:
     """Resolve the config and fix the run directory before anything is submitted."""
     from pipeline.train import run_dir_of

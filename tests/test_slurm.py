@@ -18,7 +18,7 @@ from launch.status import run_status
 from pipeline.metrics import read_metrics
 from pipeline.wandb_offline import offline_runs
 from tests.slurm_support import require_minicluster
-from tests.train_support import DEMO_CONFIG, REPO, small_run
+from tests.train_support import DEMO_CONFIG, REPO, small_run, train
 
 pytestmark = pytest.mark.slow
 CPU_JOB = ["--gpus-per-node", "0", "--tasks-per-node", "2", "--cpus-per-task", "1"]
@@ -137,3 +137,17 @@ def test_data_prep_job_array_gives_the_same_shards(digits_dataset, tmp_path):
     assert len(files) > 5
     match, mismatch, errors = filecmp.cmpfiles(one, array, files, shallow=False)
     assert not mismatch and not errors, (mismatch, errors)
+
+
+def test_evaluation_runs_as_a_two_task_slurm_job(digits_dataset, tmp_path):
+    require_minicluster()
+    run_dir = tmp_path / "t"
+    train(1, small_run(digits_dataset, tmp_path, "schedule.total=10", "schedule.milestones=[]",
+                       "logging.wandb_mode=disabled"))
+    out = launch("evaluate", str(run_dir), "--slurm", "--wait", "--layer-responses", *CPU_JOB, "--time", "5")
+    assert "submitted evaluation job" in out and "297 samples" in out
+    results = json.loads((run_dir / "results.json").read_text())
+    evaluated = results["eval"]["center"]
+    assert evaluated["world_size"] == 2 and evaluated["samples"] == 297  # each test digit once over 2 tasks
+    assert evaluated["top1_error"] == results["train"]["top1_error"]
+    assert (run_dir / "layer_responses.json").exists()
