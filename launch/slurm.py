@@ -175,10 +175,14 @@ def submit(run_dir: Path, resources: JobResources, job_name: str):
 
 
 def _record_job_id(run_dir: Path) -> None:
+    """Write the SLURM id of this job (`ARRAY_TASK` for an array task) beside the run, for `status`."""
     import os
 
-    job_id = os.environ.get("SLURM_ARRAY_JOB_ID") and f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
-    job_id = job_id or os.environ.get("SLURM_JOB_ID")
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID')}"
+    else:
+        job_id = env.get("SLURM_JOB_ID", "")
     if job_id:
         (run_dir / JOB_ID_FILE).write_text(job_id)
 
