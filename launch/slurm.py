@@ -175,16 +175,10 @@ def submit(run_dir: Path, resources: JobResources, job_name: str):
 
 
 def _record_job_id(run_dir: Path) -> None:
-    """Write the SLURM id of this job (`ARRAY_TASK` for an array task) beside the run, for `status`."""
-    import os
+    """Write this job's SLURM id (`<array job>_<task>` for an array task) beside the run, for `status`."""
+    import submitit
 
-    env = os.environ
-    if env.get("SLURM_ARRAY_JOB_ID"):
-        job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID')}"
-    else:
-        job_id = env.get("SLURM_JOB_ID", "")
-    if job_id:
-        (run_dir / JOB_ID_FILE).write_text(job_id)
+    (run_dir / JOB_ID_FILE).write_text(submitit.JobEnvironment().job_id)
 
 
 def submit_array(run_dirs: List[Path], resources: JobResources, job_name: str, folder: Path,
