@@ -75,6 +75,7 @@ def test_imagenet_train_batches(imagenet, backend):
     assert len(batches) == len(loader)
     mean, std = torch.tensor([120.0, 115.0, 100.0]).view(1, 3, 1, 1), torch.tensor([60.0, 58.0, 59.0]).view(1, 3, 1, 1)
     for x, y in batches:
+        x = x.cpu()
         assert x.shape == (4, 3, 48, 48) and x.dtype == torch.float32
         assert y.dtype == torch.int64 and 0 <= int(y.min()) and int(y.max()) < 18
         pixels = x * std + mean  # back to 0-255: mean/std per channel were applied, nothing else
@@ -90,12 +91,13 @@ def test_cifar_train_and_original_eval_view(cifar, backend):
 
     cfg = cifar_cfg(cifar, backend)
     x, y = next(iter(build_loader(cfg, "train", rank(0, 1))))
+    x = x.cpu()
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     pixels = x + 120.0  # the per-pixel mean image of the fixture; padding is 0 after the subtraction
     assert float(pixels.min()) >= 0 and float(pixels.max()) <= 255
     # Evaluation: exactly the stored 32x32 image minus the mean image.
     ev = build_loader(cfg, "test", rank(0, 1))
-    images = torch.cat([b[0] for b in ev])
+    images = torch.cat([b[0].cpu() for b in ev])
     assert images.shape == (7, 3, 32, 32)
     tar_first = _first_member(cifar / "test-000000.tar", ".png")
     expected = torch.from_numpy(np.array(Image.open(io.BytesIO(tar_first)).convert("RGB"))).permute(2, 0, 1)
@@ -129,6 +131,29 @@ def test_backends_agree_on_the_centre_view(imagenet):
              for b in ("dali", "torch")}
     diff = (views["dali"] - views["torch"]).abs().mul(60).mean()  # ~0-255 scale
     assert float(diff) < 6.0
+
+
+@pytest.mark.skipif(not HAS_DALI, reason="DALI not installed")
+def test_window_cropped_in_the_resize_matches_the_window_decode(imagenet):
+    """The GPU's geometry (whole image decoded, window cropped inside the resize), run here on the CPU,
+    gives the views of the window decode: the same window, up to its rounding to whole pixels."""
+    from pipeline.data.augment import Geometry, Normalize
+    from pipeline.data.dali_loader import build_pipeline
+    from pipeline.data.shards import open_split
+
+    split = open_split(imagenet, "test")
+    outputs = {}
+    for crop_in_resize in (False, True):
+        for kind in ("center", "rrc"):
+            pipe = build_pipeline(split, Geometry(kind, 48, 56, 96, flip=kind == "rrc"), train=False, batch_size=9,
+                                  shard_id=0, num_shards=1, seed=4, num_threads=1, shuffle_buffer=1, device_id=None,
+                                  hw_decoder_load=0.0, crop_in_resize=crop_in_resize,
+                                  normalize=Normalize((120.0, 115.0, 100.0), (60.0, 58.0, 59.0), 0.0))
+            images, _ = pipe.run()
+            outputs[crop_in_resize, kind] = np.stack([np.array(images[i]) for i in range(len(images))])
+    assert outputs[True, "rrc"].shape == outputs[False, "rrc"].shape == (9, 3, 48, 48)
+    diff = np.abs(outputs[True, "center"] - outputs[False, "center"]) * 60.0  # back to ~0-255
+    assert outputs[True, "center"].shape == (9, 3, 48, 48) and float(diff.mean()) < 3.0, float(diff.mean())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -344,3 +369,37 @@ def test_loaders_read_data_prep_synth_output(tmp_path, kind):
         for split in manifest["splits"]:
             loader = build_loader(cfg, split, rank(0, 1), train=False)
             assert sum(len(y) for _, y in loader) == manifest["splits"][split]["num_samples"]
+
+
+@pytest.mark.skipif(not HAS_DALI, reason="DALI not installed")
+def test_cpu_window_finish_means_the_gpu_pipelines_finish(imagenet):
+    """On the CPU torch resizes and normalises DALI's decoded windows (window_finish); on a GPU DALI does it
+    in the pipeline. The same centre views, through both, differ by resampling rounding only."""
+    from pipeline.data.augment import Geometry, Normalize
+    from pipeline.data.dali_loader import build_pipeline
+    from pipeline.data.shards import open_split
+
+    cfg = imagenet_cfg(imagenet, "dali")
+    cpu_path = torch.cat([x for x, _ in build_loader(cfg, "test", rank(0, 1), device=torch.device("cpu"))])
+    pipe = build_pipeline(open_split(imagenet, "test"), Geometry("center", 48, 56, 96), train=False, batch_size=9,
+                          shard_id=0, num_shards=1, seed=0, num_threads=1, shuffle_buffer=1, device_id=None,
+                          hw_decoder_load=0.0, normalize=Normalize((120.0, 115.0, 100.0), (60.0, 58.0, 59.0), 0.0))
+    images, _ = pipe.run()
+    in_pipeline = torch.from_numpy(np.stack([np.array(images[i]) for i in range(len(images))]))
+    assert cpu_path.shape == in_pipeline.shape == (9, 3, 48, 48)
+    diff = (cpu_path - in_pipeline).abs() * 60.0  # ~0-255 scale
+    assert float(diff.mean()) < 2.0 and float(diff.max()) < 60.0, (float(diff.mean()), float(diff.max()))
+
+
+@pytest.mark.skipif(not HAS_DALI, reason="DALI not installed")
+def test_cpu_window_finish_flips_and_lights(imagenet):
+    """The flip and lighting draws come from DALI and are applied by window_finish: with lighting on, images
+    differ from the same loader's with lighting off by one offset per sample and channel."""
+    common = dict(num_threads=2)
+    lit = torch.cat([x for x, _ in build_loader(imagenet_cfg(imagenet, "dali", pca_lighting=0.5, **common),
+                                                "train", rank(0, 1), device=torch.device("cpu"), seed=2)])
+    plain = torch.cat([x for x, _ in build_loader(imagenet_cfg(imagenet, "dali", pca_lighting=0.0, **common),
+                                                  "train", rank(0, 1), device=torch.device("cpu"), seed=2)])
+    offset = (lit - plain).flatten(2)  # (N, 3, H*W)
+    assert float(offset.std(dim=2).max()) < 1e-4  # constant over each image's channel
+    assert float(offset.mean(dim=2).abs().max()) > 0.01  # and not zero

@@ -184,3 +184,15 @@ def test_restricted_unpickler_accepts_real_cifar_globals(tmp_path: Path) -> None
     assert u.find_class("numpy.core.multiarray", "_reconstruct") is np._core.multiarray._reconstruct
     with pytest.raises(UnsafePickleError, match="builtins.eval"):
         u.find_class("builtins", "eval")
+
+
+def test_synth_long_side_sets_the_image_size(tmp_path: Path) -> None:
+    """`data_prep synth --long-side` (the loader benchmark asks for ImageNet-sized photos)."""
+    from PIL import Image
+
+    from data_prep.__main__ import main
+
+    assert main(["synth", "--kind", "imagenet", "--out", str(tmp_path / "src"), "--classes", "2",
+                 "--per-class", "4", "--long-side", "400", "501"]) == 0
+    sides = [max(Image.open(p).size) for p in (tmp_path / "src" / "train").rglob("*_[1-4].JPEG")]
+    assert len(sides) == 8 and all(400 <= s <= 500 for s in sides), sides

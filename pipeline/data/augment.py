@@ -188,8 +188,12 @@ class Finish:
 
 def lighting(n: int, std: float, gen: torch.Generator) -> torch.Tensor:
     """AlexNet PCA lighting: per sample an RGB offset V @ (alpha * eigval) * 255, alpha ~ N(0, std)."""
-    alpha = torch.randn(n, 3, generator=gen) * std
-    return (alpha * torch.from_numpy(PCA_EIGVAL)) @ torch.from_numpy(PCA_EIGVEC).T * 255.0
+    return lighting_offsets(torch.randn(n, 3, generator=gen) * std)
+
+
+def lighting_offsets(alpha: torch.Tensor) -> torch.Tensor:
+    """(N, 3) lighting coefficients -> (N, 3) RGB offsets on the 0-255 scale: V @ (alpha * eigval) * 255."""
+    return (alpha.float() * torch.from_numpy(PCA_EIGVAL)) @ torch.from_numpy(PCA_EIGVEC).T * 255.0
 
 
 def pad_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:

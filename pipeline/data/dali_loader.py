@@ -10,8 +10,12 @@ iterator's PARTIAL policy drops the padding: each sample is counted exactly once
 
 Geometry follows `augment.Geometry`: the crop window is computed from the encoded image's shape
 (`fn.peek_image_shape`) in source coordinates, and only that window is decoded
-(`fn.decoders.image_slice`) and resized. Exact resume: `enable_checkpointing=True`; the iterator's
-checkpoint (reader position, random-op states, iterator counters) is the backend state.
+(`fn.decoders.image_slice`) and resized. On a GPU the pipeline ends in finished float batches (resize,
+flip, lighting and normalisation on the GPU). On the CPU it ends at the decoded windows, with the flip
+and lighting draws beside them, and `window_finish` resizes and normalises them with torch while DALI
+decodes the next batches (see that module for why). Exact resume: `enable_checkpointing=True`; the
+iterator's checkpoint (reader position, random-op states, iterator counters) is the backend state, and
+every random draw is DALI's.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import torch
 
 import numpy as np
 
-from pipeline.data.augment import PCA_EIGVAL, PCA_EIGVEC, RRC_RATIO, TENCROP_POSITIONS, Geometry, Normalize
+from pipeline.data.augment import (PCA_EIGVAL, PCA_EIGVEC, RRC_RATIO, TENCROP_POSITIONS, Geometry, Normalize,
+                                   lighting_offsets)
 from pipeline.data.base import Loader, log
 from pipeline.data.shards import Split
 
@@ -30,21 +35,35 @@ READER = "Reader"
 LABEL_BYTES = 12  # labels arrive as ASCII digits, zero-padded to this many bytes
 FLIP_PROBABILITY = 0.5
 PIPELINE_OPTIONS = {"prefetch_queue_depth": 2}  # executor settings (deeper queues measured no faster on CPU)
+# On a GPU, too, decode only the crop window (nvJPEG). False: decode whole images, which lets the hardware
+# JPEG decoder (A100/H100/H200) take `hw_decoder_load` of them, and crop inside the resize. On an H200
+# with 16 CPU threads the two measured the same within run-to-run noise
+# (benchmarks/results/loader_throughput.md), so the GPU keeps the CPU's geometry.
+GPU_ROI_DECODE = True
 
 
 def build_pipeline(split: Split, geometry: Geometry, *, train: bool, batch_size: int, shard_id: int,
                    num_shards: int, seed: int, num_threads: int, shuffle_buffer: int, device_id: Optional[int],
                    hw_decoder_load: float, normalize: Optional[Normalize] = None,
-                   checkpoint: Optional[bytes] = None):
+                   checkpoint: Optional[bytes] = None, crop_in_resize: Optional[bool] = None,
+                   window_outputs: bool = False):
     """The DALI pipeline; `device_id=None` runs it on the CPU (decode included).
 
-    With `normalize` (the ImageNet views) the pipeline ends in float CHW, normalised, flipped and lit;
-    otherwise in uint8 HWC for `augment.Finish` (CIFAR).
+    crop_in_resize: decode whole images and crop the window inside the resize, rather than decode the
+    window only; default: on the GPU unless `GPU_ROI_DECODE`.
+    window_outputs (a crop view with `normalize`): end at the decoded windows (uint8 HWC, any size),
+    followed by the flip draws (if `geometry.flip`), the lighting coefficients alpha (if lighting) and
+    the labels, for `window_finish.WindowFinish`.
+
+    Otherwise, with `normalize` (the ImageNet views) the pipeline ends in float CHW, normalised, flipped
+    and lit; without (CIFAR) in uint8 HWC for `augment.Finish`.
     """
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali import math as dmath
 
     gpu = device_id is not None
+    if crop_in_resize is None:
+        crop_in_resize = gpu and not GPU_ROI_DECODE
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
                   enable_checkpointing=True, checkpoint=checkpoint, **PIPELINE_OPTIONS)
@@ -60,24 +79,40 @@ def build_pipeline(split: Split, geometry: Geometry, *, train: bool, batch_size:
         if geometry.kind in ("tencrop", "multiscale"):
             views = _eval_views(fn, types, fn.decoders.image(encoded, **decode), geometry, normalize)
             return (*views, fn.pad(label, axes=[0], shape=[LABEL_BYTES], fill_value=0))
+        resize = dict(size=[geometry.out, geometry.out], interp_type=types.INTERP_LINEAR, antialias=True)
+        if not gpu:  # a small minibatch spreads one batch's CPU resize over all threads (default: one call)
+            resize["minibatch_size"] = 2
         if geometry.kind == "none":
             images = fn.decoders.image(encoded, **decode)
-        elif geometry.kind == "rrc":
-            images = fn.decoders.image_random_crop(encoded, random_area=[geometry.rrc_min_scale, 1.0],
-                                                   random_aspect_ratio=list(RRC_RATIO), num_attempts=10,
-                                                   **decode)
-        else:
-            anchor, shape = _window(fn, dmath, types, encoded, geometry)
-            images = fn.decoders.image_slice(encoded, anchor, shape, **decode)
-        if geometry.kind != "none":
-            # A small minibatch spreads the CPU resize of one batch over all threads (default: one call).
-            images = fn.resize(images, size=[geometry.out, geometry.out], interp_type=types.INTERP_LINEAR,
-                               antialias=True, minibatch_size=2)
-            if normalize is not None:  # fused: flip, lighting, (x - mean) / std, HWC -> CHW, float
-                mirror = fn.random.coin_flip(probability=FLIP_PROBABILITY) if geometry.flip else 0
-                images = fn.crop_mirror_normalize(images, mirror=mirror, std=list(normalize.std),
-                                                  mean=_mean_with_lighting(fn, types, normalize),
-                                                  output_layout="CHW", dtype=types.FLOAT)
+        elif crop_in_resize:
+            # The hardware JPEG decoder decodes whole images only: decode whole, crop inside the resize.
+            images = fn.decoders.image(encoded, **decode)
+            if geometry.kind == "rrc":
+                images = fn.random_resized_crop(images, random_area=[geometry.rrc_min_scale, 1.0],
+                                                random_aspect_ratio=list(RRC_RATIO), num_attempts=10, **resize)
+            else:
+                x, y, w, h = _window(fn, dmath, types, encoded, geometry)
+                images = fn.resize(images, roi_start=fn.stack(y, x), roi_end=fn.stack(y + h, x + w),
+                                   roi_relative=True, **resize)
+        else:  # decode only the window, then resize it
+            if geometry.kind == "rrc":
+                images = fn.decoders.image_random_crop(encoded, random_area=[geometry.rrc_min_scale, 1.0],
+                                                       random_aspect_ratio=list(RRC_RATIO), num_attempts=10,
+                                                       **decode)
+            else:
+                x, y, w, h = _window(fn, dmath, types, encoded, geometry)
+                images = fn.decoders.image_slice(encoded, fn.stack(x, y), fn.stack(w, h), **decode)
+            if window_outputs:
+                draws = [fn.random.coin_flip(probability=FLIP_PROBABILITY)] if geometry.flip else []
+                if normalize.pca_lighting > 0:
+                    draws.append(fn.random.normal(shape=[3]) * normalize.pca_lighting)
+                return (images, *draws, fn.pad(label, axes=[0], shape=[LABEL_BYTES], fill_value=0))
+            images = fn.resize(images, **resize)
+        if normalize is not None:  # fused: flip, lighting, (x - mean) / std, HWC -> CHW, float
+            mirror = fn.random.coin_flip(probability=FLIP_PROBABILITY) if geometry.flip else 0
+            images = fn.crop_mirror_normalize(images, mirror=mirror, std=list(normalize.std),
+                                              mean=_mean_with_lighting(fn, types, normalize),
+                                              output_layout="CHW", dtype=types.FLOAT)
         label = fn.pad(label, axes=[0], shape=[LABEL_BYTES], fill_value=0)
         return images, label
 
@@ -110,7 +145,7 @@ def _mean_with_lighting(fn, types, n: Normalize):
 
 
 def _window(fn, dmath, types, encoded, g: Geometry):
-    """The window of `augment.paper_window` / `center_window`, as normalised (x, y) anchor and shape."""
+    """The window of `augment.paper_window` / `center_window`, normalised: x, y, width, height."""
     shape = fn.cast(fn.peek_image_shape(encoded), dtype=types.FLOAT)
     h, w = shape[0], shape[1]
     short = dmath.min(h, w)
@@ -122,9 +157,7 @@ def _window(fn, dmath, types, encoded, g: Geometry):
     else:  # center
         side = dmath.min(g.out * short / g.resize_min, short)
         x0, y0 = (w - side) * 0.5, (h - side) * 0.5
-    anchor = fn.stack(x0 / w, y0 / h)
-    extent = fn.stack(side / w, side / h)
-    return anchor, extent
+    return x0 / w, y0 / h, side / w, side / h
 
 
 def decode_labels(raw: torch.Tensor) -> torch.Tensor:
@@ -143,13 +176,19 @@ class DaliLoader(Loader):
     backend = "dali"
 
     def __init__(self, split: Split, geometry: Geometry, shuffle_buffer: int, num_threads: int,
-                 hw_decoder_load: float, normalize: Optional[Normalize], **kw) -> None:
-        super().__init__(**kw)
+                 hw_decoder_load: float, normalize: Optional[Normalize], *, device: torch.device, **kw) -> None:
+        super().__init__(device=device, **kw)
         if geometry.kind != "none" and normalize is None:
             raise ValueError("DALI's ImageNet views normalise in the pipeline: pass `normalize`")
         self.split, self.geometry, self.normalize = split, geometry, normalize
         self.shuffle_buffer, self.num_threads, self.hw_decoder_load = shuffle_buffer, num_threads, hw_decoder_load
         self._iterator = None
+        # On the CPU, the crop views are resized and normalised by torch, beside DALI (window_finish).
+        self._window_finish = None
+        if device.type != "cuda" and geometry.kind in ("paper", "rrc", "center"):
+            from pipeline.data.window_finish import WindowFinish
+
+            self._window_finish = WindowFinish(geometry.out, normalize, num_threads)
         self._checkpoint: Optional[bytes] = None  # to restore from, at the next (lazy) build
         self._base_epoch = 0  # the epoch the pipeline started at: part of its seed
 
@@ -157,7 +196,7 @@ class DaliLoader(Loader):
     def _ensure_iterator(self):
         if self._iterator is None:
             from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-            from nvidia.dali.plugin.pytorch import DALIGenericIterator
+            from nvidia.dali.plugin.pytorch import DALIGenericIterator, DALIRaggedIterator
 
             device_id = (self.device.index or 0) if self.device.type == "cuda" else None
             seed = (self.seed * 1_000_003 + self.info.rank * 7919 + self._base_epoch) % (2 ** 31)
@@ -165,12 +204,20 @@ class DaliLoader(Loader):
                 self.split, self.geometry, train=self.train, batch_size=self.batch_size,
                 shard_id=self.info.rank, num_shards=self.info.world_size, seed=seed,
                 num_threads=self.num_threads, shuffle_buffer=self.shuffle_buffer, device_id=device_id,
-                hw_decoder_load=self.hw_decoder_load, normalize=self.normalize, checkpoint=self._checkpoint)
+                hw_decoder_load=self.hw_decoder_load, normalize=self.normalize, checkpoint=self._checkpoint,
+                window_outputs=self._window_finish is not None)
             # PARTIAL in training too: the iterator must consume DALI's whole (padded) epoch, including a
             # batch made only of padding when shard sizes differ, or the next epoch starts misaligned.
-            self._outputs = [f"images{k}" for k in range(max(1, len(self.geometry.scales)))] + ["labels"]
-            self._iterator = DALIGenericIterator([pipe], self._outputs, reader_name=READER,
-                                                 last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+            policy = dict(reader_name=READER, last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+            if self._window_finish is None:
+                self._outputs = [f"images{k}" for k in range(max(1, len(self.geometry.scales)))] + ["labels"]
+                self._iterator = DALIGenericIterator([pipe], self._outputs, **policy)
+            else:  # windows differ in size: they leave as a list of tensors (no copy), the rest dense
+                self._outputs = ["windows"] + ["mirror"] * self.geometry.flip
+                self._outputs += ["alpha"] * (self.normalize.pca_lighting > 0) + ["labels"]
+                kinds = [DALIRaggedIterator.SPARSE_LIST_TAG]
+                kinds += [DALIRaggedIterator.DENSE_TAG] * (len(self._outputs) - 1)
+                self._iterator = DALIRaggedIterator([pipe], self._outputs, output_types=kinds, **policy)
         return self._iterator
 
     def _batches(self, epoch: int, start_step: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
@@ -191,8 +238,14 @@ class DaliLoader(Loader):
             if batch["labels"].shape[0] == 0:
                 continue  # PARTIAL policy: a batch made only of padding comes back empty
             step += 1
-            views = [batch[k] for k in self._outputs[:-1]]
-            yield views if self.geometry.kind == "multiscale" else views[0], decode_labels(batch["labels"])
+            if self._window_finish is not None:
+                alpha = batch.get("alpha")
+                light = None if alpha is None else lighting_offsets(alpha)
+                images = self._window_finish(batch["windows"], batch.get("mirror"), light)
+            else:
+                views = [batch[k] for k in self._outputs[:-1]]
+                images = views if self.geometry.kind == "multiscale" else views[0]
+            yield images, decode_labels(batch["labels"])
         it.reset()
 
     def _backend_state(self) -> Optional[dict]:
@@ -210,6 +263,8 @@ class DaliLoader(Loader):
         self._checkpoint, self._base_epoch = state["checkpoint"], int(state["base_epoch"])
 
     def close(self) -> None:
+        if self._window_finish is not None:
+            self._window_finish.close()
         if self._iterator is not None:
             log.debug("releasing the DALI pipeline")
             self._iterator = None
