@@ -133,24 +133,26 @@ def test_backends_agree_on_the_centre_view(imagenet):
     assert float(diff) < 6.0
 
 
-@pytest.mark.skipif(not HAS_DALI, reason="DALI not installed")
-def test_window_cropped_in_the_resize_matches_the_window_decode(imagenet):
-    """The GPU's geometry (whole image decoded, window cropped inside the resize), run here on the CPU,
-    gives the views of the window decode: the same window, up to its rounding to whole pixels."""
+def dali_test_views(root: Path, kind: str, seed: int = 0, **kw) -> np.ndarray:
+    """The 9 test images through `build_pipeline` alone (DALI's own resize and normalisation, on the CPU)."""
     from pipeline.data.augment import Geometry, Normalize
     from pipeline.data.dali_loader import build_pipeline
     from pipeline.data.shards import open_split
 
-    split = open_split(imagenet, "test")
-    outputs = {}
-    for crop_in_resize in (False, True):
-        for kind in ("center", "rrc"):
-            pipe = build_pipeline(split, Geometry(kind, 48, 56, 96, flip=kind == "rrc"), train=False, batch_size=9,
-                                  shard_id=0, num_shards=1, seed=4, num_threads=1, shuffle_buffer=1, device_id=None,
-                                  hw_decoder_load=0.0, crop_in_resize=crop_in_resize,
-                                  normalize=Normalize((120.0, 115.0, 100.0), (60.0, 58.0, 59.0), 0.0))
-            images, _ = pipe.run()
-            outputs[crop_in_resize, kind] = np.stack([np.array(images[i]) for i in range(len(images))])
+    pipe = build_pipeline(open_split(root, "test"), Geometry(kind, 48, 56, 96, flip=kind == "rrc"), train=False,
+                          batch_size=9, shard_id=0, num_shards=1, seed=seed, num_threads=1, shuffle_buffer=1,
+                          device_id=None, hw_decoder_load=0.0,
+                          normalize=Normalize((120.0, 115.0, 100.0), (60.0, 58.0, 59.0), 0.0), **kw)
+    images, _ = pipe.run()
+    return np.stack([np.array(images[i]) for i in range(len(images))])
+
+
+@pytest.mark.skipif(not HAS_DALI, reason="DALI not installed")
+def test_window_cropped_in_the_resize_matches_the_window_decode(imagenet):
+    """The GPU's geometry (whole image decoded, window cropped inside the resize), run here on the CPU,
+    gives the views of the window decode: the same window, up to its rounding to whole pixels."""
+    outputs = {(crop_in_resize, kind): dali_test_views(imagenet, kind, seed=4, crop_in_resize=crop_in_resize)
+               for crop_in_resize in (False, True) for kind in ("center", "rrc")}
     assert outputs[True, "rrc"].shape == outputs[False, "rrc"].shape == (9, 3, 48, 48)
     diff = np.abs(outputs[True, "center"] - outputs[False, "center"]) * 60.0  # back to ~0-255
     assert outputs[True, "center"].shape == (9, 3, 48, 48) and float(diff.mean()) < 3.0, float(diff.mean())
@@ -375,17 +377,9 @@ def test_loaders_read_data_prep_synth_output(tmp_path, kind):
 def test_cpu_window_finish_means_the_gpu_pipelines_finish(imagenet):
     """On the CPU torch resizes and normalises DALI's decoded windows (window_finish); on a GPU DALI does it
     in the pipeline. The same centre views, through both, differ by resampling rounding only."""
-    from pipeline.data.augment import Geometry, Normalize
-    from pipeline.data.dali_loader import build_pipeline
-    from pipeline.data.shards import open_split
-
     cfg = imagenet_cfg(imagenet, "dali")
     cpu_path = torch.cat([x for x, _ in build_loader(cfg, "test", rank(0, 1), device=torch.device("cpu"))])
-    pipe = build_pipeline(open_split(imagenet, "test"), Geometry("center", 48, 56, 96), train=False, batch_size=9,
-                          shard_id=0, num_shards=1, seed=0, num_threads=1, shuffle_buffer=1, device_id=None,
-                          hw_decoder_load=0.0, normalize=Normalize((120.0, 115.0, 100.0), (60.0, 58.0, 59.0), 0.0))
-    images, _ = pipe.run()
-    in_pipeline = torch.from_numpy(np.stack([np.array(images[i]) for i in range(len(images))]))
+    in_pipeline = torch.from_numpy(dali_test_views(imagenet, "center"))
     assert cpu_path.shape == in_pipeline.shape == (9, 3, 48, 48)
     diff = (cpu_path - in_pipeline).abs() * 60.0  # ~0-255 scale
     assert float(diff.mean()) < 2.0 and float(diff.max()) < 60.0, (float(diff.mean()), float(diff.max()))
