@@ -1,16 +1,20 @@
 """Where this process stands in a distributed job: the one place that reads rank and world size.
 
-torchrun sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; a SLURM task (srun, or a
-submitit job) has SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS and a node list to take the master
-from. A process with neither is a world of one.
+Three launchers start a training process, and each says where it stands in its own words:
+    torchrun      RANK / LOCAL_RANK / WORLD_SIZE / LOCAL_WORLD_SIZE / GROUP_RANK / MASTER_ADDR / MASTER_PORT
+    srun, submitit  SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS / SLURM_NODEID / SLURM_JOB_NODELIST
+                  (the master is the first host of the job's node list, expanded by submitit)
+    none          a world of one
+`export_env` then writes the torchrun names for whatever started the process, because DeepSpeed and
+torch.distributed read those for themselves (DeepSpeed refuses to start without LOCAL_RANK).
 """
 
 from __future__ import annotations
 
 import os
-import re
+import socket
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping, MutableMapping, Optional, Sequence
 
 DEFAULT_PORT = 29500
 
@@ -23,6 +27,9 @@ class DistInfo:
     master_addr: str = "127.0.0.1"
     master_port: int = DEFAULT_PORT
     source: str = "single"  # single | torchrun | slurm
+    node_rank: int = 0  # which node of the job this process runs on (SLURM_NODEID, torchrun's GROUP_RANK)
+    local_world_size: int = 1  # processes on this node
+    node_name: str = ""  # the scheduler's name for this node (SLURMD_NODENAME), else the host name
 
     @property
     def is_primary(self) -> bool:
@@ -33,45 +40,142 @@ class DistInfo:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def describe(self) -> dict:
+        """What a rank records about itself (run directory's ranks/), to check placement after the fact."""
+        return {"rank": self.rank, "local_rank": self.local_rank, "world_size": self.world_size,
+                "node_rank": self.node_rank, "local_world_size": self.local_world_size, "node": self.node_name,
+                "host": socket.gethostname(), "launcher": self.source,
+                "master": f"{self.master_addr}:{self.master_port}"}
+
 
 def dist_info_from_env(env: Optional[Mapping[str, str]] = None) -> DistInfo:
     """Read rank, world size and master from torchrun's variables, else SLURM's, else a world of one."""
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
-        return DistInfo(
-            rank=int(env["RANK"]),
-            local_rank=int(env.get("LOCAL_RANK", 0)),
-            world_size=int(env["WORLD_SIZE"]),
-            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)),
-            source="torchrun",
-        )
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        return DistInfo(
-            rank=int(env["SLURM_PROCID"]),
-            local_rank=int(env.get("SLURM_LOCALID", 0)),
-            world_size=int(env["SLURM_NTASKS"]),
-            master_addr=env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
-            # A port derived from the job id: two jobs sharing a node do not collide.
-            master_port=int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000),
-            source="slurm",
-        )
-    return DistInfo()
+        return _from_torchrun(env)
+    if _in_slurm_step(env):
+        return _from_slurm(env)
+    return DistInfo(master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)), node_name=socket.gethostname())
+
+
+def _from_torchrun(env: Mapping[str, str]) -> DistInfo:
+    return DistInfo(
+        rank=int(env["RANK"]),
+        local_rank=int(env.get("LOCAL_RANK", 0)),
+        world_size=int(env["WORLD_SIZE"]),
+        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+        master_port=int(env.get("MASTER_PORT", DEFAULT_PORT)),
+        source="torchrun",
+        node_rank=int(env.get("GROUP_RANK", 0)),
+        local_world_size=int(env.get("LOCAL_WORLD_SIZE", 1)),
+        node_name=env.get("SLURMD_NODENAME") or socket.gethostname(),
+    )
+
+
+def _in_slurm_step(env: Mapping[str, str]) -> bool:
+    """A task that srun (or submitit, through srun) started.
+
+    The batch script of an sbatch job also has SLURM_PROCID=0 and SLURM_NTASKS, but it is one process,
+    not one of the job's tasks: taking it for rank 0 of N would wait forever for N-1 ranks that never
+    come. Only srun's tasks have a step id that is a number (the batch script's step is "batch", or absent).
+    """
+    return "SLURM_PROCID" in env and "SLURM_NTASKS" in env and env.get("SLURM_STEP_ID", "").isdigit()
+
+
+def _from_slurm(env: Mapping[str, str]) -> DistInfo:
+    world_size = int(env["SLURM_NTASKS"])
+    nodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
+    return DistInfo(
+        rank=int(env["SLURM_PROCID"]),
+        local_rank=int(env.get("SLURM_LOCALID", 0)),
+        world_size=world_size,
+        master_addr=env.get("MASTER_ADDR") or job_hosts(env.get("SLURM_JOB_NODELIST", ""))[0],
+        # A port derived from the job id: two jobs sharing a node do not collide, and every task of
+        # the job (and of its requeued run) agrees on it without talking.
+        master_port=int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000),
+        source="slurm",
+        node_rank=int(env.get("SLURM_NODEID", 0)),
+        local_world_size=_tasks_on_this_node(env, world_size, nodes),
+        node_name=env.get("SLURMD_NODENAME") or socket.gethostname(),
+    )
+
+
+def _tasks_on_this_node(env: Mapping[str, str], world_size: int, nodes: int) -> int:
+    """SLURM_TASKS_PER_NODE is '2(x3),1': expand it and take this node's entry."""
+    counts: list = []
+    for part in env.get("SLURM_TASKS_PER_NODE", "").split(","):
+        if part:
+            count, _, times = part.partition("(x")
+            counts += [int(count)] * int(times.rstrip(")") or 1)
+    node = int(env.get("SLURM_NODEID", 0))
+    return counts[node] if node < len(counts) else max(1, world_size // max(nodes, 1))
+
+
+def job_hosts(nodelist: str) -> Sequence[str]:
+    """The hosts of a SLURM node list, in order: 'gpu[003-004],cpu1' -> gpu003, gpu004, cpu1 (submitit's parser)."""
+    if not nodelist.strip():
+        return ["127.0.0.1"]
+    from submitit.slurm.slurm import _parse_node_list  # what submitit's SlurmJobEnvironment.hostnames uses
+
+    return _parse_node_list(nodelist)
 
 
 def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list: 'gpu[003-005,009],cpu1' -> 'gpu003'."""
-    head = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
-    if not head:
-        raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
-    prefix, ranges = head.group(1), head.group(2)
-    if not ranges:
-        return prefix
-    return prefix + ranges.split(",")[0].split("-")[0]
+    return job_hosts(nodelist)[0]
+
+
+def export_env(info: DistInfo, env: Optional[MutableMapping[str, str]] = None) -> None:
+    """Write torchrun's variable names for `info`, for the libraries that read them themselves.
+
+    DeepSpeed asserts LOCAL_RANK is set, and torch.distributed's env:// reads RANK, WORLD_SIZE,
+    MASTER_ADDR and MASTER_PORT; under srun or without any launcher nobody sets them.
+    """
+    env = os.environ if env is None else env
+    env.update({
+        "RANK": str(info.rank),
+        "LOCAL_RANK": str(info.local_rank),
+        "WORLD_SIZE": str(info.world_size),
+        "LOCAL_WORLD_SIZE": str(info.local_world_size),
+        "GROUP_RANK": str(info.node_rank),
+        "MASTER_ADDR": info.master_addr,
+        "MASTER_PORT": str(info.master_port),
+    })
+
+
+def cuda_device_index(info: DistInfo, visible_devices: int, env: Optional[Mapping[str, str]] = None) -> int:
+    """Which of the visible GPUs this rank uses.
+
+    A task that SLURM bound to one GPU (`--gpus-per-task=1`, or CUDA_VISIBLE_DEVICES with one entry)
+    sees that GPU as device 0, whatever its local rank; a task that sees every GPU of its node takes
+    the one at its local rank.
+    """
+    env = os.environ if env is None else env
+    if visible_devices < 1:
+        raise RuntimeError("no CUDA device is visible to this process")
+    if visible_devices == 1:
+        return 0
+    if info.local_rank < visible_devices:
+        return info.local_rank
+    raise RuntimeError(
+        f"rank {info.rank} has local rank {info.local_rank} but sees only {visible_devices} GPUs "
+        f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')}): ask for one task per GPU "
+        "(--gpus-per-node equal to the tasks per node) or bind one GPU to each task (--gpus-per-task=1)")
+
+
+def with_free_port(info: DistInfo) -> DistInfo:
+    """A world of one still needs a process group for DeepSpeed: a port nobody else holds, unless MASTER_PORT says."""
+    from dataclasses import replace
+
+    if info.source != "single" or "MASTER_PORT" in os.environ:
+        return info
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return replace(info, master_port=s.getsockname()[1])
 
 
 def init_process_group(info: DistInfo, device_type: str, timeout_minutes: float) -> None:
-    """Join the job's process group: nccl on GPU, gloo on CPU.
+    """Join the job's process group: nccl on GPU, gloo on CPU (after `export_env`, for DeepSpeed).
 
     The timeout bounds every collective, so a rank that died makes the others fail instead of
     waiting forever (SLURM or torchrun then ends or requeues the job).
@@ -82,6 +186,7 @@ def init_process_group(info: DistInfo, device_type: str, timeout_minutes: float)
 
     if dist.is_initialized():
         return
+    export_env(info)
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(
         backend=backend,

@@ -107,10 +107,13 @@ class DDPEngine:
             wrapped = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
         self.forward = torch.compile(wrapped) if cfg.compile else wrapped
         self.buffers = BufferSync(self.module, info.distributed)
+        self._buckets_settled = not info.distributed
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns the loss and the number of top-1 hits (both detached)."""
         self.forward.train()
+        if not self._buckets_settled:
+            self._settle_buckets(images)
         with self._autocast():
             logits = self.forward(self._format(images))
             loss = F.cross_entropy(logits.float(), labels)
@@ -148,6 +151,26 @@ class DDPEngine:
         self.optimizer.load_state_dict(state.pop("optimizer"))
         self.scaler.load_state_dict(state.pop("scaler"))
         return state
+
+    def _settle_buckets(self, images: torch.Tensor) -> None:
+        """One throw-away forward and backward, so that every real step reduces gradients in one layout.
+
+        DDP reduces its first backward in one bucket in parameter order, then re-buckets by the order in
+        which gradients became ready. A resumed run's first step would then sum its gradients laid out
+        differently from the uninterrupted run's same step; with more than 2 ranks a float sum depends
+        on where an element sits in the reduced buffer (the ring starts each chunk at another rank), so
+        the resumed run would leave the uninterrupted one by rounding. After this pass DDP has
+        re-bucketed before any real step, in every run. It changes nothing else: the gradients are
+        dropped, no optimizer step is taken and BN's running statistics are put back.
+        """
+        saved = [buffer.clone() for buffer in self.module.buffers()]
+        with self._autocast():
+            self.forward(self._format(torch.zeros_like(images))).float().sum().backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, value in zip(self.module.buffers(), saved):
+                buffer.copy_(value)
+        self._buckets_settled = True
 
     def _autocast(self):
         if self.autocast_dtype is None:

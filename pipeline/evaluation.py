@@ -10,7 +10,7 @@ The evaluation protocols differ only in the views a loader yields for each sampl
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, List, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -48,13 +48,30 @@ def view_scores(predict: Callable[[torch.Tensor], torch.Tensor], images: Views) 
     return predict(images)  # one view: the softmax would not change the ranking
 
 
-def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[Tuple[Views, torch.Tensor]]) -> EvalResult:
-    """Run `predict` over this rank's batches, averaging views; the totals are summed over all ranks."""
+class EvaluationInterrupted(RuntimeError):
+    """A stop signal arrived during the evaluation; it was cut short on every rank and gives no result."""
+
+
+def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[Tuple[Views, torch.Tensor]],
+             should_stop: Optional[Callable[[], bool]] = None) -> EvalResult:
+    """Run `predict` over this rank's batches, averaging views; the totals are summed over all ranks.
+
+    `should_stop` is asked before each batch (a local flag, e.g. a signal this process received): a rank
+    that stops leaves its loop at once, and since ranks may hold different numbers of batches, the ranks
+    learn it from the one reduction they already do at the end; then every rank raises
+    `EvaluationInterrupted`. So a signal cuts an evaluation short without a collective per batch.
+    """
     samples = top1 = top5 = 0
+    stopped = False
     for images, labels in batches:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
         c1, c5 = count_correct(view_scores(predict, images), labels)
         samples, top1, top5 = samples + labels.numel(), top1 + c1, top5 + c5
-    samples_f, top1_f, top5_f = all_reduce_sum([samples, top1, top5])
+    samples_f, top1_f, top5_f, stopped_ranks = all_reduce_sum([samples, top1, top5, float(stopped)])
+    if stopped_ranks:
+        raise EvaluationInterrupted(f"evaluation stopped by a signal on {int(stopped_ranks)} rank(s)")
     if samples_f == 0:
         raise RuntimeError("evaluation saw no samples: is the evaluation split empty?")
     return EvalResult(

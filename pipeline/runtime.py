@@ -12,16 +12,17 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from pipeline.dist import DistInfo
+from pipeline.dist import DistInfo, cuda_device_index
 
 
 def resolve_device(choice: str, info: DistInfo) -> torch.device:
-    """`auto`: this rank's GPU when CUDA is present, else the CPU."""
+    """`auto`: this rank's GPU when CUDA is present, else the CPU (see `cuda_device_index` for which GPU)."""
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("run.device is 'cuda' but no CUDA device is visible")
-        torch.cuda.set_device(info.local_rank)
-        return torch.device("cuda", info.local_rank)
+        index = cuda_device_index(info, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 

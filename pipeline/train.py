@@ -5,7 +5,8 @@ master come from the environment (`pipeline.dist`). Running the same config into
 directory again resumes from its latest complete checkpoint: resume is the default, not a flag.
 
 The run directory (`<run.out_dir>/<run.name>/`) holds `config.yaml`, `checkpoints/`, `metrics.jsonl`,
-`results.json` (and `layer_responses.json` with `eval.layer_responses`), `wandb/` and `wandb_id`.
+`results.json` (and `layer_responses.json` with `eval.layer_responses`), `wandb/`, `wandb_id` and `ranks/`
+(one file per rank: where it ran, for the latest start).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pipeline import dist
 from pipeline.checkpoint import CheckpointStore, load_state, save_state
 from pipeline.config import ConfigError, ExperimentConfig, config_to_dict, load_config, loggable_config, save_config
 from pipeline.dist import DistInfo, dist_info_from_env
-from pipeline.evaluation import LayerResponses, evaluate
+from pipeline.evaluation import EvaluationInterrupted, LayerResponses, evaluate
 from pipeline.metrics import make_logger
 from pipeline.models import build_model
 from pipeline.results import update_results, write_layer_responses
@@ -56,10 +57,12 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
 
     info = info or dist_info_from_env()
     device = resolve_device(cfg.run.device, info)
-    if info.distributed or cfg.engine.name == "deepspeed":
+    if info.distributed or cfg.engine.name == "deepspeed":  # DeepSpeed needs a process group, even of one
+        info = dist.with_free_port(info)
         dist.init_process_group(info, device.type, cfg.engine.timeout_minutes)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     run_dir = run_dir_of(cfg)
+    _record_placement(run_dir, info, device)
 
     # Components, each built from its own section.
     train_loader = build_loader(cfg.data, cfg.data.train_split, info, train=True, device=device, seed=cfg.run.seed)
@@ -146,9 +149,18 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
                     save_checkpoint()
                     last_save = time.monotonic()
 
+        # A signal now would otherwise go unheard: the loop that checks for it is over. The evaluation stops
+        # for it, and the weights are saved for the requeued job, which goes straight to this evaluation.
+        logger.log({"event": "final evaluation"}, progress.step)
         responses = LayerResponses(engine.module) if cfg.eval.layer_responses else contextlib.nullcontext()
-        with responses:
-            final = evaluate(engine.predict, eval_loader)
+        try:
+            with responses:
+                final = evaluate(engine.predict, eval_loader, should_stop=lambda: stop.received is not None)
+        except EvaluationInterrupted:
+            save_checkpoint()
+            logger.log({"event": f"stopped by {stop.received or 'a signal on another rank'} during the final "
+                                 "evaluation"}, progress.step)
+            return {"interrupted": True, "step": progress.step}
         stds = responses.result() if cfg.eval.layer_responses else None
         result = {"step": progress.step, "epoch": progress.epoch, "split": cfg.data.eval_split,
                   "protocol": "center", **final.as_dict()}
@@ -173,6 +185,16 @@ def _evaluate_and_log(engine, eval_loader, schedule: LRSchedule, logger, progres
     logger.log({"epoch": progress.epoch, **result.as_dict("val_")}, progress.step)
     if schedule.observe_validation_error(result.top1_error):
         logger.log({"event": "validation error plateaued: lr divided"}, progress.step)
+
+
+def _record_placement(run_dir: Path, info: DistInfo, device: torch.device) -> None:
+    """Each rank writes where it runs (`ranks/rank-NNNNN.json`, this attempt's), to check placement later."""
+    import json
+
+    folder = run_dir / "ranks"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {**info.describe(), "device": str(device), "time": time.time()}
+    (folder / f"rank-{info.rank:05d}.json").write_text(json.dumps(record, sort_keys=True) + "\n")
 
 
 def _restore_rank_state(state: dict, loader) -> None:

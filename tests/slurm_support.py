@@ -1,13 +1,27 @@
-"""Shared by the SLURM tests: bring the real one-machine cluster up, or skip where it cannot run.
+"""Shared by the SLURM tests: the real minicluster (2 nodes), submitting through `launch`, waiting on jobs.
 
 Under CI (`CI=true`, where `.ci/run` installs slurm-wlm) a cluster that cannot start fails the tests
-instead of skipping them.
+instead of skipping them. Every SLURM test runs on the same 2-node cluster: one-node jobs take one node
+of it, multi-node jobs both.
+
+One thing is sped up: after a requeue SLURM holds a job for about 100 s before it may start again (its
+begin time); `wait_finished` releases it at once with `scontrol update starttime=now`, which changes
+when it runs, not what it does.
 """
 
 import os
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, List
 
 import pytest
+
+from tests.train_support import DEMO_CONFIG, REPO
+
+NODES = 2
 
 
 def require_minicluster():
@@ -15,4 +29,55 @@ def require_minicluster():
 
     if os.environ.get("CI") != "true" and (os.geteuid() != 0 or not shutil.which("slurmctld")):
         pytest.skip("needs root and Debian's slurm-wlm (apt-get install slurm-wlm munge)")
-    return minicluster.up()
+    return minicluster.up(nodes=NODES)
+
+
+def launch(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def submit(run_dir: Path, overrides: List[str], *flags: str) -> str:
+    """`launch submit` of the demo config with `overrides`; returns the SLURM job id."""
+    launch("submit", DEMO_CONFIG, *overrides, *flags)
+    return (run_dir / "slurm_job_id").read_text().strip()
+
+
+def queue_state(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+    return out.split()[0] if out.split() else ""
+
+
+def wait_for(condition: Callable[[], bool], what: str, run_dir: Path, timeout: float = 300) -> None:
+    """Poll until `condition` holds; fail with the run's job logs if it does not within `timeout`."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"no {what} within {timeout:.0f}s:\n" + job_logs(run_dir)
+        time.sleep(0.05)
+
+
+def wait_finished(run_dirs: Iterable[Path], timeout: float = 600) -> None:
+    """Wait until every run has results; release requeued jobs from SLURM's begin-time hold."""
+    from launch.status import run_status
+
+    deadline = time.time() + timeout
+    pending = list(run_dirs)
+    while pending:
+        for run_dir in list(pending):
+            status = run_status(run_dir)
+            if status.state == "finished":
+                pending.remove(run_dir)
+            elif status.state == "failed":
+                pytest.fail(f"{run_dir} failed:\n" + job_logs(run_dir))
+            elif status.job_id and queue_state(status.job_id) == "PENDING":
+                subprocess.run(["scontrol", "update", f"jobid={status.job_id}", "starttime=now"], capture_output=True)
+        if time.time() > deadline:
+            pytest.fail(f"not finished in {timeout}s: {pending}\n" + "".join(job_logs(d) for d in pending))
+        time.sleep(1)
+
+
+def job_logs(run_dir: Path) -> str:
+    logs = sorted(Path(run_dir).glob("slurm/*_log.*")) + sorted(Path(run_dir).parent.glob("_sweeps/*/*_log.*"))
+    return "".join(f"--- {p}\n{p.read_text()[-2500:]}\n" for p in logs)

@@ -73,3 +73,24 @@ def test_deepspeed_resume_continues_the_same_loss_curve(digits_dataset, tmp_path
     assert min(resumed) == 2 and max(resumed) == 40
     for step in range(18, 41, 2):  # the steps after the checkpoint it resumed from
         assert resumed[step] == pytest.approx(whole_curve[step], abs=1e-6), step
+
+
+def test_deepspeed_runs_in_one_process_without_a_launcher(digits_dataset, tmp_path):
+    """`python -m pipeline.train ... engine.name=deepspeed`: no torchrun, no SLURM, nobody sets LOCAL_RANK."""
+    import subprocess
+    import sys
+
+    from tests.train_support import DEMO_CONFIG, REPO, env
+
+    overrides = small_run(digits_dataset, tmp_path, "engine.name=deepspeed", "engine.zero_stage=1",
+                          "logging.wandb_mode=disabled", "schedule.total=10", "schedule.milestones=[]")
+    launcher_free = {k: v for k, v in env().items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")
+                     and not k.startswith("SLURM_")}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.train", DEMO_CONFIG, *overrides], cwd=REPO,
+                          env=launcher_free, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = tmp_path / "t"
+    assert json.loads((run_dir / "results.json").read_text())["train"]["step"] == 10
+    assert (run_dir / "checkpoints" / "step-000000010" / "deepspeed" / "mp_rank_00_model_states.pt").exists()
+    placement = json.loads((run_dir / "ranks" / "rank-00000.json").read_text())
+    assert (placement["launcher"], placement["world_size"]) == ("single", 1)

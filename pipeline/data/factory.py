@@ -11,6 +11,7 @@ from pipeline.data.augment import Finish, Normalize, geometry_for
 from pipeline.data.base import Loader, local_batch, rank_range, train_steps_per_epoch
 from pipeline.data.shards import DatasetError, open_split, read_manifest
 from pipeline.dist import DistInfo
+from pipeline.runtime import resolve_device
 
 # The synthetic backend without a dataset directory: ImageNet's or CIFAR-10's size.
 _SYNTHETIC_SIZES = {False: (1_281_167, 1000), True: (50_000, 10)}  # keyed by "is CIFAR"
@@ -36,7 +37,7 @@ def build_loader(data: DataConfig, split: str, info: DistInfo, state: Optional[d
     state: a `loader.state_dict()` to resume from (or call `load_state_dict` later).
     """
     train = (split == data.train_split) if train is None else train
-    device = device or (torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu"))
+    device = device or resolve_device("auto", info)
     global_batch = data.batch_size if train else data.eval_batch_size
     batch = local_batch(global_batch, info.world_size, "batch_size" if train else "eval_batch_size")
     if not train and protocol == "multiscale":

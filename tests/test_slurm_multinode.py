@@ -1,0 +1,111 @@
+"""Multi-node jobs for real: `launch submit` of 2 nodes x 2 tasks on the 2-node minicluster.
+
+Cells: DDP, DeepSpeed ZeRO-1 and ZeRO-2 each finish with every rank on the node SLURM put it on; DDP
+and ZeRO-1 signalled mid-run (`scancel --signal=USR2`) requeue on both nodes, resume and end bitwise
+equal to the uninterrupted job; a job signalled during its final evaluation requeues and still ends
+with its results. Jobs run through submitit's sbatch/srun; ranks meet at the first node of the job.
+"""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.engine import load_weights
+from pipeline.metrics import read_metrics
+from pipeline.wandb_offline import offline_runs
+from tests.slurm_support import job_logs, require_minicluster, submit, wait_finished, wait_for
+from tests.train_support import small_run
+
+pytestmark = pytest.mark.slow
+
+TWO_NODES = ["--nodes", "2", "--gpus-per-node", "0", "--tasks-per-node", "2", "--cpus-per-task", "1", "--time", "20"]
+ENGINES = {"ddp": ["engine.name=ddp"],
+           "zero1": ["engine.name=deepspeed", "engine.zero_stage=1"],
+           "zero2": ["engine.name=deepspeed", "engine.zero_stage=2"]}
+TOTAL, CHECKPOINT_EVERY = 12, 4  # a checkpoint mid-epoch (46 steps per epoch at batch 32) to resume from
+
+
+def overrides(data: Path, out: Path, engine: str, *extra: str) -> list:
+    return small_run(data, out, *ENGINES[engine], "data.batch_size=32", f"schedule.total={TOTAL}",
+                     "schedule.milestones=[8]", f"checkpoint.every_steps={CHECKPOINT_EVERY}",
+                     "logging.wandb_mode=offline", *extra)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(digits_dataset, tmp_path_factory):
+    """The three engines' 2x2 jobs, submitted together (SLURM runs them one after another), run to the end."""
+    require_minicluster()
+    root = tmp_path_factory.mktemp("uninterrupted")
+    runs = {}
+    for engine in ENGINES:
+        runs[engine] = root / engine / "t"
+        submit(runs[engine], overrides(digits_dataset, root / engine, engine), *TWO_NODES)
+    wait_finished(runs.values(), timeout=1200)
+    return runs
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_weights(run_dir / "checkpoints" / f"step-{TOTAL:09d}")
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_two_node_job_finishes_with_each_rank_on_its_slurm_node(uninterrupted, engine):
+    run_dir = uninterrupted[engine]
+    assert json.loads((run_dir / "results.json").read_text())["train"]["step"] == TOTAL
+    placement = [json.loads((run_dir / "ranks" / f"rank-{r:05d}.json").read_text()) for r in range(4)]
+    # SLURM's block distribution: tasks 0-1 on the first node, 2-3 on the second.
+    for r, rank in enumerate(placement):
+        assert (rank["launcher"], rank["world_size"], rank["rank"]) == ("slurm", 4, r)
+        assert (rank["node"], rank["node_rank"], rank["local_rank"]) == (f"n{r // 2 + 1}", r // 2, r % 2), rank
+        assert rank["master"].startswith("n1:")
+    checkpoint = run_dir / "checkpoints" / f"step-{TOTAL:09d}"
+    if engine == "ddp":
+        assert "model" in torch.load(checkpoint / "state.pt", weights_only=True)
+    else:  # ZeRO: one optimizer partition per rank, written by DeepSpeed itself
+        assert len(list((checkpoint / "deepspeed").glob("zero_pp_rank_*_optim_states.pt"))) == 4
+
+
+@pytest.mark.parametrize("engine", ["ddp", "zero1"])
+def test_two_node_job_signalled_mid_run_requeues_and_ends_bitwise_equal(uninterrupted, digits_dataset, tmp_path,
+                                                                        engine):
+    run_dir = tmp_path / "t"
+    job = submit(run_dir, overrides(digits_dataset, tmp_path, engine), *TWO_NODES)
+    marker = run_dir / "checkpoints" / f"step-{CHECKPOINT_EVERY:09d}" / "COMPLETE"
+    wait_for(marker.exists, "first checkpoint", run_dir)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # every task on both nodes
+    wait_finished([run_dir])
+
+    metrics = read_metrics(run_dir)
+    stopped = [m for m in metrics if "stopped by SIGUSR2" in str(m.get("event"))]
+    assert len(stopped) == 1 and CHECKPOINT_EVERY <= stopped[0]["step"] < TOTAL, job_logs(run_dir)
+    assert f"resuming {run_dir} from step {stopped[0]['step']}" in job_logs(run_dir)
+    assert [m["step"] for m in metrics if "loss" in m] == list(range(2, TOTAL + 1, 2))  # each step once
+    runs = offline_runs(run_dir)
+    assert len(runs) == 2 and len({r.run_id for r in runs}) == 1  # one W&B run across the requeue
+
+    whole, resumed = final_weights(uninterrupted[engine]), final_weights(run_dir)
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole), engine
+
+
+def test_job_signalled_during_its_final_evaluation_requeues_and_ends_with_results(digits_dataset, tmp_path):
+    require_minicluster()
+    run_dir = tmp_path / "t"
+    # A final evaluation long enough to signal into (~9 s on 2 idle cores): ResNet-56 on the 1,500
+    # training digits, one image per rank per batch.
+    job = submit(run_dir, overrides(digits_dataset, tmp_path, "ddp", "model.name=cifar_resnet56",
+                                    "data.eval_split=train", "data.eval_batch_size=4"), *TWO_NODES)
+    in_final_evaluation = lambda: any(m.get("event") == "final evaluation" for m in read_metrics(run_dir))
+    wait_for(in_final_evaluation, "final evaluation", run_dir)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    wait_finished([run_dir])
+
+    results = json.loads((run_dir / "results.json").read_text())["train"]
+    assert (results["step"], results["samples"]) == (TOTAL, 1500)
+    events = [m.get("event") for m in read_metrics(run_dir) if "event" in m]
+    assert "stopped by SIGUSR2 during the final evaluation" in events, events
+    assert events.count("final evaluation") == 2  # cut short, then done again by the requeued job
+    assert f"resuming {run_dir} from step {TOTAL}" in job_logs(run_dir)
