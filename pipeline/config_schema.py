@@ -155,6 +155,14 @@ class CheckpointConfig:
     at_epoch_end: bool = True
     keep_last: int = 2
     keep_best: bool = True
+    # How often the ranks agree on a stop signal or a time-based save: each check is a collective and a
+    # device-to-host copy, which keeps the CPU from running ahead of the GPU. A signal waits at most this
+    # many steps (a SLURM signal comes `slurm.signal_delay_s` before the end).
+    check_every_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.check_every_steps < 1:
+            raise ValueError(f"checkpoint.check_every_steps must be at least 1, not {self.check_every_steps}")
 
 
 @dataclass

@@ -47,21 +47,41 @@ def checkpoint_blocks(model: nn.Module) -> None:
     """Recompute each residual block's activations in backward instead of storing them.
 
     Overrides the blocks' `forward` on the instance, so parameter names (and checkpoints) are unchanged.
-    BN running statistics are updated once per forward pass: the recomputation runs with them frozen.
+    BN running statistics are updated once per forward pass: the recomputation in backward puts them
+    back as it found them (see `_bn_statistics_kept`), for both engines.
     """
-    from torch.utils.checkpoint import checkpoint
-
     blocks = list(model.blocks()) if hasattr(model, "blocks") else []
     if not blocks:
         raise ValueError("activation checkpointing needs a model with residual blocks (model.blocks())")
     for block in blocks:
-        block.forward = functools.partial(_checkpointed_forward, checkpoint, block.forward)
+        block.forward = functools.partial(_checkpointed_forward, block, block.forward)
 
 
-def _checkpointed_forward(checkpoint, forward, x: torch.Tensor) -> torch.Tensor:
+def _checkpointed_forward(block: nn.Module, forward, x: torch.Tensor) -> torch.Tensor:
+    from torch.utils.checkpoint import checkpoint
+
     if not torch.is_grad_enabled():
         return forward(x)
-    return checkpoint(forward, x, use_reentrant=False)
+    return checkpoint(forward, x, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _bn_statistics_kept(block)))
+
+
+@contextlib.contextmanager
+def _bn_statistics_kept(module: nn.Module):
+    """BN running statistics of `module` (and their count) as they were before: what runs inside updates none.
+
+    The layers still normalise with the batch's statistics, so a recomputation computes exactly what the
+    forward pass did. (Putting them back is exact on every kernel; a zero momentum would still count.)
+    """
+    kept = [(buffer, buffer.clone()) for layer in module.modules()
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm)
+            for buffer in (layer.running_mean, layer.running_var, layer.num_batches_tracked) if buffer is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in kept:
+                buffer.copy_(value)
 
 
 class BufferSync:

@@ -127,11 +127,14 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
                 if cfg.eval.every_steps and progress.step % cfg.eval.every_steps == 0:
                     _evaluate_and_log(engine, eval_loader, schedule, logger, progress)
 
-                minutes_due = cfg.checkpoint.every_minutes and time.monotonic() - last_save > 60 * cfg.checkpoint.every_minutes
+                # Step-based saves fall on the same step everywhere; a signal or the clock is one rank's own
+                # and needs a collective to agree on (a consistent checkpoint needs every rank), so it is
+                # only asked every `check_every_steps` steps, never in between: no host sync per step.
                 steps_due = cfg.checkpoint.every_steps and progress.step % cfg.checkpoint.every_steps == 0
-                # One collective decides for all ranks: a consistent checkpoint needs every rank.
-                stopping, save_due = dist.any_rank([stop.received is not None, bool(minutes_due or steps_due)])
-                if stopping or save_due:
+                stopping = minutes_due = False
+                if progress.step % cfg.checkpoint.check_every_steps == 0:
+                    stopping, minutes_due = dist.any_rank([stop.received is not None, _minutes_due(cfg, last_save)])
+                if stopping or steps_due or minutes_due:
                     save_checkpoint()
                     last_save = time.monotonic()
                 if stopping:
@@ -185,6 +188,11 @@ def _evaluate_and_log(engine, eval_loader, schedule: LRSchedule, logger, progres
     logger.log({"epoch": progress.epoch, **result.as_dict("val_")}, progress.step)
     if schedule.observe_validation_error(result.top1_error):
         logger.log({"event": "validation error plateaued: lr divided"}, progress.step)
+
+
+def _minutes_due(cfg: ExperimentConfig, last_save: float) -> bool:
+    every = cfg.checkpoint.every_minutes
+    return bool(every) and time.monotonic() - last_save > 60 * every
 
 
 def _record_placement(run_dir: Path, info: DistInfo, device: torch.device) -> None:

@@ -44,7 +44,7 @@ def test_deepspeed_config_follows_engine_section():
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
+def test_activation_checkpointing_gives_the_same_gradients_and_bn_statistics():
     torch.manual_seed(0)
     plain, ckpt = build("cifar_resnet14"), build("cifar_resnet14")
     ckpt.load_state_dict(plain.state_dict())
@@ -55,3 +55,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     ckpt(x).square().sum().backward()
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+    # The recomputation in backward leaves BN's running statistics as one forward pass left them.
+    for (name, a), b in zip(plain.named_buffers(), ckpt.buffers()):
+        assert torch.equal(a, b), name
+    assert all(int(b) == 1 for name, b in ckpt.named_buffers() if name.endswith("num_batches_tracked"))

@@ -26,7 +26,8 @@ def test_job_with_too_short_time_limit_times_out_requeues_and_finishes(digits_da
     # 200 steps take ~60 s on an idle 2-core machine (0.3 s a step, 5 s to start): 2 allocations there,
     # about 5 on a loaded one, where the generous wait below still holds.
     overrides = small_run(digits_dataset, tmp_path, "schedule.total=200", "schedule.milestones=[150]",
-                          "logging.every_steps=10", "checkpoint.every_steps=25", "logging.wandb_mode=disabled")
+                          "logging.every_steps=10", "checkpoint.every_steps=25", "checkpoint.check_every_steps=2",
+                          "logging.wandb_mode=disabled")
     submit(run_dir, overrides, *CPU_JOB, "--time", "1", "--signal-delay-s", "15", "--max-requeues", "20")
     wait_finished([run_dir], timeout=1500)
     assert json.loads((run_dir / "results.json").read_text())["train"]["step"] == 200

@@ -31,7 +31,7 @@ TOTAL, CHECKPOINT_EVERY = 12, 4  # a checkpoint mid-epoch (46 steps per epoch at
 def overrides(data: Path, out: Path, engine: str, *extra: str) -> list:
     return small_run(data, out, *ENGINES[engine], "data.batch_size=32", f"schedule.total={TOTAL}",
                      "schedule.milestones=[8]", f"checkpoint.every_steps={CHECKPOINT_EVERY}",
-                     "logging.wandb_mode=offline", *extra)
+                     "checkpoint.check_every_steps=2", "logging.wandb_mode=offline", *extra)
 
 
 @pytest.fixture(scope="module")

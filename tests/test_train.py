@@ -94,3 +94,36 @@ def test_deepspeed_runs_in_one_process_without_a_launcher(digits_dataset, tmp_pa
     assert (run_dir / "checkpoints" / "step-000000010" / "deepspeed" / "mp_rank_00_model_states.pt").exists()
     placement = json.loads((run_dir / "ranks" / "rank-00000.json").read_text())
     assert (placement["launcher"], placement["world_size"]) == ("single", 1)
+
+
+def test_ranks_agree_on_stopping_only_every_check_every_steps_steps(digits_dataset, tmp_path, monkeypatch):
+    """No collective (and no device-to-host copy) per step: a signal is acted on at the next check."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from pipeline import dist
+    from pipeline.config import load_config
+    from pipeline.train import train as train_in_process
+    from tests.train_support import DEMO_CONFIG
+
+    checks = []
+    agree = dist.any_rank
+    monkeypatch.setattr(dist, "any_rank", lambda flags: checks.append(flags) or agree(flags))
+    cfg = load_config(DEMO_CONFIG, small_run(digits_dataset, tmp_path, "logging.wandb_mode=disabled",
+                                             "checkpoint.check_every_steps=10", "data.num_threads=1"))
+    marker = tmp_path / "t" / "checkpoints" / "step-000000008" / "COMPLETE"
+
+    def signal_after_first_checkpoint():
+        while not marker.exists():
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    threading.Thread(target=signal_after_first_checkpoint, daemon=True).start()
+    result = train_in_process(cfg)
+    assert result["interrupted"] and result["step"] % 10 == 0, result  # at a check, not the step after the signal
+    assert len(checks) == result["step"] // 10
+    assert (tmp_path / "t" / "checkpoints" / f"step-{result['step']:09d}" / "COMPLETE").exists()
+    resumed = train_in_process(cfg)
+    assert resumed["step"] == 40 and len(checks) == 4  # steps 10..40: one check each ten steps, none between
