@@ -51,6 +51,9 @@ def _add_prepare(sub, name: str, help_: str) -> None:
     if name.startswith("cifar"):
         p.add_argument("--val-size", type=int, default=0,
                        help="hold out this many training images as a val split (the paper: 5000)")
+    if name == "cifar100":
+        p.add_argument("--labels", choices=("fine", "coarse"), default="fine",
+                       help="the 100 fine classes, or the 20 coarse superclasses (default: fine)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +99,7 @@ def _prepare(args: argparse.Namespace) -> int:
     else:
         from .sources.cifar import load_cifar
 
-        source = load_cifar(args.src, args.command, args.val_size, args.seed)
+        source = load_cifar(args.src, args.command, args.val_size, args.seed, getattr(args, "labels", "fine"))
     encoding = Encoding(getattr(args, "max_side", None), getattr(args, "quality", None))
     opts = Options(seed=args.seed, shard_size_mb=args.shard_size_mb, samples_per_shard=args.samples_per_shard,
                    num_shards=args.num_shards, encoding=encoding, workers=args.workers, num_tasks=args.num_tasks,

@@ -39,6 +39,10 @@ class Checkpoint:
     meta: Dict[str, Any]
 
 
+class CheckpointDirError(OSError):
+    """The checkpoint directory cannot be written (read-only file system, permissions, a file in the way)."""
+
+
 class CheckpointStore:
     def __init__(self, root: Path | str, keep_last: int = 2, keep_best: bool = True,
                  best_metric: str = "val_top1_error") -> None:
@@ -48,6 +52,20 @@ class CheckpointStore:
         self.best_metric = best_metric  # lower is better
 
     # -- writing ---------------------------------------------------------------------------------
+
+    def check_writable(self, probe_name: str = ".write-probe") -> None:
+        """Create the directory and write a file there, or raise one clear error naming the directory.
+
+        Called before training starts: finding out at the first save would lose the work before it.
+        """
+        probe = self.root / probe_name
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            reason = "it is a file, not a directory" if self.root.is_file() else e.strerror or str(e)
+            raise CheckpointDirError(f"cannot write checkpoints to {self.root}: {reason}") from None
 
     def staging_path(self, step: int) -> Path:
         return self.root / f"{_dirname(step)}.tmp"

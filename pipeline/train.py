@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from pipeline import dist
-from pipeline.checkpoint import CheckpointStore, load_state, save_state
+from pipeline.checkpoint import CheckpointDirError, CheckpointStore, load_state, save_state
 from pipeline.config import ConfigError, ExperimentConfig, config_to_dict, load_config, loggable_config, save_config
 from pipeline.dist import DistInfo, dist_info_from_env
 from pipeline.evaluation import EvaluationInterrupted, LayerResponses, evaluate
@@ -62,6 +62,8 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
         dist.init_process_group(info, device.type, cfg.engine.timeout_minutes)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     run_dir = run_dir_of(cfg)
+    store = CheckpointStore(run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_best)
+    store.check_writable(f".write-probe-{info.rank:05d}")  # every rank writes its own files into checkpoints
     _record_placement(run_dir, info, device)
 
     # Components, each built from its own section.
@@ -75,7 +77,6 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, train_loader.steps_per_epoch, cfg.data.batch_size)
     micro_batch = cfg.data.batch_size // info.world_size
     engine = build_engine(cfg.engine, build_model(cfg.model), cfg.optim, schedule.lr(0), info, device, micro_batch)
-    store = CheckpointStore(run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_best)
 
     # Resume from the latest complete checkpoint, if there is one.
     progress = Progress()
@@ -257,7 +258,11 @@ def main(argv: Optional[list] = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except CheckpointDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if result.get("interrupted"):
         return EXIT_INTERRUPTED
     if dist_info_from_env().is_primary:

@@ -70,17 +70,20 @@ def test_imagenet_shards_read_identically_by_dali_and_webdataset(tmp_path: Path)
         _compare(m, split, lossless=False)
 
 
-def test_cifar_shards_read_identically_by_dali_and_webdataset(tmp_path: Path) -> None:
+@pytest.mark.parametrize("labels, classes", [("fine", 100), ("coarse", 20)])
+def test_cifar100_shards_read_identically_by_dali_and_webdataset(tmp_path: Path, labels: str, classes: int) -> None:
     raw = synth_cifar(tmp_path / "raw", "cifar100", per_class=3)
     out = tmp_path / "out"
-    assert prep("cifar100", "--src", raw, "--out", out, "--workers", "1", "--num-shards", "2") == 0
+    flags = [] if labels == "fine" else ["--labels", labels]  # fine is the default
+    assert prep("cifar100", "--src", raw, "--out", out, "--workers", "1", "--num-shards", "2", *flags) == 0
     m = load_manifest(out)
+    assert len(m.classes) == classes
     _compare(m, "train", lossless=True)
-    # and the pixels are the batch's pixels
+    # and the pixels are the batch's pixels, with the chosen label set's labels
     from data_prep.safe_pickle import load_pickle
 
     batch = load_pickle(raw / "train")
     pixels = {bytes(r.reshape(3, 32, 32).transpose(1, 2, 0).tobytes()): l
-              for r, l in zip(batch[b"data"], batch[b"fine_labels"])}
+              for r, l in zip(batch[b"data"], batch[f"{labels}_labels".encode()])}
     for key, label, img in _wds_read(m, "train"):
         assert pixels[img.tobytes()] == label

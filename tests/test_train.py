@@ -1,14 +1,23 @@
 """Training for real: several processes over gloo, DALI reading data_prep's shards, both engines."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import torch
 
+from pipeline import dist
+from pipeline.config import load_config
 from pipeline.evaluate import evaluate_run
 from pipeline.metrics import read_metrics
+from pipeline.train import train as train_in_process
 from pipeline.wandb_offline import offline_runs
-from tests.train_support import final_weights, small_run, train, train_and_kill
+from tests.train_support import DEMO_CONFIG, REPO, env, final_weights, small_run, train, train_and_kill
 
 pytestmark = pytest.mark.slow
 
@@ -77,11 +86,6 @@ def test_deepspeed_resume_continues_the_same_loss_curve(digits_dataset, tmp_path
 
 def test_deepspeed_runs_in_one_process_without_a_launcher(digits_dataset, tmp_path):
     """`python -m pipeline.train ... engine.name=deepspeed`: no torchrun, no SLURM, nobody sets LOCAL_RANK."""
-    import subprocess
-    import sys
-
-    from tests.train_support import DEMO_CONFIG, REPO, env
-
     overrides = small_run(digits_dataset, tmp_path, "engine.name=deepspeed", "engine.zero_stage=1",
                           "logging.wandb_mode=disabled", "schedule.total=10", "schedule.milestones=[]")
     launcher_free = {k: v for k, v in env().items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")
@@ -98,16 +102,6 @@ def test_deepspeed_runs_in_one_process_without_a_launcher(digits_dataset, tmp_pa
 
 def test_ranks_agree_on_stopping_only_every_check_every_steps_steps(digits_dataset, tmp_path, monkeypatch):
     """No collective (and no device-to-host copy) per step: a signal is acted on at the next check."""
-    import os
-    import signal
-    import threading
-    import time
-
-    from pipeline import dist
-    from pipeline.config import load_config
-    from pipeline.train import train as train_in_process
-    from tests.train_support import DEMO_CONFIG
-
     checks = []
     agree = dist.any_rank
     monkeypatch.setattr(dist, "any_rank", lambda flags: checks.append(flags) or agree(flags))
@@ -127,3 +121,15 @@ def test_ranks_agree_on_stopping_only_every_check_every_steps_steps(digits_datas
     assert (tmp_path / "t" / "checkpoints" / f"step-{result['step']:09d}" / "COMPLETE").exists()
     resumed = train_in_process(cfg)
     assert resumed["step"] == 40 and len(checks) == 4  # steps 10..40: one check each ten steps, none between
+
+
+def test_a_checkpoint_directory_that_cannot_be_written_is_one_clear_error(digits_dataset, tmp_path):
+    run_dir = tmp_path / "t"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("a file where the checkpoint directory should be")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.train", DEMO_CONFIG,
+                           *small_run(digits_dataset, tmp_path, "logging.wandb_mode=disabled")],
+                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot write checkpoints to {run_dir / 'checkpoints'}: ")

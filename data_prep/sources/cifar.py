@@ -1,5 +1,6 @@
 """`cifar10` / `cifar100` sources: the python-pickle batches, read through the restricted unpickler.
 
+CIFAR-100 is sharded with its 100 fine labels, or with `labels="coarse"` its 20 superclasses.
 Splits: train and test; with `val_size` > 0 a fixed-seed random `val_size` images of the training set
 become a val split (the paper's 45k/5k protocol). Pixel statistics (per-channel mean/std and the
 per-pixel mean image the paper subtracts) are exact over the final train split.
@@ -19,11 +20,14 @@ from ..stats import exact_stats
 from . import SourceData
 
 _LAYOUT = {
-    "cifar10": {"dir": "cifar-10-batches-py", "meta": "batches.meta", "names": b"label_names",
-                "labels": b"labels", "test": ["test_batch"]},
-    "cifar100": {"dir": "cifar-100-python", "meta": "meta", "names": b"fine_label_names",
-                 "labels": b"fine_labels", "test": ["test"]},
+    "cifar10": {"dir": "cifar-10-batches-py", "meta": "batches.meta", "test": ["test_batch"],
+                "labels": {"fine": (b"label_names", b"labels")}},
+    # CIFAR-100 has two label sets: 100 fine classes and the 20 superclasses ("coarse") they group into.
+    "cifar100": {"dir": "cifar-100-python", "meta": "meta", "test": ["test"],
+                 "labels": {"fine": (b"fine_label_names", b"fine_labels"),
+                            "coarse": (b"coarse_label_names", b"coarse_labels")}},
 }
+LABEL_SETS = ("fine", "coarse")
 
 
 def _batch_dir(src: Path, kind: str) -> Path:
@@ -64,20 +68,23 @@ def _items(images: np.ndarray, labels: np.ndarray, origins: List[str], rows: np.
     return [Item(int(labels[i]), None, 3072, np.ascontiguousarray(images[i]).tobytes(), origins[i]) for i in rows]
 
 
-def load_cifar(src: Path, kind: str, val_size: int = 0, seed: int = 0) -> SourceData:
-    """List a CIFAR-10/100 batches directory (`kind` = cifar10 | cifar100)."""
+def load_cifar(src: Path, kind: str, val_size: int = 0, seed: int = 0, labels: str = "fine") -> SourceData:
+    """List a CIFAR-10/100 batches directory (`kind` = cifar10 | cifar100; CIFAR-100 `labels` fine | coarse)."""
     if kind not in _LAYOUT:
         raise ValueError(f"unknown CIFAR kind {kind!r}")
     layout = _LAYOUT[kind]
+    if labels not in layout["labels"]:
+        raise ValueError(f"{kind} has no {labels!r} labels (it has: {', '.join(layout['labels'])})")
+    names_key, labels_key = layout["labels"][labels]
     d = _batch_dir(Path(src), kind)
     meta = load_pickle(d / layout["meta"])
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(layout["names"], [])]
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(names_key, [])]
     if not names:
-        raise ValueError(f"{d / layout['meta']}: no {layout['names']!r} list")
+        raise ValueError(f"{d / layout['meta']}: no {names_key!r} list")
     classes = [{"index": i, "id": n, "name": n} for i, n in enumerate(names)]
 
     def read(files: List[Path]) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-        parts = [(_read_batch(f, layout["labels"], len(names)), f.name) for f in files]
+        parts = [(_read_batch(f, labels_key, len(names)), f.name) for f in files]
         origins = [f"{name}[{r}]" for (imgs, _), name in parts for r in range(len(imgs))]
         return (np.concatenate([p[0][0] for p in parts]), np.concatenate([p[0][1] for p in parts]), origins)
 
@@ -94,4 +101,5 @@ def load_cifar(src: Path, kind: str, val_size: int = 0, seed: int = 0) -> Source
     if val_size:
         splits["val"] = _items(train_x, train_y, train_o, val_rows)
     splits["test"] = _items(test_x, test_y, test_o, np.arange(len(test_x)))
-    return SourceData(kind, "png", classes, splits, exact_stats=exact_stats(train_x[rows]))
+    notes = [f"{labels} labels: {len(classes)} classes"] if kind == "cifar100" else []
+    return SourceData(kind, "png", classes, splits, exact_stats=exact_stats(train_x[rows]), notes=notes)
