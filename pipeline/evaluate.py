@@ -26,7 +26,7 @@ from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.dist import DistInfo, dist_info_from_env
 from pipeline.evaluation import LayerResponses, evaluate
 from pipeline.results import update_results, write_layer_responses
-from pipeline.runtime import resolve_device
+from pipeline.runtime import resolve_device, use_task_cpus
 
 log = logging.getLogger("pipeline.evaluate")
 
@@ -50,6 +50,7 @@ def evaluate_run(run_dir: Path, protocol: str = "center", checkpoint: str = "las
     chosen = CheckpointStore(run_dir / "checkpoints").select(checkpoint)
     info = info or dist_info_from_env()
     device = resolve_device(cfg.run.device, info)
+    use_task_cpus()
     if info.distributed:
         dist.init_process_group(info, device.type, cfg.engine.timeout_minutes)
     try:

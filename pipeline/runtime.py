@@ -7,7 +7,7 @@ import random
 import resource
 import signal
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
@@ -24,6 +24,22 @@ def resolve_device(choice: str, info: DistInfo) -> torch.device:
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def use_task_cpus(env: Optional[Mapping[str, str]] = None) -> Optional[int]:
+    """Compute threads per process: what OMP_NUM_THREADS says if set, else the CPUs SLURM gave the task.
+
+    torch starts a thread per core it can see. Where SLURM does not bind a task to its CPUs (no
+    affinity or cgroup task plugin), each task of a node would start one per core of the whole node
+    and the tasks would fight over them; with small batches the spinning threads then cost more than
+    the work. Returns the thread count it set, or None where it left torch's choice alone.
+    """
+    env = os.environ if env is None else env
+    cpus = env.get("SLURM_CPUS_PER_TASK", "")
+    if "OMP_NUM_THREADS" in env or not cpus.isdigit():
+        return None
+    torch.set_num_threads(int(cpus))
+    return int(cpus)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -30,7 +30,8 @@ from pipeline.evaluation import EvaluationInterrupted, LayerResponses, evaluate
 from pipeline.metrics import make_logger
 from pipeline.models import build_model
 from pipeline.results import update_results, write_layer_responses
-from pipeline.runtime import StopSignal, peak_memory_mb, resolve_device, rng_state, seed_everything, set_rng_state
+from pipeline.runtime import (StopSignal, peak_memory_mb, resolve_device, rng_state, seed_everything, set_rng_state,
+                              use_task_cpus)
 from pipeline.schedule import LRSchedule
 
 log = logging.getLogger("pipeline.train")
@@ -57,6 +58,7 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
 
     info = info or dist_info_from_env()
     device = resolve_device(cfg.run.device, info)
+    use_task_cpus()
     if info.distributed or cfg.engine.name == "deepspeed":  # DeepSpeed needs a process group, even of one
         info = dist.with_free_port(info)
         dist.init_process_group(info, device.type, cfg.engine.timeout_minutes)

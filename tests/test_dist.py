@@ -82,3 +82,18 @@ def test_gpu_binding_refuses_a_rank_without_a_gpu():
         cuda_device_index(DistInfo(rank=3, local_rank=3), 2, {"CUDA_VISIBLE_DEVICES": "0,1"})
     with pytest.raises(RuntimeError, match="no CUDA device"):
         cuda_device_index(DistInfo(), 0, {})
+
+
+def test_a_slurm_task_computes_with_the_cpus_slurm_gave_it():
+    """Without CPU binding, each task would start a thread per core of the node and fight the others."""
+    import torch
+
+    from pipeline.runtime import use_task_cpus
+
+    before = torch.get_num_threads()
+    try:
+        assert use_task_cpus({"SLURM_CPUS_PER_TASK": "1"}) == 1 and torch.get_num_threads() == 1
+        assert use_task_cpus({"SLURM_CPUS_PER_TASK": "1", "OMP_NUM_THREADS": "2"}) is None  # the user's choice wins
+        assert use_task_cpus({}) is None
+    finally:
+        torch.set_num_threads(before)
