@@ -7,7 +7,9 @@ resumes from its latest complete checkpoint.
 Preemption and time limits: SLURM sends USR2 (`--signal=USR2@<delay>`, or `scancel --signal=USR2`) to
 every task; the training loop notices it between steps, all ranks agree and save one consistent
 checkpoint, and then rank 0 hands over to submitit's own handler, which requeues the job (counting
-time-outs against `slurm.max_requeues`). Clusters that send SIGTERM instead are handled the same way.
+time-outs against `slurm.max_requeues`). SIGTERM (`scancel`, or a preemption that SLURM requeues by
+itself) also saves a checkpoint, but the job is not requeued: a cancelled job stays cancelled, and
+running it again resumes from that checkpoint.
 """
 
 from __future__ import annotations
@@ -107,9 +109,11 @@ class TrainJob:
         if info.is_primary:
             _record_job_id(Path(self.run_dir))
         result = train(cfg, info)
-        if result.get("interrupted"):
+        if result.get("interrupted") and result.get("signal") != "SIGTERM":
             # The checkpoint is saved; let submitit's handler (restored when training returned)
             # requeue the job on rank 0. Other ranks return and the requeued job starts them again.
+            # Not on SIGTERM: that is what `scancel` sends (and what a cluster that requeues preempted
+            # jobs itself sends); requeueing then would bring back a job its user cancelled.
             handler = signal.getsignal(signal.SIGUSR2)
             if callable(handler):
                 handler(signal.SIGUSR2, None)

@@ -142,7 +142,7 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
                     last_save = time.monotonic()
                 if stopping:
                     logger.log({"event": f"stopped by {stop.received or 'a signal on another rank'}"}, progress.step)
-                    return {"interrupted": True, "step": progress.step}
+                    return {"interrupted": True, "step": progress.step, "signal": stop.received}
                 if progress.step >= total_steps:
                     epoch_done = False  # stopped mid-epoch: the schedule ended here
                     break
@@ -166,7 +166,7 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
             save_checkpoint()
             logger.log({"event": f"stopped by {stop.received or 'a signal on another rank'} during the final "
                                  "evaluation"}, progress.step)
-            return {"interrupted": True, "step": progress.step}
+            return {"interrupted": True, "step": progress.step, "signal": stop.received}
         stds = responses.result() if cfg.eval.layer_responses else None
         result = {"step": progress.step, "epoch": progress.epoch, "split": cfg.data.eval_split,
                   "protocol": "center", **final.as_dict()}

@@ -50,6 +50,12 @@ def queue_state(job_id: str) -> str:
     return out.split()[0] if out.split() else ""
 
 
+def job_state(job_id: str) -> str:
+    """SLURM's state of a job, in the queue or recently ended (`scontrol show job`, kept for MinJobAge)."""
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    return next((w.split("=", 1)[1] for w in out.split() if w.startswith("JobState=")), "")
+
+
 def wait_for(condition: Callable[[], bool], what: str, run_dir: Path, timeout: float = 300) -> None:
     """Poll until `condition` holds; fail with the run's job logs if it does not within `timeout`."""
     deadline = time.time() + timeout

@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from pipeline.metrics import read_metrics
-from tests.slurm_support import launch, require_minicluster, submit, wait_finished
+from tests.slurm_support import (job_logs, job_state, launch, queue_state, require_minicluster, submit, wait_finished,
+                                 wait_for)
 from tests.train_support import DEMO_CONFIG, small_run, train
 
 pytestmark = pytest.mark.slow
@@ -33,6 +34,23 @@ def test_job_with_too_short_time_limit_times_out_requeues_and_finishes(digits_da
     assert json.loads((run_dir / "results.json").read_text())["train"]["step"] == 200
     stops = [m for m in read_metrics(run_dir) if "stopped by" in str(m.get("event"))]
     assert stops, "the job finished without ever reaching its time limit: make its work longer"
+
+
+def test_cancelled_job_saves_a_checkpoint_and_stays_cancelled(digits_dataset, tmp_path):
+    """`scancel` sends SIGTERM: save, and end; requeueing would bring back a job its user cancelled."""
+    require_minicluster()
+    run_dir = tmp_path / "t"
+    overrides = small_run(digits_dataset, tmp_path, "schedule.total=400", "schedule.milestones=[300]",
+                          "checkpoint.check_every_steps=2", "logging.wandb_mode=disabled")
+    job = submit(run_dir, overrides, *CPU_JOB, "--time", "10")
+    wait_for((run_dir / "checkpoints" / "step-000000008" / "COMPLETE").exists, "first checkpoint", run_dir)
+    subprocess.run(["scancel", job], check=True)
+    wait_for(lambda: queue_state(job) == "", "the cancelled job to leave the queue", run_dir)
+    assert job_state(job) == "CANCELLED", job_logs(run_dir)
+    stopped = [m for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGTERM"]
+    assert len(stopped) == 1, job_logs(run_dir)
+    assert (run_dir / "checkpoints" / f"step-{stopped[0]['step']:09d}" / "COMPLETE").exists()  # nothing lost
+    assert not (run_dir / "results.json").exists()
 
 
 def test_sweep_runs_as_one_job_array_and_skips_finished_runs(digits_dataset, tmp_path):
