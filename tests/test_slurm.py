@@ -23,17 +23,21 @@ CPU_JOB = ["--gpus-per-node", "0", "--tasks-per-node", "2", "--cpus-per-task", "
 def test_job_with_too_short_time_limit_times_out_requeues_and_finishes(digits_dataset, tmp_path):
     require_minicluster()
     run_dir = tmp_path / "t"
-    # SLURM's limit is whole minutes: 1 minute, with USR2 15 s before it, leaves ~40 s per allocation.
-    # 200 steps take ~60 s on an idle 2-core machine (0.3 s a step, 5 s to start): 2 allocations there,
-    # about 5 on a loaded one, where the generous wait below still holds.
-    overrides = small_run(digits_dataset, tmp_path, "schedule.total=200", "schedule.milestones=[150]",
-                          "logging.every_steps=10", "checkpoint.every_steps=25", "checkpoint.check_every_steps=2",
+    # SLURM's limit is whole minutes: 1 minute, with USR2 15 s before it. 1,500 steps take ~2 minutes on
+    # an idle 2-core machine (0.08 s a step), so the first allocation runs out of time even on a machine
+    # twice as fast. Once it has, the test raises the job's limit, so the requeued job finishes however
+    # slow the machine is: the test waits on events, not on a number of allocations.
+    overrides = small_run(digits_dataset, tmp_path, "schedule.total=1500", "schedule.milestones=[1200]",
+                          "logging.every_steps=50", "checkpoint.every_steps=100", "checkpoint.check_every_steps=2",
                           "logging.wandb_mode=disabled")
-    submit(run_dir, overrides, *CPU_JOB, "--time", "1", "--signal-delay-s", "15", "--max-requeues", "20")
+    job = submit(run_dir, overrides, *CPU_JOB, "--time", "1", "--signal-delay-s", "15", "--max-requeues", "5")
+    timed_out = lambda: any(m.get("event") == "stopped by SIGUSR2" for m in read_metrics(run_dir))
+    wait_for(timed_out, "stop at the time limit", run_dir, timeout=600)
+    subprocess.run(["scontrol", "update", f"jobid={job}", "timelimit=30"], check=True)
     wait_finished([run_dir], timeout=1500)
-    assert json.loads((run_dir / "results.json").read_text())["train"]["step"] == 200
-    stops = [m for m in read_metrics(run_dir) if "stopped by" in str(m.get("event"))]
-    assert stops, "the job finished without ever reaching its time limit: make its work longer"
+    assert json.loads((run_dir / "results.json").read_text())["train"]["step"] == 1500
+    stop = next(m["step"] for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGUSR2")
+    assert 0 < stop < 1500 and f"resuming {run_dir} from step {stop}" in job_logs(run_dir)
 
 
 def test_cancelled_job_saves_a_checkpoint_and_stays_cancelled(digits_dataset, tmp_path):
