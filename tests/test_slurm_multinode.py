@@ -80,7 +80,8 @@ def test_two_node_job_signalled_mid_run_requeues_and_ends_bitwise_equal(uninterr
 
     metrics = read_metrics(run_dir)
     stopped = [m for m in metrics if "stopped by SIGUSR2" in str(m.get("event"))]
-    assert len(stopped) == 1 and CHECKPOINT_EVERY <= stopped[0]["step"] < TOTAL, job_logs(run_dir)
+    # Usually a few steps after the checkpoint; on a slow scancel, at the last step or in the final evaluation.
+    assert len(stopped) == 1 and CHECKPOINT_EVERY <= stopped[0]["step"] <= TOTAL, job_logs(run_dir)
     assert f"resuming {run_dir} from step {stopped[0]['step']}" in job_logs(run_dir)
     assert [m["step"] for m in metrics if "loss" in m] == list(range(2, TOTAL + 1, 2))  # each step once
     runs = offline_runs(run_dir)
