@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from train_throughput import REPO, machine, measure, sh  # benchmarks/ is this script's directory
+from train_throughput import REPO, machine, measure, sh, write_report  # benchmarks/ is this script's directory
 
 VARIANTS = {"every step (before)": 1, "every 10 steps (now)": 10}
 
@@ -62,9 +62,7 @@ def main() -> int:
         f"every 10 steps / every step, best of each: {now / before:.3f} of the step time "
         f"({before - now:.2f} ms less per step).",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, lines)
     return 0
 
 

@@ -48,6 +48,13 @@ def measure(backend: str, shards: Path, out: Path, model: str, steps: int, nproc
     }
 
 
+def write_report(out: Path, lines: Sequence[str]) -> None:
+    """Write a results file (Markdown lines) and print it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -89,9 +96,7 @@ def main() -> int:
         "",
         f"real/synthetic (data-stall ratio): {ratio:.2f}",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, lines)
     return 0
 
 

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from typing import List, Sequence
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pipeline.dist import free_port
 
 
 def local_command(config: str, overrides: Sequence[str], nproc: int, port: int | None = None) -> List[str]:

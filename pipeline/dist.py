@@ -163,15 +163,20 @@ def cuda_device_index(info: DistInfo, visible_devices: int, env: Optional[Mappin
         "(--gpus-per-node equal to the tasks per node) or bind one GPU to each task (--gpus-per-task=1)")
 
 
+def free_port() -> int:
+    """A TCP port on this machine that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def with_free_port(info: DistInfo) -> DistInfo:
     """A world of one still needs a process group for DeepSpeed: a port nobody else holds, unless MASTER_PORT says."""
     from dataclasses import replace
 
     if info.source != "single" or "MASTER_PORT" in os.environ:
         return info
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return replace(info, master_port=s.getsockname()[1])
+    return replace(info, master_port=free_port())
 
 
 def init_process_group(info: DistInfo, device_type: str, timeout_minutes: float) -> None:

@@ -183,13 +183,9 @@ class DDPEngine:
         re-bucketed before any real step, in every run. It changes nothing else: the gradients are
         dropped, no optimizer step is taken and BN's running statistics are put back.
         """
-        saved = [buffer.clone() for buffer in self.module.buffers()]
-        with self._autocast():
+        with _bn_statistics_kept(self.module), self._autocast():
             self.forward(self._format(torch.zeros_like(images))).float().sum().backward()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for buffer, value in zip(self.module.buffers(), saved):
-                buffer.copy_(value)
         self._buckets_settled = True
 
     def _autocast(self):

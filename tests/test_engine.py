@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch.local import free_port
+from pipeline.dist import free_port
 from pipeline.config_schema import EngineConfig
 from pipeline.engine import checkpoint_blocks, deepspeed_config
 from pipeline.models import build

@@ -27,7 +27,6 @@ _LAYOUT = {
                  "labels": {"fine": (b"fine_label_names", b"fine_labels"),
                             "coarse": (b"coarse_label_names", b"coarse_labels")}},
 }
-LABEL_SETS = ("fine", "coarse")
 
 
 def _batch_dir(src: Path, kind: str) -> Path:
