@@ -102,11 +102,18 @@ def record_path(out_dir: str | Path, name: str) -> Path:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary name and a rename (readers never see half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """Write `data` to `path` through a temporary name and a rename (readers never see half a file).
+
+    The temporary name is this process's own: the tasks of a job array write the same plan and manifest
+    at the same moment, and a shared name let one task rename the other's file away."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def completed_record(task: ShardTask) -> Optional[Dict]:

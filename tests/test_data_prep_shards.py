@@ -96,6 +96,29 @@ def test_tasks_write_disjoint_parts_and_merge(src: Path, tmp_path: Path) -> None
     assert shard_digests(out) == shard_digests(ref)
 
 
+def _write_often(path: Path, times: int) -> None:
+    from data_prep.shards import atomic_write
+
+    for i in range(times):
+        atomic_write(path, f"{os.getpid()} {i}".encode())
+
+
+def test_array_tasks_writing_the_same_file_together_do_not_collide(tmp_path: Path) -> None:
+    # The tasks of a job array write the same plan.json and manifest.json at the same moment (CI saw a
+    # task fail renaming a temporary file that another task had already renamed away).
+    import multiprocessing
+
+    path = tmp_path / "plan.json"
+    ctx = multiprocessing.get_context("fork")
+    writers = [ctx.Process(target=_write_often, args=(path, 300)) for _ in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert [w.exitcode for w in writers] == [0] * 4
+    assert path.read_text().split()[1] == "299" and list(tmp_path.iterdir()) == [path]
+
+
 def test_verify_names_flipped_and_truncated_shards(src: Path, tmp_path: Path) -> None:
     assert prep("imagenet", "--src", src, "--out", tmp_path, "--workers", "1", "--samples-per-shard", "8") == 0
     assert run_cli("verify", tmp_path).returncode == 0
