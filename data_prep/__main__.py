@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from .images import DEFAULT_MAX_PIXELS  # a constant; images.py imports PIL only when it decodes
+
 SOURCES = ("imagenet", "cifar10", "cifar100", "folder")
 SYNTH_KINDS = ("imagenet", "imagenet-kaggle", "cifar10", "cifar100")
 
@@ -42,6 +44,11 @@ def _add_prepare(sub, name: str, help_: str) -> None:
     if name in ("imagenet", "folder"):
         p.add_argument("--max-side", type=int, default=None, help="re-encode: shrink so the longer side <= this")
         p.add_argument("--quality", type=int, default=None, help="re-encode: JPEG quality (default 90 when re-encoding)")
+        p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                       help="images with more pixels (width x height) are shrunk to fit, aspect kept, re-encoded "
+                            "as JPEG and listed in converted.jsonl (the default is well above ILSVRC-2012's largest "
+                            "photos); 0: no limit of our own - images PIL refuses as decompression bombs "
+                            "(~179 MP) are still rejected and listed in rejected.jsonl")
         p.add_argument("--stats-images", type=int, default=1000,
                        help="train images (a deterministic sample) the pixel mean/std are computed from")
     if name == "imagenet":
@@ -100,7 +107,10 @@ def _prepare(args: argparse.Namespace) -> int:
         from .sources.cifar import load_cifar
 
         source = load_cifar(args.src, args.command, args.val_size, args.seed, getattr(args, "labels", "fine"))
-    encoding = Encoding(getattr(args, "max_side", None), getattr(args, "quality", None))
+    if getattr(args, "max_pixels", 0) < 0:
+        raise ValueError(f"--max-pixels {args.max_pixels}: must be >= 0 (0: no limit)")
+    encoding = Encoding(getattr(args, "max_side", None), getattr(args, "quality", None),
+                        getattr(args, "max_pixels", DEFAULT_MAX_PIXELS))
     opts = Options(seed=args.seed, shard_size_mb=args.shard_size_mb, samples_per_shard=args.samples_per_shard,
                    num_shards=args.num_shards, encoding=encoding, workers=args.workers, num_tasks=args.num_tasks,
                    task_id=args.task_id, stats_images=getattr(args, "stats_images", 0),
@@ -108,6 +118,8 @@ def _prepare(args: argparse.Namespace) -> int:
     found = {s: len(v) for s, v in source.splits.items()}
     print(f"{source.dataset}: {len(source.classes)} classes, found {found} ({'; '.join(source.notes)})",
           file=sys.stderr)
+    for w in source.warnings:
+        print(f"warning: {w['warning']}", file=sys.stderr)
     manifest = prepare(source, args.out, opts)
     if manifest is None:
         print(f"task {args.task_id}/{args.num_tasks} done; the manifest is written when every task is done "
@@ -119,6 +131,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _summary(path: Path) -> None:
     from .manifest import load_manifest
+    from .merge import WARNINGS_NAME
 
     m = load_manifest(path)
     for s in m.splits.values():
@@ -126,6 +139,9 @@ def _summary(path: Path) -> None:
               f"{len(s.shards)} shards", file=sys.stderr)
     if any(s.rejected for s in m.splits.values()):
         print(f"rejected files and reasons: {m.root / 'rejected.jsonl'}", file=sys.stderr)
+    warnings = m.root / WARNINGS_NAME
+    if warnings.is_file() and warnings.stat().st_size:
+        print(f"warnings (e.g. empty class folders): {warnings}", file=sys.stderr)
     print(f"manifest: {path}")
 
 

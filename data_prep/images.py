@@ -6,16 +6,26 @@ decode. The common case - an 8-bit 3-component JPEG ending in EOI - is recognise
 the header segments (`is_plain_rgb_jpeg`) without PIL; every other file takes PIL's path, so the outcome
 is the same either way. Anything else - CMYK or greyscale JPEGs, PNGs (or other formats) disguised as .JPEG - is decoded
 and re-encoded as an RGB JPEG. Files that cannot be decoded raise `Rejected` with the reason.
+
+Pixel limit: an image above `Encoding.max_pixels` (default 40 MP, well above ILSVRC-2012's largest photos)
+is shrunk to fit (aspect kept, JPEG draft mode so a huge JPEG is never decoded at full size) and
+re-encoded; the fix names both sizes. PIL's own decompression-bomb check (a warning above ~89 MP, an
+error above ~179 MP) is not left to chance: its warning is silenced because the limit here decides, and
+its error - an image PIL refuses to decode at all, which no loader could read either - is a rejection
+with that reason, also when the limit is off (max_pixels 0).
 """
 
 from __future__ import annotations
 
 import io
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 DEFAULT_FIX_QUALITY = 95  # quality used when a quirk forces a re-encode and --quality is not given
 DEFAULT_REENCODE_QUALITY = 90
+DEFAULT_MAX_PIXELS = 40_000_000  # ILSVRC-2012's largest train images are ~4000-5000 px on a side (< 25 MP)
 _JPEG_EOI = b"\xff\xd9"
 
 
@@ -29,10 +39,12 @@ class Rejected(Exception):
 
 @dataclass(frozen=True)
 class Encoding:
-    """How images are written: original bytes (max_side and quality None) or re-encoded JPEG."""
+    """How images are written: original bytes (max_side and quality None) or re-encoded JPEG; either way
+    an image above `max_pixels` (0: no limit) is shrunk to fit."""
 
     max_side: Optional[int] = None
     quality: Optional[int] = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @property
     def reencode(self) -> bool:
@@ -45,7 +57,12 @@ def _open(data: bytes):
     if not data:
         raise Rejected("empty file (0 bytes)")
     try:
-        return Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            # Above ~89 MP PIL only warns; the pixel limit (Encoding.max_pixels) decides what happens instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise Rejected(f"too large to decode safely (PIL's decompression-bomb limit): {e}") from None
     except UnidentifiedImageError:
         raise Rejected("not an image (format not recognised)") from None
     except Exception as e:  # corrupt headers raise assorted errors inside PIL
@@ -72,9 +89,10 @@ _SKIPPABLE = frozenset([*range(0xE0, 0xF0), 0xFE, 0xDB, 0xC4, 0xDD])
 _SOF_FAST = frozenset([0xC0, 0xC1, 0xC2])
 
 
-def is_plain_rgb_jpeg(data: bytes) -> bool:
+def is_plain_rgb_jpeg(data: bytes, max_pixels: int = 0) -> bool:
     """True when `data` is certainly what `prepare_jpeg` keeps unchanged without decoding: a JPEG (not an
-    MPO) whose header PIL parses to an 8-bit, 3-component (RGB) frame, ending with the EOI marker.
+    MPO) whose header PIL parses to an 8-bit, 3-component (RGB) frame, ending with the EOI marker, and
+    with at most `max_pixels` pixels (0: no limit of its own).
 
     A byte-level walk of the header segments (a few microseconds, against ~60 us for PIL's parse); it
     answers False whenever it is not sure, and the caller then takes PIL's path, so the outcome for every
@@ -84,6 +102,7 @@ def is_plain_rgb_jpeg(data: bytes) -> bool:
     n = len(data)
     i = 2
     frame = False
+    limit = min(max_pixels, _FAST_MAX_PIXELS) if max_pixels else _FAST_MAX_PIXELS
     while i + 4 <= n:
         if data[i] != 0xFF:
             return False
@@ -100,7 +119,7 @@ def is_plain_rgb_jpeg(data: bytes) -> bool:
                 return False
             height = (data[i + 5] << 8) | data[i + 6]
             width = (data[i + 7] << 8) | data[i + 8]
-            if not height or not width or width * height > _FAST_MAX_PIXELS:
+            if not height or not width or width * height > limit:
                 return False
             frame = True
         elif m not in _SKIPPABLE:
@@ -147,40 +166,69 @@ def _to_rgb(img):
     return img.convert("RGB")  # L, CMYK (PIL inverts Adobe CMYK correctly), P, I;16, ...
 
 
+def fit_pixels(size: Tuple[int, int], max_pixels: int) -> Optional[Tuple[int, int]]:
+    """The largest size with the aspect of `size` and at most `max_pixels` pixels; None when `size` fits
+    (or max_pixels is 0: no limit)."""
+    w, h = size
+    if not max_pixels or w * h <= max_pixels:
+        return None
+    scale = math.sqrt(max_pixels / (w * h))
+    return max(1, int(w * scale)), max(1, int(h * scale))  # rounded down: the product stays <= the limit
+
+
+def _draft_size(size: Tuple[int, int], encoding: Encoding) -> Optional[Tuple[int, int]]:
+    """The smallest decode size any resize below needs (JPEG draft mode), or None when nothing shrinks."""
+    want = None
+    if encoding.max_side is not None and encoding.max_side < max(size):
+        scale = encoding.max_side / max(size)
+        want = (int(size[0] * scale) + 1, int(size[1] * scale) + 1)
+    fit = fit_pixels(size, encoding.max_pixels)
+    if fit is not None:
+        fit = (fit[0] + 1, fit[1] + 1)
+        want = fit if want is None else (min(want[0], fit[0]), min(want[1], fit[1]))
+    return want
+
+
 def prepare_jpeg(data: bytes, encoding: Encoding = Encoding()) -> Tuple[bytes, Optional[str]]:
     """Return (RGB JPEG bytes, what was fixed or None) for the encoded image `data`; raise Rejected.
 
-    Without re-encoding, a complete RGB JPEG is returned unchanged (same bytes)."""
-    if not encoding.reencode and is_plain_rgb_jpeg(data):
+    Without re-encoding, a complete RGB JPEG within the pixel limit is returned unchanged (same bytes)."""
+    if not encoding.reencode and is_plain_rgb_jpeg(data, encoding.max_pixels):
         return data, None  # what the PIL path below returns for it, without parsing it with PIL
     img = _open(data)
-    fmt, mode = img.format, img.mode
-    fix: Optional[str] = None
+    fmt, mode, size = img.format, img.mode, img.size
+    fixes = []
     if fmt != "JPEG":
-        fix = f"{fmt or 'unknown'} image re-encoded as JPEG"
+        fixes.append(f"{fmt or 'unknown'} image re-encoded as JPEG")
     elif mode != "RGB":
-        fix = f"{mode} JPEG converted to RGB"
-    if fix is None and not encoding.reencode:
+        fixes.append(f"{mode} JPEG converted to RGB")
+    too_big = fit_pixels(size, encoding.max_pixels) is not None
+    if not fixes and not too_big and not encoding.reencode:
         if _jpeg_complete(data):
             return data, None
         # No EOI marker: either truncated (reject) or trailing bytes after it (keep) - decode to know.
         _load(img, "JPEG")
         return data, None
-    if encoding.max_side is not None and fmt == "JPEG":
-        # Draft mode lets libjpeg decode at 1/2, 1/4, 1/8 scale: much cheaper when shrinking a lot.
-        scale = encoding.max_side / max(img.size)
-        if scale < 1:
-            img.draft("RGB", (int(img.size[0] * scale) + 1, int(img.size[1] * scale) + 1))
+    draft = _draft_size(size, encoding)
+    if draft is not None and fmt == "JPEG":
+        # Draft mode lets libjpeg decode at 1/2, 1/4, 1/8 scale: much cheaper when shrinking a lot, and a
+        # huge JPEG is never held in memory at full size.
+        img.draft("RGB", draft)
     _load(img, fmt or "image")
     rgb = _to_rgb(img)
-    if encoding.max_side is not None and max(rgb.size) > encoding.max_side:
-        from PIL import Image
+    from PIL import Image
 
+    if encoding.max_side is not None and max(rgb.size) > encoding.max_side:
         scale = encoding.max_side / max(rgb.size)
-        size = (max(1, round(rgb.size[0] * scale)), max(1, round(rgb.size[1] * scale)))
-        rgb = rgb.resize(size, Image.BICUBIC)
+        rgb = rgb.resize((max(1, round(rgb.size[0] * scale)), max(1, round(rgb.size[1] * scale))), Image.BICUBIC)
+    fit = fit_pixels(rgb.size, encoding.max_pixels)
+    if fit is not None:
+        rgb = rgb.resize(fit, Image.BICUBIC)
+    if too_big:
+        fixes.append(f"{size[0]}x{size[1]} image ({size[0] * size[1] / 1e6:.1f} MP) above the pixel limit "
+                     f"(--max-pixels {encoding.max_pixels}): shrunk to {rgb.size[0]}x{rgb.size[1]}")
     quality = encoding.quality or (DEFAULT_REENCODE_QUALITY if encoding.reencode else DEFAULT_FIX_QUALITY)
-    return _encode_jpeg(rgb, quality), fix
+    return _encode_jpeg(rgb, quality), "; ".join(fixes) or None
 
 
 def encode_png(pixels: bytes, height: int = 32, width: int = 32) -> bytes:

@@ -1,4 +1,6 @@
-"""Merge the per-shard completion records of all tasks into `manifest.json` and `rejected.jsonl`.
+"""Merge the per-shard completion records of all tasks into `manifest.json`, `rejected.jsonl` (files not
+written, with the reason), `converted.jsonl` (files written after a fix) and `warnings.jsonl` (findings of
+the listing that are no file's fault, e.g. an empty class folder).
 
 Run automatically by the task that finishes last (and idempotent, so two tasks finishing together
 write the same bytes), or explicitly with `python -m data_prep merge DIR` after a SLURM array.
@@ -13,6 +15,8 @@ from typing import Dict, List
 from .manifest import FORMAT, MANIFEST_NAME, VERSION
 from .shards import PARTS_DIR, atomic_write
 from .stats import PixelSums
+
+WARNINGS_NAME = "warnings.jsonl"
 
 
 def _plan(out: Path) -> Dict:
@@ -35,7 +39,8 @@ def _jsonl(rows: List[Dict]) -> bytes:
 
 
 def merge(out: str | Path) -> Path:
-    """Write `out/manifest.json` (+ rejected.jsonl, converted.jsonl) from the plan and all shard records."""
+    """Write `out/manifest.json` (+ rejected.jsonl, converted.jsonl, warnings.jsonl) from the plan and all
+    shard records."""
     out = Path(out)
     plan = _plan(out)
     missing = missing_records(out)
@@ -72,6 +77,7 @@ def merge(out: str | Path) -> Path:
                 "created_by": plan["created_by"]}
     atomic_write(out / "rejected.jsonl", _jsonl(rejected))
     atomic_write(out / "converted.jsonl", _jsonl(converted))
+    atomic_write(out / WARNINGS_NAME, _jsonl(plan.get("warnings", [])))
     path = out / MANIFEST_NAME
     atomic_write(path, (json.dumps(manifest, indent=1) + "\n").encode())
     return path

@@ -15,12 +15,13 @@ import zlib
 from queue import Empty
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 from . import __version__
 from .images import Encoding
+from .lock import OutputLock
 from .merge import merge, missing_records
 from .shards import PARTS_DIR, Item, ShardTask, atomic_write, fingerprint, write_shard
 from .sources import SourceData
@@ -93,8 +94,9 @@ def _plan_record(source: SourceData, tasks: List[ShardTask], opts: Options) -> D
         stats.update(mean=source.exact_stats[0], std=source.exact_stats[1], mean_image="mean_image.npy")
     return {"dataset": source.dataset, "image_ext": source.image_ext, "classes": source.classes,
             "encoding": {"reencoded": opts.encoding.reencode, "max_side": opts.encoding.max_side,
-                         "quality": opts.encoding.quality},
-            "splits": splits, "stats": stats, "seed": opts.seed, "created_by": f"data_prep {__version__}"}
+                         "quality": opts.encoding.quality, "max_pixels": opts.encoding.max_pixels},
+            "splits": splits, "stats": stats, "seed": opts.seed, "created_by": f"data_prep {__version__}",
+            "warnings": source.warnings}
 
 
 _QUEUE = None
@@ -134,10 +136,17 @@ class _Progress:
         self.bar.close()
 
 
-def _run(tasks: List[ShardTask], workers: int, progress: _Progress) -> None:
+def _run(tasks: List[ShardTask], workers: int, progress: _Progress,
+         heartbeat: Callable[[], None] = lambda: None) -> None:
+    """Write `tasks` (in `workers` processes), reporting progress and calling `heartbeat` at least every
+    second or so while the work goes on (it keeps the output lock's heartbeat fresh)."""
     if workers <= 1 or len(tasks) <= 1:
+        def report(images: int, nbytes: int) -> None:
+            heartbeat()
+            progress(images, nbytes)
+
         for t in tasks:
-            write_shard(t, progress)
+            write_shard(t, report)
         return
     ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
     queue = ctx.Queue()
@@ -147,6 +156,7 @@ def _run(tasks: List[ShardTask], workers: int, progress: _Progress) -> None:
         # None per finished task.
         finished = 0
         while finished < len(tasks):
+            heartbeat()
             try:
                 msg = queue.get(timeout=1.0)
             except Empty:
@@ -164,11 +174,18 @@ def _run(tasks: List[ShardTask], workers: int, progress: _Progress) -> None:
 def prepare(source: SourceData, out: str | Path, opts: Options) -> Optional[Path]:
     """Write this task's shards of `source` into `out`; merge into manifest.json once every task is done.
 
+    Holds this task's lock on `out` throughout (see lock.py): a second run of the same task refuses.
     Returns the manifest path, or None when other tasks still have shards to write."""
     out = Path(out)
     if not 0 <= opts.task_id < opts.num_tasks:
         raise ValueError(f"--task-id {opts.task_id} must be in 0..{opts.num_tasks - 1}")
     (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    with OutputLock(out, opts.task_id, opts.num_tasks) as lock:
+        return _prepare_locked(source, out, opts, lock)
+
+
+def _prepare_locked(source: SourceData, out: Path, opts: Options, lock: OutputLock) -> Optional[Path]:
+    """The work of `prepare` once the lock is held: plan, write this task's shards, merge if last."""
     tasks = plan(source, out, opts)
     record = _plan_record(source, tasks, opts)
     plan_path = out / PARTS_DIR / "plan.json"
@@ -188,7 +205,7 @@ def prepare(source: SourceData, out: str | Path, opts: Options) -> Optional[Path
     mine = [t for i, t in enumerate(tasks) if i % opts.num_tasks == opts.task_id]
     progress = _Progress(sum(len(t.items) for t in mine), opts.progress)
     try:
-        _run(mine, opts.workers, progress)
+        _run(mine, opts.workers, progress, lock.beat)
     finally:
         progress.close()
     if missing_records(out):

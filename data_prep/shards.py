@@ -56,9 +56,11 @@ class ShardTask:
 
 def fingerprint(items: List[Item], keys: List[str], image_ext: str, encoding: Encoding) -> str:
     """A digest of a shard's planned inputs and settings: a rerun reuses a shard only if this matches."""
-    h = hashlib.sha256(json.dumps([image_ext, encoding.max_side, encoding.quality]).encode())
+    h = hashlib.sha256(json.dumps([image_ext, encoding.max_side, encoding.quality, encoding.max_pixels]).encode())
     for key, it in zip(keys, items):
-        h.update(f"{key}\0{it.label}\0{it.path}\0{it.size}\0{it.problem}\0".encode())
+        # surrogateescape: a file name that is not valid UTF-8 (os.fsdecode gives it lone surrogates) is
+        # hashed as its original bytes instead of stopping the whole run.
+        h.update(f"{key}\0{it.label}\0{it.path}\0{it.size}\0{it.problem}\0".encode("utf-8", "surrogateescape"))
         if it.pixels is not None:
             h.update(it.pixels)
     return h.hexdigest()

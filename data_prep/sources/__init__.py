@@ -1,8 +1,9 @@
 """Input sources: each turns a raw dataset tree into classes and per-split lists of `Item`s.
 
 Listing is cheap (directory scans, stat for sizes, label files); images are read later by the shard workers.
-Every regular, non-hidden file under a class folder is an input: anything unusable is rejected by the
-workers and listed, never skipped silently.
+Every regular file under a class folder is an input: anything unusable - hidden files (macOS AppleDouble
+`._*`, `.DS_Store`) included - is rejected by the workers and listed, never skipped silently, so that
+written + rejected = found holds for what is on disk.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -28,16 +29,35 @@ class SourceData:
     # CIFAR: exact (mean, std, mean image) of the train split; None -> sampled from the shards.
     exact_stats: Optional[Tuple[List[float], List[float], np.ndarray]] = None
     notes: List[str] = field(default_factory=list)
+    # Odd but not fatal findings (e.g. an empty class folder of the `folder` source): printed on stderr
+    # and written to warnings.jsonl beside rejected.jsonl. Rows: {"split", "path", "warning"}.
+    warnings: List[Dict[str, str]] = field(default_factory=list)
 
 
-def list_files(folder: Path) -> List[Tuple[str, int]]:
-    """(path, size) of every regular, non-hidden file directly in `folder`, sorted by name."""
+class Listed(NamedTuple):
+    """A file found in a folder; `problem` is set when it is known not to be an image of the dataset."""
+
+    path: str
+    size: int
+    problem: str = ""
+
+
+def hidden_file_problem(name: str) -> str:
+    """Why a hidden file is no input image ("" for a visible name)."""
+    if name.startswith("._"):
+        return "hidden file (AppleDouble ._* metadata written by macOS): not an image of the dataset"
+    if name.startswith("."):
+        return "hidden file (dot-file such as .DS_Store): not an image of the dataset"
+    return ""
+
+
+def list_files(folder: Path) -> List[Listed]:
+    """Every regular file directly in `folder`, sorted by name; hidden ones carry their problem."""
     out = []
     with os.scandir(folder) as it:
         for e in it:
-            if e.name.startswith(".") or not e.is_file():
-                continue
-            out.append((e.path, e.stat().st_size))
+            if e.is_file():
+                out.append(Listed(e.path, e.stat().st_size, hidden_file_problem(e.name)))
     out.sort()
     return out
 
@@ -48,11 +68,20 @@ def class_dirs(root: Path) -> List[str]:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
-def list_class_tree(root: Path, class_index: Dict[str, int]) -> List[Item]:
-    """Items of a class-per-folder tree whose folders must all be known classes (else ValueError)."""
+def list_class_tree(root: Path, class_index: Dict[str, int]) -> Tuple[List[Item], List[Path]]:
+    """Items of a class-per-folder tree whose folders must all be known classes (else ValueError), and the
+    class folders that hold no image (nothing, or only hidden files) - the caller decides what that means."""
     items: List[Item] = []
+    empty: List[Path] = []
     for name in class_dirs(root):
         if name not in class_index:
             raise ValueError(f"{root / name}: class folder not among the {len(class_index)} training classes")
-        items += [Item(class_index[name], p, s) for p, s in list_files(root / name)]
-    return items
+        files = list_files(root / name)
+        if all(f.problem for f in files):
+            empty.append(root / name)
+        items += [Item(class_index[name], f.path, f.size, problem=f.problem) for f in files]
+    return items, empty
+
+
+def empty_folder_message(folder: Path, split: str) -> str:
+    return f"{folder}: empty class folder (no image files; hidden files do not count): no {split} samples of this class"

@@ -1,10 +1,17 @@
-"""`folder` source: any class-per-folder image tree (`<src>/<class>/*`, or `<src>/{train,val}/<class>/*`)."""
+"""`folder` source: any class-per-folder image tree (`<src>/<class>/*`, or `<src>/{train,val}/<class>/*`).
+
+An empty class folder keeps its class (index) and is a warning, not an error: such trees are often
+work in progress, and the class list is whatever the folders say.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import SourceData, class_dirs, list_class_tree
+from typing import Dict, List
+
+from ..shards import Item
+from . import SourceData, class_dirs, empty_folder_message, list_class_tree
 
 
 def load_folder(src: Path) -> SourceData:
@@ -22,5 +29,9 @@ def load_folder(src: Path) -> SourceData:
         raise ValueError(f"{split_roots['train']}: no class folders (expected <class>/<image> files)")
     index = {n: i for i, n in enumerate(names)}
     classes = [{"index": i, "id": n, "name": n} for i, n in enumerate(names)]
-    splits = {split: list_class_tree(root, index) for split, root in split_roots.items()}
-    return SourceData("folder", "jpg", classes, splits)
+    splits: Dict[str, List[Item]] = {}
+    warnings = []
+    for split, root in split_roots.items():
+        splits[split], empty = list_class_tree(root, index)
+        warnings += [{"split": split, "path": str(d), "warning": empty_folder_message(d, split)} for d in empty]
+    return SourceData("folder", "jpg", classes, splits, warnings=warnings)

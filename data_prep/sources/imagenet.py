@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..shards import Item
-from . import SourceData, class_dirs, list_class_tree, list_files
+from . import SourceData, class_dirs, empty_folder_message, list_class_tree, list_files
 
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 _VAL_NUMBER = re.compile(r"ILSVRC2012_val_(\d+)")
@@ -85,6 +85,17 @@ def _flat_val_labels(src: Path, devkit: Optional[Path], meta: Dict[int, tuple]) 
     return out
 
 
+def _class_tree(root: Path, index: Dict[str, int], split: str) -> List[Item]:
+    """The items of a class-folder split; an empty class folder is an error: ILSVRC-2012's 1000 classes are
+    fixed and every one has images in both splits, so an empty folder means an incomplete copy."""
+    items, empty = list_class_tree(root, index)
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise ValueError(f"{empty_folder_message(empty[0], split)}{more} - the ILSVRC-2012 copy is incomplete; "
+                         f"re-extract that class")
+    return items
+
+
 def load_imagenet(src: Path, devkit: Optional[Path] = None) -> SourceData:
     """List an ILSVRC-2012 tree in layout (a), (b) or (c); splits train and (when present) val."""
     src = Path(src)
@@ -104,20 +115,22 @@ def load_imagenet(src: Path, devkit: Optional[Path] = None) -> SourceData:
         words.update(_names_from_mapping(mapping))
     index = {w: i for i, w in enumerate(wnids)}
     classes = [{"index": i, "id": w, "name": words.get(w, w)} for i, w in enumerate(wnids)]
-    splits: Dict[str, List[Item]] = {"train": list_class_tree(root / "train", index)}
+    splits: Dict[str, List[Item]] = {"train": _class_tree(root / "train", index, "train")}
     val = root / "val"
     notes = [f"layout: {'kaggle' if root != src else 'official'}"]
     if val.is_dir():
         if class_dirs(val):  # layout (c)
-            splits["val"] = list_class_tree(val, index)
+            splits["val"] = _class_tree(val, index, "val")
             notes.append("val: class folders")
         else:
             labels = _flat_val_labels(src, devkit, meta)
             items = []
-            for path, size in list_files(val):
+            for path, size, hidden in list_files(val):
                 m = _VAL_NUMBER.search(Path(path).name)
                 wnid = labels.get(int(m.group(1))) if m else None
-                if wnid is None or wnid not in index:
+                if hidden:  # `._ILSVRC2012_val_00000001.JPEG` matches the number but is no image
+                    items.append(Item(-1, path, size, problem=hidden))
+                elif wnid is None or wnid not in index:
                     problem = f"no label for this file in the ground truth" if wnid is None else \
                         f"ground-truth class {wnid} has no train/ folder"
                     items.append(Item(-1, path, size, problem=problem))
