@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from typing import List, Sequence
 
 import torch
 
-from launch.local import local_command
+from launch.local import local_command, process_tree
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = str(REPO / "configs" / "demo" / "digits.yaml")
@@ -48,7 +49,11 @@ def train_and_kill(nproc: int, overrides: Sequence[str], run_dir: Path, after_ch
         assert proc.poll() is None, "training ended before it could be killed"
         assert time.time() < deadline, "no checkpoint appeared in time"
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # every rank and the launcher, mid-epoch, without warning
+    # Every rank and the launcher, mid-epoch, without warning. torchrun starts each worker in a session of
+    # its own, so the launcher's process group does not reach them: the workers are found as its children.
+    for pid in [*process_tree(proc.pid)[1:], proc.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
 
 

@@ -1,0 +1,127 @@
+"""`python -m launch local` and Ctrl-C, for real: the ranks save and stop, a second Ctrl-C kills them, none is left."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List
+
+import pytest
+
+from pipeline.metrics import read_metrics
+from pipeline.train import EXIT_INTERRUPTED
+from tests.train_support import DEMO_CONFIG, REPO, env, small_run
+
+pytestmark = pytest.mark.slow
+
+
+def launch_local(overrides: List[str], log: Path) -> subprocess.Popen:
+    """The launcher in a session of its own, as a terminal runs it: its process group is what Ctrl-C signals."""
+    return subprocess.Popen([sys.executable, "-m", "launch", "local", DEMO_CONFIG, *overrides, "--nproc", "2"],
+                            cwd=REPO, env=env(), start_new_session=True, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+
+
+def wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the launcher ended (code {proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.1)
+
+
+def processes_of(marker: str) -> List[str]:
+    """Every process whose command line mentions `marker` (the test's own directory: only this run's)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue  # it ended while we looked
+        if any(marker.encode() in a for a in args) and int(cmdline.parent.name) != os.getpid():
+            found.append(f"{cmdline.parent.name}: {b' '.join(args)[:200].decode(errors='replace')}")
+    return found
+
+
+def assert_none_left(marker: str, grace_s: float = 10) -> None:
+    """None of the run's processes outlives its launcher (a rank's helpers get a moment to notice)."""
+    deadline = time.monotonic() + grace_s
+    while processes_of(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not processes_of(marker), f"left behind: {processes_of(marker)}"
+
+
+def kill_leftovers(marker: str) -> None:
+    """Whatever happened, take nothing of this run past the test (these machines are shared)."""
+    for line in processes_of(marker):
+        try:
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def training_steps(run_dir: Path) -> Callable[[], bool]:
+    return lambda: any("loss" in m for m in read_metrics(run_dir))
+
+
+def overrides_of(digits_dataset: Path, out: Path, *extra: str) -> List[str]:
+    # Far more steps than any test waits for: only a signal ends this run.
+    return small_run(digits_dataset, out, "logging.wandb_mode=disabled", "schedule.total=100000",
+                     "schedule.milestones=[90000]", "checkpoint.every_steps=0", *extra)
+
+
+def test_ctrl_c_saves_a_checkpoint_stops_every_rank_and_the_run_resumes(digits_dataset, tmp_path):
+    out, run_dir = tmp_path / "runs", tmp_path / "runs" / "t"
+    overrides = overrides_of(digits_dataset, out)
+    proc = launch_local(overrides, tmp_path / "launch.log")
+    try:
+        wait_for(training_steps(run_dir), "training step", proc)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        code = proc.wait(timeout=180)
+        log = (tmp_path / "launch.log").read_text()
+        assert code == EXIT_INTERRUPTED, log[-4000:]
+        assert_none_left(str(out))
+    finally:
+        kill_leftovers(str(out))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    stops = [m for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGTERM"]
+    assert len(stops) == 1, log[-4000:]
+    step = stops[0]["step"]
+    assert 0 < step < 100000 and step % 10 == 0  # the ranks agree every `check_every_steps` steps
+    checkpoint = run_dir / "checkpoints" / f"step-{step:09d}"
+    assert json.loads((checkpoint / "COMPLETE").read_text())["step"] == step
+    assert {"rank-00000.pt", "rank-00001.pt", "state.pt"} <= {p.name for p in checkpoint.iterdir()}
+
+    # The same command resumes there (told to end sooner, so that the test ends).
+    again = subprocess.run([sys.executable, "-m", "launch", "local", DEMO_CONFIG, *overrides,
+                            f"schedule.total={step + 4}", "--nproc", "2"],
+                           cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert f"from step {step}" in again.stderr
+    assert json.loads((run_dir / "results.json").read_text())["train"]["step"] == step + 4
+
+
+def test_a_second_ctrl_c_kills_every_rank_at_once(digits_dataset, tmp_path):
+    out, run_dir = tmp_path / "runs", tmp_path / "runs" / "t"
+    log = tmp_path / "launch.log"
+    # Ranks that would take long to reach a save: the second Ctrl-C must not wait for it.
+    proc = launch_local(overrides_of(digits_dataset, out, "checkpoint.check_every_steps=100000"), log)
+    try:
+        wait_for(training_steps(run_dir), "training step", proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        # Two signals at the same instant may reach the launcher as one: the second follows the first's reply.
+        wait_for(lambda: "Ctrl-C again" in log.read_text(), "reply to the first Ctrl-C", proc, timeout=60)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=60)
+        assert code == 128 + signal.SIGINT, log.read_text()[-4000:]
+        assert_none_left(str(out))
+    finally:
+        kill_leftovers(str(out))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not any("stopped by" in str(m.get("event")) for m in read_metrics(run_dir))
