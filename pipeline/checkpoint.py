@@ -43,6 +43,10 @@ class CheckpointDirError(OSError):
     """The checkpoint directory cannot be written (read-only file system, permissions, a file in the way)."""
 
 
+class WorldSizeChangeError(RuntimeError):
+    """A checkpoint that the engine cannot continue with another number of ranks (DeepSpeed ZeRO)."""
+
+
 class CheckpointStore:
     def __init__(self, root: Path | str, keep_last: int = 2, keep_best: bool = True,
                  best_metric: str = "val_top1_error") -> None:
@@ -140,6 +144,11 @@ class CheckpointStore:
         for c in complete:
             if c.path not in keep:
                 shutil.rmtree(c.path, ignore_errors=True)
+
+
+def saved_world_size(checkpoint: Path) -> int:
+    """How many ranks wrote `checkpoint`: each writes its own `rank-NNNNN.pt` (loader position, RNG)."""
+    return len(list(Path(checkpoint).glob("rank-*.pt")))
 
 
 def save_state(path: Path, state: Dict[str, Any]) -> None:

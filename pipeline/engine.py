@@ -4,7 +4,7 @@
     loss, correct = engine.train_step(images, labels)   # forward, backward, optimizer step
     engine.set_lr(schedule.lr(step))
     logits = engine.predict(images)             # eval mode, no grad
-    engine.save(staging_dir); engine.load(checkpoint_dir)
+    engine.save(staging_dir, extra, is_primary); extra = engine.load(checkpoint_dir, saved_world_size)
 
 DDP: autocast for bf16/fp16 and a gradient scaler for fp16. DeepSpeed: its own config is generated from
 the `engine` section (ZeRO stage, bf16/fp16) and it writes its own checkpoint format. Both: optional
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.checkpoint import load_state, save_state
+from pipeline.checkpoint import WorldSizeChangeError, load_state, save_state
 from pipeline.config_schema import EngineConfig, OptimConfig
 from pipeline.dist import DistInfo
 from pipeline.optim import build_optimizer, set_lr
@@ -165,7 +165,8 @@ class DDPEngine:
                 **extra,
             })
 
-    def load(self, checkpoint: Path) -> Dict[str, Any]:
+    def load(self, checkpoint: Path, saved_world_size: int) -> Dict[str, Any]:
+        # Weights, optimizer and scaler are whole on every rank: any world size can continue from them.
         state = load_state(checkpoint / "state.pt")
         self.module.load_state_dict(state.pop("model"))
         self.optimizer.load_state_dict(state.pop("optimizer"))
@@ -242,7 +243,16 @@ class DeepSpeedEngine:
         if is_primary:
             save_state(staging / "state.pt", extra)
 
-    def load(self, checkpoint: Path) -> Dict[str, Any]:
+    def load(self, checkpoint: Path, saved_world_size: int) -> Dict[str, Any]:
+        world_size = self.engine.dp_world_size
+        if self.cfg.zero_stage and saved_world_size != world_size:
+            raise WorldSizeChangeError(
+                f"{checkpoint} was written by {saved_world_size} DeepSpeed ranks with ZeRO stage "
+                f"{self.cfg.zero_stage}, which splits the optimizer state (SGD momentum) into one slice per "
+                f"rank; DeepSpeed cannot re-split it for {world_size} ranks (its universal checkpoint "
+                f"converts Adam's state, not SGD's momentum). Resume with {saved_world_size} processes, or "
+                f"checkpoint with engine.zero_stage=0 (the whole optimizer state in one file) or engine.name=ddp "
+                f"when the world size may change")
         path, _ = self.engine.load_checkpoint(str(checkpoint), tag=DEEPSPEED_TAG, load_module_strict=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint in {checkpoint}")

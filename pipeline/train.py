@@ -23,7 +23,8 @@ from typing import Optional
 import torch
 
 from pipeline import dist
-from pipeline.checkpoint import CheckpointDirError, CheckpointStore, load_state, save_state
+from pipeline.checkpoint import (CheckpointDirError, CheckpointStore, WorldSizeChangeError, load_state, save_state,
+                                 saved_world_size)
 from pipeline.config import ConfigError, ExperimentConfig, config_to_dict, load_config, loggable_config, save_config
 from pipeline.dist import DistInfo, dist_info_from_env
 from pipeline.evaluation import EvaluationInterrupted, LayerResponses, evaluate
@@ -83,12 +84,21 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
     # Resume from the latest complete checkpoint, if there is one.
     progress = Progress()
     latest = store.latest()
+    resumed_from_world = None
     if latest is not None:
-        extra = engine.load(latest.path)
+        saved_world = saved_world_size(latest.path)
+        extra = engine.load(latest.path, saved_world)
         progress = Progress(**extra["progress"])
         schedule.load_state_dict(extra["schedule"])
-        rank_state = load_state(latest.path / f"rank-{info.rank:05d}.pt")
-        _restore_rank_state(rank_state, train_loader)
+        if saved_world == info.world_size:
+            _restore_rank_state(load_state(latest.path / f"rank-{info.rank:05d}.pt"), train_loader)
+        else:
+            resumed_from_world, saved_step = saved_world, progress.step
+            progress.step = _replay_epoch(train_loader, progress.epoch)
+            log.warning("%s was saved by %d ranks at step %d; this run has %d: the data order of an epoch depends "
+                        "on the world size, so epoch %d is replayed from its first step (%d) with the weights "
+                        "and optimizer state of step %d", latest.path, saved_world, saved_step, info.world_size,
+                        progress.epoch, progress.step, saved_step)
         log.warning("resuming %s from step %d (epoch %d)", run_dir, progress.step, progress.epoch)
     logger = make_logger(info.is_primary, run_dir, cfg.logging, cfg.run.name, loggable_config(cfg), progress.step)
 
@@ -110,6 +120,9 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
     last_save = time.monotonic()
     logger.log({"event": "start", "total_steps": total_steps, "steps_per_epoch": train_loader.steps_per_epoch,
                 "world_size": info.world_size}, progress.step)
+    if resumed_from_world is not None:
+        logger.log({"event": f"world size changed from {resumed_from_world} to {info.world_size}: epoch "
+                             f"{progress.epoch} replayed from step {progress.step}"}, progress.step)
     window = _Window()
     result: dict = {}
     try:
@@ -208,6 +221,15 @@ def _record_placement(run_dir: Path, info: DistInfo, device: torch.device) -> No
     (folder / f"rank-{info.rank:05d}.json").write_text(json.dumps(record, sort_keys=True) + "\n")
 
 
+def _replay_epoch(loader, epoch: int) -> int:
+    """Restart `epoch` from its first step (another world size cannot continue mid-epoch); returns that step.
+
+    Every epoch has `steps_per_epoch` steps whatever the world size (the global batch is fixed), so the
+    step at an epoch's start is `epoch * steps_per_epoch` and the schedule by step stays the same."""
+    loader.restart_epoch(epoch)
+    return epoch * loader.steps_per_epoch
+
+
 def _restore_rank_state(state: dict, loader) -> None:
     set_rng_state(state["rng"])
     loader.load_state_dict(state["loader"])
@@ -262,7 +284,7 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     try:
         result = train(cfg)
-    except CheckpointDirError as e:
+    except (CheckpointDirError, WorldSizeChangeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result.get("interrupted"):

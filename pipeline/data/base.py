@@ -96,6 +96,11 @@ class Loader:
             log.warning("data loader state was saved with seed %s, this run uses %s", state.get("seed"), self.seed)
         self._load_backend_state(backend_state)
 
+    def restart_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its first batch (a resume under another world size: no rank state fits)."""
+        self.epoch, self.step = epoch, 0
+        self._load_backend_state(None)
+
     def _backend_state(self) -> Optional[dict]:
         return None
 
