@@ -176,9 +176,14 @@ class LoggingConfig:
     wandb_group: Optional[str] = None
     wandb_name: Optional[str] = None  # None: run.name
     wandb_tags: List[str] = field(default_factory=list)
+    # How long an online `wandb.init` may try to reach its server. Past it the run continues offline with
+    # the same id (sync it later with `wandb sync`), so a dead server costs the job this long, not W&B's 90 s.
+    wandb_init_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         _one_of("logging", "wandb_mode", self.wandb_mode, ("online", "offline", "disabled"))
+        if not self.wandb_init_timeout_s > 0:
+            raise ValueError(f"logging.wandb_init_timeout_s must be positive, not {self.wandb_init_timeout_s}")
 
 
 @dataclass

@@ -5,10 +5,14 @@ which rank it is. W&B is imported only when enabled. Its run id is kept in the r
 (`wandb_id`), so a restarted or requeued job continues the same W&B run; steps already sent before the
 restart are not sent again (W&B refuses steps that go backwards), while `metrics.jsonl` is cut back to
 the checkpoint's step so the local record follows the trajectory that the resumed run really took.
+An online run whose server cannot be reached within `logging.wandb_init_timeout_s` continues offline with
+the same id (to be synced later), so a dead server delays training, and the ranks waiting for this one at
+their next collective, by that long at most instead of ending the run.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -70,8 +74,13 @@ class RunLogger(NullLogger):
 
     def close(self) -> None:
         if self._wandb is not None:
+            import wandb
+
             self._wandb.finish()
             self._wandb = None
+            # `finish` can return before W&B's service process has written the last records of an offline
+            # run; shutting the service down waits for it, so the files are whole once `close` returns.
+            wandb.teardown()
 
     @property
     def wandb_dir(self) -> Optional[Path]:
@@ -96,10 +105,12 @@ def _start_wandb(run_dir: Path, cfg: LoggingConfig, run_name: str, config: Dict[
     if cfg.wandb_mode == "disabled":
         return None
     import wandb  # heavy: only when W&B is on
+    from wandb.errors import CommError
 
     # Keep W&B's console capture and background services quiet on clusters without internet.
     os.environ.setdefault("WANDB_SILENT", "true")
-    return wandb.init(
+    init = functools.partial(
+        wandb.init,
         project=cfg.wandb_project,
         entity=cfg.wandb_entity,
         group=cfg.wandb_group,
@@ -107,11 +118,27 @@ def _start_wandb(run_dir: Path, cfg: LoggingConfig, run_name: str, config: Dict[
         tags=list(cfg.wandb_tags),
         id=run_id,
         resume="allow",
-        mode=cfg.wandb_mode,
         dir=str(run_dir),
         config=config,
-        settings=wandb.Settings(console="off"),
+        settings=wandb.Settings(console="off", init_timeout=cfg.wandb_init_timeout_s),
     )
+    if cfg.wandb_mode != "online":
+        return init(mode=cfg.wandb_mode)
+    try:
+        return init(mode="online")
+    except (CommError, TimeoutError) as error:  # no answer from the server, or W&B's own wait ran out
+        server = wandb.setup().settings.base_url
+        reason = " ".join(line.strip() for line in f"{type(error).__name__}: {error}".splitlines())
+    # The failed run stays registered with W&B's service process, which would refuse its id again
+    # ("run ID ... is in use"): shut down the service this process started, and leave one inherited from a
+    # parent process (WANDB_SERVICE) to that parent, so that the offline init starts a fresh service.
+    wandb.teardown()
+    os.environ.pop(wandb.env.SERVICE, None)
+    run = init(mode="offline")
+    log.warning("could not start an online W&B run at %s within %g s (%s); continuing offline with the same "
+                "run id %s: the files are kept in %s and can be synced later with `wandb sync %s`",
+                server, cfg.wandb_init_timeout_s, reason, run_id, run.sync_dir, run.sync_dir)
+    return run
 
 
 def _truncate_after(path: Path, step: int) -> None:
