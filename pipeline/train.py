@@ -284,7 +284,7 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     try:
         result = train(cfg)
-    except (CheckpointDirError, WorldSizeChangeError) as e:
+    except (CheckpointDirError, WorldSizeChangeError, ConfigError) as e:  # one clear line, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result.get("interrupted"):

@@ -69,3 +69,12 @@ def test_deepspeed_zero_refuses_another_world_size_and_says_what_to_do(digits_da
     error = next(line for line in proc.stderr.splitlines() if line.startswith("error: "))
     assert str(run_dir / "checkpoints") in error and "2 DeepSpeed ranks with ZeRO stage 1" in error
     assert "Resume with 2 processes" in error and "Traceback" not in proc.stderr.split(error)[0][-2000:]
+
+
+def test_a_batch_another_world_size_cannot_split_is_a_config_error_naming_the_key():
+    from pipeline.config import ConfigError
+    from pipeline.data.base import local_batch
+
+    assert local_batch(48, 3, "batch_size") == 16
+    with pytest.raises(ConfigError, match=r"data.eval_batch_size \(100\) is not divisible by the world size \(3\)"):
+        local_batch(100, 3, "eval_batch_size")

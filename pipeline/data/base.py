@@ -33,7 +33,10 @@ def rank_range(num_samples: int, rank: int, world_size: int) -> Tuple[int, int]:
 
 def local_batch(global_batch: int, world_size: int, what: str) -> int:
     if global_batch % world_size:
-        raise ValueError(f"data.{what} ({global_batch}) is not divisible by the world size ({world_size})")
+        from pipeline.config import ConfigError
+
+        raise ConfigError(f"data.{what} ({global_batch}) is not divisible by the world size ({world_size}): "
+                          f"choose a multiple of {world_size}, or another number of processes")
     return global_batch // world_size
 
 
