@@ -57,7 +57,9 @@ class Stats:
     split: str
     mean: Tuple[float, float, float]  # per channel RGB, 0-255 scale
     std: Tuple[float, float, float]
-    mean_image: Optional[Path]  # float32 HxWx3 .npy (0-255), CIFAR only
+    # float32 HxWx3 .npy (0-255): CIFAR's exact 32x32 per-pixel mean; ImageNet/folder: the 224x224 mean of
+    # the centre views (shorter side 256) of the statistics sample. None: made by an older data_prep.
+    mean_image: Optional[Path]
     num_images: int  # how many images the statistics were computed from
 
 

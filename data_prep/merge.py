@@ -3,18 +3,26 @@ written, with the reason), `converted.jsonl` (files written after a fix) and `wa
 the listing that are no file's fault, e.g. an empty class folder).
 
 Run automatically by the task that finishes last (and idempotent, so two tasks finishing together
-write the same bytes), or explicitly with `python -m data_prep merge DIR` after a SLURM array.
+write the same bytes), or explicitly with `python -m data_prep merge DIR` after a SLURM array. For file
+sources (ImageNet, folder) it also writes `mean_image.npy`, the 224x224 mean of the centre views of
+the statistics sample, read back from the train shards (stats.py).
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List, Optional
 
+import numpy as np
+
+from .index import parse_index, split_name
 from .manifest import FORMAT, MANIFEST_NAME, VERSION
 from .shards import PARTS_DIR, atomic_write
-from .stats import PixelSums
+from .stats import PixelSums, mean_of_center_views
+
+MEAN_IMAGE_NAME = "mean_image.npy"
 
 WARNINGS_NAME = "warnings.jsonl"
 
@@ -36,6 +44,28 @@ def missing_records(out: str | Path) -> List[str]:
 
 def _jsonl(rows: List[Dict]) -> bytes:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+
+
+def _stats_sample(out: Path, train: Optional[Dict], image_ext: str, every: int) -> Iterator[bytes]:
+    """The encoded train images of the statistics sample (keys `train_<p>` with p % every == 0), in key
+    order - the images whose pixels fed the per-channel sums, read back from the written shards."""
+    found = []
+    for shard in (train or {}).get("shards", []):
+        for members in parse_index(out / shard["index"]):
+            for ext, offset, size, name in members:
+                position = int(split_name(name)[0].rsplit("_", 1)[1])
+                if ext == image_ext and position % every == 0:
+                    found.append((position, shard["tar"], offset, size))
+    for _, tar, offset, size in sorted(found):
+        with open(out / tar, "rb") as f:
+            f.seek(offset)
+            yield f.read(size)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
 
 
 def merge(out: str | Path) -> Path:
@@ -65,9 +95,13 @@ def merge(out: str | Path) -> Path:
             raise RuntimeError(f"{out}: split {split}: {written} written + {bad} rejected != {info['found']} found")
         splits[split] = {"num_samples": written, "found": info["found"], "rejected": bad, "shards": shards}
     stats = dict(plan["stats"])
+    every = stats.pop("every", 0)  # absent from plans of data_prep before the ImageNet mean image
     if not stats.pop("exact"):
         mean, std = sums.mean_std()
-        stats.update(mean=mean, std=std, mean_image=None)
+        image, _ = mean_of_center_views(_stats_sample(out, splits.get("train"), plan["image_ext"], every)) if every else (None, 0)
+        if image is not None:
+            atomic_write(out / MEAN_IMAGE_NAME, _npy(image))
+        stats.update(mean=mean, std=std, mean_image=MEAN_IMAGE_NAME if image is not None else None)
         stats["num_images"] = sums.images
     else:
         stats["num_images"] = splits.get("train", {}).get("num_samples", 0)

@@ -27,7 +27,7 @@ from .shards import PARTS_DIR, Item, ShardTask, atomic_write, fingerprint, write
 from .sources import SourceData
 
 DEFAULT_SHARD_MB = 512.0
-DEFAULT_STATS = 1000  # images decoded (small) for the pixel mean/std of file sources
+DEFAULT_STATS = 1000  # images decoded for the pixel mean/std and the mean image of file sources
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,14 @@ def _groups(items: List[Item], opts: Options) -> List[range]:
     return groups
 
 
+def _stats_every(source: SourceData, opts: Options) -> int:
+    """The statistics sample of a file source: the train images at positions (keys) divisible by this
+    (0: none - exact statistics, or `--stats-images 0`)."""
+    if source.exact_stats is not None or opts.stats_images <= 0:
+        return 0
+    return max(1, math.ceil(len(source.splits.get("train", [])) / opts.stats_images))
+
+
 def plan(source: SourceData, out: Path, opts: Options) -> List[ShardTask]:
     """Every shard of every split: samples shuffled once (per split, from the seed), keyed, grouped."""
     tasks = []
@@ -75,9 +83,7 @@ def plan(source: SourceData, out: Path, opts: Options) -> List[ShardTask]:
         rng = np.random.default_rng([opts.seed, zlib.crc32(split.encode())])
         shuffled = [items[i] for i in rng.permutation(len(items))]
         keys = [f"{split}_{i:010d}" for i in range(len(shuffled))]
-        every = 0
-        if split == "train" and source.exact_stats is None and opts.stats_images > 0:
-            every = max(1, math.ceil(len(shuffled) / opts.stats_images))
+        every = _stats_every(source, opts) if split == "train" else 0
         for number, g in enumerate(_groups(shuffled, opts)):
             its, ks = shuffled[g.start:g.stop], keys[g.start:g.stop]
             stats = [p - g.start for p in g if every and p % every == 0]
@@ -92,6 +98,8 @@ def _plan_record(source: SourceData, tasks: List[ShardTask], opts: Options) -> D
     stats: Dict = {"split": "train", "exact": source.exact_stats is not None}
     if source.exact_stats is not None:
         stats.update(mean=source.exact_stats[0], std=source.exact_stats[1], mean_image="mean_image.npy")
+    else:  # merge averages the centre views of this sample into the mean image
+        stats["every"] = _stats_every(source, opts)
     return {"dataset": source.dataset, "image_ext": source.image_ext, "classes": source.classes,
             "encoding": {"reencoded": opts.encoding.reencode, "max_side": opts.encoding.max_side,
                          "quality": opts.encoding.quality, "max_pixels": opts.encoding.max_pixels},

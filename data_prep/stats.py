@@ -1,14 +1,16 @@
-"""Pixel statistics (0-255 scale): per-channel mean/std, and the per-pixel mean image for CIFAR.
+"""Pixel statistics (0-255 scale): per-channel mean/std and the per-pixel mean image.
 
-ImageNet-sized sets use a deterministic sample of the train split (every k-th image in shard order),
-decoded small (JPEG draft mode), and accumulate sums that merge across shards and tasks. CIFAR's
-arrays are in memory, so its statistics are exact over the whole train split.
+ImageNet-sized sets use a deterministic sample of the train split (every k-th image in key order),
+decoded small (JPEG draft mode), and accumulate sums that merge across shards and tasks; their mean
+image is the mean of the same sample's centre views (shorter side 256, central 224x224: the view
+the paper's released models subtract their 224x224 mean image from), computed once at merge time.
+CIFAR's arrays are in memory, so its statistics are exact over the whole train split.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -65,3 +67,36 @@ def exact_stats(images: np.ndarray) -> Tuple[List[float], List[float], np.ndarra
     mean = mean_image.mean((0, 1))
     std = np.sqrt(np.maximum(sq / pixels - mean * mean, 0.0))
     return mean.tolist(), std.tolist(), mean_image.astype(np.float32)
+
+
+MEAN_IMAGE_SIDE = 224  # the side of the ImageNet mean image (the paper's crop)
+MEAN_IMAGE_RESIZE = 256  # the shorter side its centre views are cut from (the standard centre crop)
+
+
+def center_view(data: bytes, side: int = MEAN_IMAGE_SIDE, resize: int = MEAN_IMAGE_RESIZE) -> np.ndarray:
+    """The centre view of an encoded image as uint8 side x side x 3: shorter side resized to `resize`,
+    central `side` crop. Computed as the loaders' centre view is (pipeline.data.augment.center_window):
+    the window in source pixels, resized alone (bilinear), JPEG decoded in draft mode where it shrinks."""
+    from PIL import Image
+
+    from .images import _load, _open, _to_rgb
+
+    img = _open(data)
+    w, h = img.size
+    crop = min(side * min(h, w) / resize, float(min(h, w)))
+    x0, y0 = (w - crop) / 2, (h - crop) / 2
+    if img.format == "JPEG":
+        img.draft("RGB", (max(1, int(w * side / crop)), max(1, int(h * side / crop))))
+    sx, sy = img.size[0] / w, img.size[1] / h  # draft may have shrunk the decoded image
+    rgb = _to_rgb(_load(img, img.format or "image"))
+    box = (x0 * sx, y0 * sy, (x0 + crop) * sx, (y0 + crop) * sy)
+    return np.asarray(rgb.resize((side, side), Image.BILINEAR, box=box))
+
+
+def mean_of_center_views(images: Iterable[bytes]) -> Tuple[Optional[np.ndarray], int]:
+    """(float32 224x224x3 mean of the centre views, 0-255; how many images), (None, 0) for none."""
+    total, n = np.zeros((MEAN_IMAGE_SIDE, MEAN_IMAGE_SIDE, 3), np.float64), 0
+    for data in images:
+        total += center_view(data)
+        n += 1
+    return (total / n).astype(np.float32) if n else None, n

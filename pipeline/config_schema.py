@@ -68,6 +68,10 @@ class DataConfig:
     rrc_min_scale: float = 0.08
     pad: int = 4  # CIFAR: zero padding before the random crop
     pca_lighting: float = 0.1  # AlexNet-style lighting noise std; 0 disables
+    # per_pixel_mean (the paper): x - the manifest's mean image, no division (CIFAR: the exact 32x32 mean;
+    # ImageNet: the 224x224 mean of centre views; views of another size subtract its per-channel average).
+    # per_channel: (x - mean) / std per channel, the manifest's statistics.
+    normalize: str = "per_pixel_mean"
     shuffle_buffer: int = 4096
     num_threads: int = 4  # DALI CPU threads / torch loader workers per rank
     # Share of the A100/H100 hardware JPEG decoder in DALI's "mixed" decoder (0..1).
@@ -78,6 +82,7 @@ class DataConfig:
         _one_of("data", "backend", self.backend, ("dali", "torch", "synthetic"))
         _one_of("data", "augmentation", self.augmentation, ("paper", "rrc", "cifar", "none"))
         _one_of("data", "output_dtype", self.output_dtype, ("float32", "bfloat16"))
+        _one_of("data", "normalize", self.normalize, ("per_pixel_mean", "per_channel"))
         if self.resize_min > self.resize_max:
             raise ValueError(f"data.resize_min ({self.resize_min}) exceeds data.resize_max ({self.resize_max})")
 

@@ -7,13 +7,19 @@ A loader's work is split in two:
   decoded/resized - the paper's "resize shorter side to S in [256, 480], crop 224" gives exactly the
   same pixels as resizing the whole image first, for a fraction of the work;
 - photometry and layout, per batch, on the training device (`finish`): uint8 NHWC -> float NCHW,
-  PCA lighting noise, mean subtraction (and, for ImageNet, division by the std), CIFAR's pad-and-crop.
+  PCA lighting noise, mean subtraction (and, with `per_channel`, division by the std), CIFAR's pad-and-crop.
   Its randomness comes from a generator seeded by (seed, rank, epoch, step), so a resumed loader
   draws the same noise with no state to save.
 
-Normalisation chosen here: ImageNet (`paper`, `rrc`, eval): (x - mean) / std per channel from the
-manifest (0-255 scale). CIFAR: x - per-pixel mean image (the paper's "per-pixel mean subtracted"),
-no division, values stay on the 0-255 scale.
+Normalisation (`data.normalize`, 0-255 scale, statistics from the manifest):
+- per_pixel_mean (the paper's "per-pixel mean subtracted"): x - the mean image, no division. CIFAR: the
+  exact 32x32 mean of the train split. ImageNet: the 224x224 mean of the centre views of data_prep's
+  sample, subtracted from every view of its size after the crop and flip (training crops, the centre
+  crop, each of the ten crops), as Caffe subtracts its mean image from the output crop; views of
+  another size (multiscale whole images) subtract the mean image's per-channel average, since a
+  centre-view mean says nothing about where a differently framed view's pixels lie.
+- per_channel: (x - mean) / std per channel.
+Lighting noise is added before either: (x + light - mean) / std.
 """
 
 from __future__ import annotations
@@ -135,24 +141,33 @@ def geometry_for(augmentation: str, train: bool, image_size: int, resize_min: in
     raise ValueError(f"data.augmentation {augmentation!r} needs image_size <= 32 (CIFAR); got {image_size}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Normalize:
-    """Per-channel normalisation with lighting noise, for backends that apply it per sample (DALI)."""
+    """Normalisation with lighting noise, for backends that apply it per sample (DALI): views of the mean
+    image's size get (x + light - mean_image) / std, other views (x + light - mean) / std."""
 
-    mean: Tuple[float, float, float]
+    mean: Tuple[float, float, float]  # per channel; with a mean image, its per-channel average
     std: Tuple[float, float, float]
     pca_lighting: float
+    mean_image: Optional[np.ndarray] = None  # float32 HxWx3, 0-255 (per_pixel_mean)
+
+    def mean_image_for(self, h: int, w: int) -> Optional[np.ndarray]:
+        """The mean image when an h x w view subtracts it pixel by pixel, else None (per-channel mean)."""
+        if self.mean_image is not None and self.mean_image.shape[:2] == (h, w):
+            return self.mean_image
+        return None
 
 
 @dataclass(frozen=True)
 class Finish:
     """The per-batch, on-device half of the augmentation (see the module docstring)."""
 
-    mean: torch.Tensor  # (3,) or (3, H, W) per-pixel, 0-255
+    mean: torch.Tensor  # (3,), 0-255; with a mean image, its per-channel average (for views of other sizes)
     std: torch.Tensor  # (3,)
     pca_lighting: float = 0.0  # std of the lighting coefficients; 0: off
     cifar_pad: int = 0  # >0: pad, random crop back to size, random flip (CIFAR training)
     dtype: torch.dtype = torch.float32
+    mean_image: Optional[torch.Tensor] = None  # (3, H, W), 0-255: subtracted from H x W views instead of `mean`
 
     def __call__(self, images: torch.Tensor, seed: Optional[Tuple[int, ...]]) -> torch.Tensor:
         """uint8 NHWC (any device) -> normalised NCHW of `dtype`; `seed` None means no randomness.
@@ -173,14 +188,19 @@ class Finish:
         x = torch.empty((n, 3, h, w), dtype=torch.float32, device=images.device)
         x.copy_(images.permute(0, 3, 1, 2))
         inv_std = (1.0 / self.std.to(x.device)).view(1, 3, 1, 1)
-        mean = self.mean.to(x.device)
-        if mean.dim() == 1:
-            offset = -mean.view(1, 3, 1, 1).expand(n, 3, 1, 1)
-            if self.pca_lighting > 0 and gen is not None:
-                offset = offset + lighting(n, self.pca_lighting, gen).to(x.device).view(n, 3, 1, 1)
+        light = None
+        if self.pca_lighting > 0 and gen is not None:
+            light = lighting(n, self.pca_lighting, gen).to(x.device).view(n, 3, 1, 1)
+        if self.mean_image is None or tuple(self.mean_image.shape[1:]) != (h, w):
+            offset = -self.mean.to(x.device).view(1, 3, 1, 1).expand(n, 3, 1, 1)
+            if light is not None:
+                offset = offset + light
             x.mul_(inv_std).add_(offset * inv_std)
-        else:  # per-pixel mean image (CIFAR)
-            x.sub_(mean.unsqueeze(0)).mul_(inv_std)
+        else:  # per-pixel mean image: (x - mean_image + light) / std
+            x.sub_(self.mean_image.to(x.device).unsqueeze(0))
+            if light is not None:
+                x.add_(light)
+            x.mul_(inv_std)
         if self.cifar_pad and gen is not None:
             x = pad_crop_flip(x, self.cifar_pad, gen)
         return x if self.dtype == torch.float32 else x.to(self.dtype)

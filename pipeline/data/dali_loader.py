@@ -11,7 +11,8 @@ iterator's PARTIAL policy drops the padding: each sample is counted exactly once
 Geometry follows `augment.Geometry`: the crop window is computed from the encoded image's shape
 (`fn.peek_image_shape`) in source coordinates, and only that window is decoded
 (`fn.decoders.image_slice`) and resized. On a GPU the pipeline ends in finished float batches (resize,
-flip, lighting and normalisation on the GPU). On the CPU it ends at the decoded windows, with the flip
+flip, lighting and normalisation on the GPU; a per-pixel mean image is subtracted after the fused
+crop_mirror_normalize, whose mean is per channel only). On the CPU it ends at the decoded windows, with the flip
 and lighting draws beside them, and `window_finish` resizes and normalises them with torch while DALI
 decodes the next batches (see that module for why). Exact resume: `enable_checkpointing=True`; the
 iterator's checkpoint (reader position, random-op states, iterator counters) is the backend state, and
@@ -77,7 +78,7 @@ def build_pipeline(split: Split, geometry: Geometry, *, train: bool, batch_size:
         if gpu:
             decode["hw_decoder_load"] = hw_decoder_load
         if geometry.kind in ("tencrop", "multiscale"):
-            views = _eval_views(fn, types, fn.decoders.image(encoded, **decode), geometry, normalize)
+            views = _eval_views(fn, types, fn.decoders.image(encoded, **decode), geometry, normalize, gpu)
             return (*views, fn.pad(label, axes=[0], shape=[LABEL_BYTES], fill_value=0))
         resize = dict(size=[geometry.out, geometry.out], interp_type=types.INTERP_LINEAR, antialias=True)
         if not gpu:  # a small minibatch spreads one batch's CPU resize over all threads (default: one call)
@@ -110,38 +111,58 @@ def build_pipeline(split: Split, geometry: Geometry, *, train: bool, batch_size:
             images = fn.resize(images, **resize)
         if normalize is not None:  # fused: flip, lighting, (x - mean) / std, HWC -> CHW, float
             mirror = fn.random.coin_flip(probability=FLIP_PROBABILITY) if geometry.flip else 0
+            image_mean = normalize.mean_image_for(geometry.out, geometry.out)
             images = fn.crop_mirror_normalize(images, mirror=mirror, std=list(normalize.std),
-                                              mean=_mean_with_lighting(fn, types, normalize),
+                                              mean=_mean_with_lighting(fn, types, normalize, image_mean is None),
                                               output_layout="CHW", dtype=types.FLOAT)
+            if image_mean is not None:  # after the flip, as `augment.Finish` subtracts it
+                images = images - _scaled_mean_image(types, normalize, image_mean, gpu)
         label = fn.pad(label, axes=[0], shape=[LABEL_BYTES], fill_value=0)
         return images, label
 
     return pipe()
 
 
-def _eval_views(fn, types, images, g: Geometry, n: Normalize) -> list:
-    """tencrop: one (10, C, H, W) output; multiscale: one whole-image output per scale (batch of 1)."""
+def _eval_views(fn, types, images, g: Geometry, n: Normalize, gpu: bool) -> list:
+    """tencrop: one (10, C, H, W) output; multiscale: one whole-image output per scale (batch of 1).
+
+    Whole images (multiscale) subtract the per-channel mean; each ten-crop view the mean image if it has the
+    view's size."""
     norm = dict(mean=list(n.mean), std=list(n.std), output_layout="CHW", dtype=types.FLOAT)
     if g.kind == "multiscale":
         return [fn.crop_mirror_normalize(fn.resize(images, resize_shorter=s, antialias=True), **norm)
                 for s in g.scales]
     resized = fn.resize(images, resize_shorter=g.resize_min, antialias=True)
+    image_mean = n.mean_image_for(g.out, g.out)
+    if image_mean is not None:
+        norm["mean"] = [0.0, 0.0, 0.0]
     views = [fn.crop_mirror_normalize(resized, crop=(g.out, g.out), crop_pos_x=px, crop_pos_y=py, mirror=m, **norm)
              for m in (0, 1) for px, py in TENCROP_POSITIONS]
+    if image_mean is not None:
+        scaled = _scaled_mean_image(types, n, image_mean, gpu)
+        views = [v - scaled for v in views]
     return [fn.stack(*views)]
 
 
-def _mean_with_lighting(fn, types, n: Normalize):
-    """The per-sample mean minus AlexNet's lighting offset: (x + light - mean) = (x - (mean - light))."""
+def _scaled_mean_image(types, n: Normalize, image: np.ndarray, gpu: bool):
+    """The mean image as a CHW constant divided by the std: (x - m) / s = x / s - m / s after a CMN by s."""
+    chw = (image.transpose(2, 0, 1) / np.asarray(n.std, dtype=np.float32).reshape(3, 1, 1)).astype(np.float32)
+    return types.Constant(np.ascontiguousarray(chw), device="gpu" if gpu else "cpu")
+
+
+def _mean_with_lighting(fn, types, n: Normalize, channel_mean: bool = True):
+    """The per-sample mean minus AlexNet's lighting offset: (x + light - mean) = (x - (mean - light)).
+    channel_mean False: the mean image is subtracted apart, so only the lighting (mean 0 here)."""
+    mean = n.mean if channel_mean else (0.0, 0.0, 0.0)
     if n.pca_lighting <= 0:
-        return list(n.mean)
+        return list(mean)
     alpha = fn.random.normal(shape=[3]) * n.pca_lighting
     light = None
     for j in range(3):  # V @ (alpha * eigval) * 255, one eigenvector (column of V) at a time
         column = types.Constant((PCA_EIGVEC[:, j] * PCA_EIGVAL[j] * 255.0).astype(np.float32), device="cpu")
         term = alpha[j] * column
         light = term if light is None else light + term
-    return types.Constant(np.asarray(n.mean, dtype=np.float32), device="cpu") - light
+    return types.Constant(np.asarray(mean, dtype=np.float32), device="cpu") - light
 
 
 def _window(fn, dmath, types, encoded, g: Geometry):

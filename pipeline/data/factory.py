@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+
+from data_prep.manifest import MANIFEST_NAME
 
 from pipeline.config_schema import DataConfig
 from pipeline.data.augment import Finish, Normalize, geometry_for
-from pipeline.data.base import Loader, local_batch, rank_range, train_steps_per_epoch
+from pipeline.data.base import Loader, local_batch, log, rank_range, train_steps_per_epoch
 from pipeline.data.shards import DatasetError, open_split, read_manifest
 from pipeline.dist import DistInfo
 from pipeline.runtime import resolve_device
@@ -67,7 +70,9 @@ def build_loader(data: DataConfig, split: str, info: DistInfo, state: Optional[d
 
             normalize = None
             if geometry.kind != "none":  # the ImageNet views: DALI normalises in the pipeline, fused
-                normalize = Normalize(ds.mean, ds.std, finish.pca_lighting)
+                mean_image = None if finish.mean_image is None else finish.mean_image.permute(1, 2, 0).numpy()
+                normalize = Normalize(tuple(finish.mean.tolist()), tuple(finish.std.tolist()),  # type: ignore[arg-type]
+                                      finish.pca_lighting, mean_image)
             loader = DaliLoader(ds, geometry, data.shuffle_buffer, data.num_threads, data.hw_decoder_load,
                                 normalize, **common)
         else:
@@ -90,17 +95,30 @@ def dataset_num_classes(data: DataConfig) -> int:
 
 
 def _finish(data: DataConfig, ds, train: bool, dtype: torch.dtype) -> Finish:
-    cifar = data.augmentation in ("cifar", "none") and data.image_size <= 32
-    mean_image = ds.mean_image() if cifar else None
-    if mean_image is not None:  # CIFAR: the per-pixel mean, as the paper; no division
-        mean, std = torch.from_numpy(mean_image).permute(2, 0, 1).contiguous(), torch.ones(3)
-    elif cifar:  # a CIFAR-like dataset without a mean image: its per-channel mean
-        mean, std = torch.tensor(ds.mean), torch.ones(3)
-    else:  # ImageNet: (x - mean) / std per channel
-        mean, std = torch.tensor(ds.mean), torch.tensor(ds.std)
+    """The on-device half; its mean, std and mean image are also what DALI's pipeline applies."""
     lighting = data.pca_lighting if train and data.augmentation in ("paper", "rrc") else 0.0
     pad = data.pad if train and data.augmentation == "cifar" else 0
-    return Finish(mean=mean, std=std, pca_lighting=lighting, cifar_pad=pad, dtype=dtype)
+    mean, std, image = _normalisation(data, ds)
+    return Finish(mean=torch.tensor(mean, dtype=torch.float32), std=torch.tensor(std, dtype=torch.float32),
+                  pca_lighting=lighting, cifar_pad=pad, dtype=dtype,
+                  mean_image=None if image is None else torch.from_numpy(image).permute(2, 0, 1).contiguous())
+
+
+def _normalisation(data: DataConfig, ds) -> Tuple[Sequence[float], Sequence[float], Optional[np.ndarray]]:
+    """(per-channel mean, std, mean image HxWx3 or None) for `data.normalize` (see augment.py)."""
+    if data.normalize == "per_channel":
+        return ds.mean, ds.std, None
+    image = ds.mean_image()
+    if image is not None:  # the paper: x - mean image, no division
+        return image.astype(np.float64).mean((0, 1)).tolist(), (1.0, 1.0, 1.0), image
+    if data.augmentation in ("cifar", "none") and data.image_size <= 32:
+        return ds.mean, (1.0, 1.0, 1.0), None  # a CIFAR-like dataset without a mean image: its channel mean
+    # An ImageNet-style dataset from a data_prep that wrote no mean image: what it was normalised with then.
+    log.warning("%s: no mean image (written by an older data_prep), so data.normalize=per_pixel_mean falls back "
+                "to per_channel ((x - mean) / std). Re-run the same `python -m data_prep` command to add it "
+                "(written shards are reused), or set data.normalize=per_channel to silence this.",
+                ds.root / MANIFEST_NAME)
+    return ds.mean, ds.std, None
 
 
 def _synthetic(data: DataConfig, split: str, info: DistInfo, train: bool, common: dict, global_batch: int,

@@ -66,9 +66,12 @@ class Split:
         if self.mean_image_path is None:
             return None
         try:
-            return np.load(self.mean_image_path).astype(np.float32)
+            image = np.load(self.mean_image_path).astype(np.float32)
         except Exception as e:
             raise DatasetError(f"{self.mean_image_path}: cannot read the mean image: {e}") from e
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise DatasetError(f"{self.mean_image_path}: the mean image has shape {image.shape}, not H x W x 3")
+        return image
 
     def sample_refs(self) -> List[SampleRef]:
         """Every sample of the split, in manifest (shard, then tar) order, from the index files."""

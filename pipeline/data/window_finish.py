@@ -7,7 +7,8 @@ images. Two reasons it is not DALI's own `resize` + `crop_mirror_normalize` ther
   ImageNet window into 224x224 on one core);
 - it runs in this process's thread pool while DALI's threads decode the next batches, where DALI's CPU
   operators run one after another (a resize inside the pipeline waits for the decode and stalls it).
-The arithmetic is the GPU pipeline's: bilinear with antialiasing, horizontal flip, (x + light - mean) / std.
+The arithmetic is the GPU pipeline's: bilinear with antialiasing, horizontal flip, (x + light - mean) / std,
+where `mean` is the mean image for views of its size (data.normalize=per_pixel_mean), else per channel.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ class WindowFinish:
 
     def __init__(self, out: int, normalize: Normalize, threads: int) -> None:
         self.out, self.threads = out, max(1, threads)
-        self.mean = torch.tensor(normalize.mean, dtype=torch.float32).view(1, 3)
         self.inv_std = 1.0 / torch.tensor(normalize.std, dtype=torch.float32).view(1, 3)
+        image = normalize.mean_image_for(out, out)
+        # With a mean image of the output's size, it is subtracted per pixel and the bias holds the lighting only.
+        self.mean_image = None if image is None else torch.from_numpy(image).permute(2, 0, 1).contiguous()
+        mean = (0.0, 0.0, 0.0) if image is not None else normalize.mean
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3)
         self._pool: Optional[ThreadPoolExecutor] = None
 
     def __call__(self, windows: Sequence[torch.Tensor], mirror: Optional[torch.Tensor],
@@ -57,6 +62,8 @@ class WindowFinish:
         if flip:
             x = x.flip(2)
         dst.copy_(x)  # uint8 channels-last -> float CHW in one pass
+        if self.mean_image is not None:
+            dst.sub_(self.mean_image)
         dst.mul_(self.inv_std.view(3, 1, 1)).add_(bias)
 
     def close(self) -> None:
