@@ -105,17 +105,20 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Learning rate as a pure function of the step (plateau is the stateful exception)."""
+    """Learning rate as a pure function of the step (and of what plateau and until_train_error observed)."""
 
     kind: str = "multistep"  # multistep | plateau | constant
     unit: str = "iteration"  # the unit of `milestones` and `total`: iteration | epoch
     milestones: List[int] = field(default_factory=lambda: [32000, 48000])
     gamma: float = 0.1
     total: int = 64000  # training length, in `unit`s
-    # Warm-up: "constant" holds `warmup_lr` (ResNet-110's 0.01 for ~400 iterations), "linear" ramps to lr.
-    warmup: str = "none"  # none | constant | linear
+    # Warm-up: "constant" holds `warmup_lr` for `warmup_iterations`, "linear" ramps from it to lr, and
+    # "until_train_error" (ResNet-110's rule) holds it until a logged training error is below
+    # `warmup_until_error` (%), or for `warmup_iterations` at most (the cap).
+    warmup: str = "none"  # none | constant | linear | until_train_error
     warmup_iterations: int = 0
     warmup_lr: float = 0.01
+    warmup_until_error: float = 80.0  # top-1 training error in %, averaged over a `logging.every_steps` window
     # Linear scaling rule: lr is multiplied by global_batch / base_batch_size.
     scale_lr: bool = False
     base_batch_size: int = 256
@@ -127,7 +130,10 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         _one_of("schedule", "kind", self.kind, ("multistep", "plateau", "constant"))
         _one_of("schedule", "unit", self.unit, ("iteration", "epoch"))
-        _one_of("schedule", "warmup", self.warmup, ("none", "constant", "linear"))
+        _one_of("schedule", "warmup", self.warmup, ("none", "constant", "linear", "until_train_error"))
+        if self.warmup == "until_train_error" and self.warmup_iterations < 1:
+            raise ValueError("schedule.warmup=until_train_error needs schedule.warmup_iterations (its cap) of at "
+                             f"least 1, got {self.warmup_iterations}")
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"schedule.milestones must be increasing, got {list(self.milestones)}")
 

@@ -138,7 +138,10 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
                 window.add(loss, hits, labels.numel())
 
                 if progress.step % cfg.logging.every_steps == 0 or progress.step == total_steps:
-                    logger.log({"epoch": progress.epoch, "lr": lr, **window.report(info, device)}, progress.step)
+                    record = {"epoch": progress.epoch, "lr": lr, **window.report(info, device)}  # all-reduced
+                    logger.log(record, progress.step)
+                    if schedule.observe_train_error(progress.step, record["train_top1_error"]):
+                        logger.log({"event": f"warm-up ended: lr {schedule.lr(progress.step):g}"}, progress.step)
                     window = _Window()
                 if cfg.eval.every_steps and progress.step % cfg.eval.every_steps == 0:
                     _evaluate_and_log(engine, eval_loader, schedule, logger, progress)

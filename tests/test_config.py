@@ -124,9 +124,10 @@ def test_paper_rows_have_configs():
 
 def test_paper_recipes_in_configs():
     r110 = load_config(REPO / "configs/cifar10/resnet110.yaml")
-    assert (r110.schedule.warmup, r110.schedule.warmup_lr, r110.schedule.warmup_iterations) == ("constant", 0.01, 400)
+    assert (r110.schedule.warmup, r110.schedule.warmup_until_error, r110.schedule.warmup_lr) == \
+        ("until_train_error", 80.0, 0.01)
     r1202 = load_config(REPO / "configs/cifar10/resnet1202.yaml")
-    assert r1202.model.name == "cifar_resnet1202" and r1202.schedule.warmup == "constant"
+    assert r1202.model.name == "cifar_resnet1202" and r1202.schedule.warmup == "until_train_error"
     r34c = load_config(REPO / "configs/imagenet/resnet34_c.yaml")
     assert (r34c.model.name, r34c.model.shortcut, r34c.data.batch_size) == ("resnet34", "C", 256)
     r50 = load_config(REPO / "configs/imagenet/resnet50.yaml")

@@ -19,11 +19,13 @@ def test_cifar_recipe_divides_at_32k_and_48k_and_stops_at_64k():
     assert s.lr(48000) == pytest.approx(0.001) and s.lr(63999) == pytest.approx(0.001)
 
 
-def test_resnet110_warm_up_holds_0_01_for_400_iterations():
+def test_resnet110_warm_up_holds_0_01_until_the_training_error_is_below_80_percent():
     cfg = load_config("configs/cifar10/resnet110.yaml")
     s = LRSchedule(cfg.schedule, cfg.optim.lr, steps_per_epoch=391, global_batch=128)
-    assert s.lr(0) == s.lr(399) == 0.01
-    assert s.lr(400) == 0.1
+    s.observe_train_error(350, 85.0)
+    assert s.lr(0) == s.lr(399) == s.lr(400) == 0.01  # still above 80%: still warming up
+    s.observe_train_error(400, 79.0)
+    assert s.lr(399) == 0.01 and s.lr(400) == s.lr(401) == 0.1
 
 
 def test_imagenet_epoch_milestones_and_linear_scaling_rule():
