@@ -1,12 +1,21 @@
 """`python -m pipeline.report configs/tables/<t>.yaml [...] [--runs DIR] [--out DIR]`: the paper beside us.
 
 For each table config (`pipeline.tables`) the report reads the planned runs' directories and writes
-`<out>/<table>.md`: the paper's value, ours (mean +/- std over the seeds that are done, and n), the
-difference, and each row's state (missing, queued, running with its progress, stopped, or trained but
-not yet evaluated with the table's protocol, with the command that does it). Curve tables (Figs. 4
-and 6) and the layer-response table (Fig. 7) also get `<out>/<table>.png`.
+`<out>/<table>.md`: the paper's value, ours, the difference, each row's state (missing, queued, running
+with its progress, stopped, or trained but not yet evaluated with the table's protocol, with the command
+that does it) and each row's departures from the paper's recipe. Curve tables (Figs. 4 and 6) and the
+layer-response table (Fig. 7) also get `<out>/<table>.png`.
 
-Everything is read from the run directories' own files: results.json, metrics.jsonl, layer_responses.json.
+Values are in the paper's form: one run's value, or for several runs "best (mean ± std)", the best run
+being the one with the lowest error on the table's first metric (the paper's "6.43 (6.61±0.16)" for
+ResNet-110, best of 5). The difference compares means where both sides have several runs.
+
+Departures are computed from each run's own resolved config (`<run>/config.yaml`; the planned config
+while the run has none) against the row's paper recipe: a run submitted with `launch sweep ... --
+data.batch_size=8192` lists `data.batch_size: 256 → 8192` and the `peak lr` it implies.
+
+Everything is read from the run directories' own files: results.json, metrics.jsonl, layer_responses.json,
+config.yaml.
 """
 
 from __future__ import annotations
@@ -18,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, load_config
 from pipeline.metrics import read_metrics
 from pipeline.results import protocol_result, read_layer_responses, read_results
-from pipeline.tables import PlannedRun, TableConfig, load_table, planned_runs
+from pipeline.tables import PaperSpread, PlannedRun, TableConfig, load_table, planned_runs, recipe_departures
 
 
 class ReportError(Exception):
@@ -38,6 +47,7 @@ class RunReading:
     values: Dict[str, float] = field(default_factory=dict)  # table metrics
     curves: Dict[str, List[tuple]] = field(default_factory=dict)  # metric -> [(step, value)]
     responses: Optional[List[float]] = None
+    departures: List[str] = field(default_factory=list)  # from the paper's recipe
 
 
 @dataclass
@@ -46,24 +56,39 @@ class RowReading:
     panel: Optional[str]
     paper: Dict[str, float]
     runs: List[RunReading]
+    paper_spread: Dict[str, PaperSpread] = field(default_factory=dict)
 
     @property
     def done(self) -> List[RunReading]:
         return [r for r in self.runs if r.state == "done"]
 
-    def stats(self, metric: str) -> Optional[tuple]:
-        """(mean, std or None, n) over the seeds that are done."""
-        values = [r.values[metric] for r in self.done if metric in r.values]
-        if not values:
+    def stats(self, metric: str, primary: Optional[str] = None) -> Optional[tuple]:
+        """(mean, std or None, n, best) over the seeds that are done.
+
+        best: `metric` of the best run, the one with the lowest `primary` (default: `metric`) error, so
+        that every metric of a "best" row comes from one model, as the paper's best of 5 does."""
+        done = [r for r in self.done if metric in r.values]
+        if not done:
             return None
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values)
+        values = [r.values[metric] for r in done]
+        best = min(done, key=lambda r: r.values.get(primary or metric, r.values[metric])).values[metric]
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values), best
+
+    def departures(self) -> str:
+        """The row's departures from the paper's recipe; per seed where its runs differ."""
+        if not self.runs:
+            return "–"
+        by_seed = {r.run.seed: "; ".join(r.departures) or "none" for r in self.runs}
+        if len(set(by_seed.values())) == 1:
+            return next(iter(by_seed.values()))
+        return " / ".join(f"seed {seed}: {text}" for seed, text in by_seed.items())
 
 
 # -- reading runs -------------------------------------------------------------------------------------
 
 def read_table(table_path: Path, runs_dir: Optional[Path] = None) -> tuple[TableConfig, List[RowReading]]:
     table = load_table(table_path)
-    rows = [RowReading(row.label, row.panel, dict(row.paper), []) for row in table.rows]
+    rows = [RowReading(row.label, row.panel, dict(row.paper), [], dict(row.paper_spread)) for row in table.rows]
     for run in planned_runs(table_path, runs_dir):
         rows[run.row].runs.append(read_run(run, table))
     return table, rows
@@ -73,10 +98,11 @@ def read_run(run: PlannedRun, table: TableConfig) -> RunReading:
     from launch.status import run_status
 
     run_dir = run.run_dir
+    departures = _departures(run)
     if not (run_dir / "config.yaml").exists() and not (run_dir / "metrics.jsonl").exists():
-        return RunReading(run, "missing", f"no run directory {run_dir}")
+        return RunReading(run, "missing", f"no run directory {run_dir}", departures=departures)
     status = run_status(run_dir)
-    reading = RunReading(run, status.state)
+    reading = RunReading(run, status.state, departures=departures)
     if table.kind == "curves":
         reading.curves = _curves(run_dir, table.metrics)
     if status.state != "finished":
@@ -100,6 +126,16 @@ def read_run(run: PlannedRun, table: TableConfig) -> RunReading:
         else:
             reading.responses = list(responses["std"])
     return reading
+
+
+def _departures(run: PlannedRun) -> List[str]:
+    """The run's departures from its row's paper recipe, from the config it ran with (else the planned one)."""
+    saved = run.run_dir / "config.yaml"
+    try:
+        cfg = load_config(saved) if saved.exists() else run.cfg
+    except ConfigError as e:
+        raise ReportError(f"{saved}: the run's config does not load: {e}") from None
+    return recipe_departures(run.paper_cfg or run.cfg, cfg)
 
 
 def _read_values(reading: RunReading, table: TableConfig) -> None:
@@ -131,6 +167,7 @@ def _logged_keys(run_dir: Path) -> set:
 
 # -- writing the report -------------------------------------------------------------------------------
 
+DEPARTURES = "departures from the paper's recipe"
 _NAMES = {"top1_error": "top-1 err. (%)", "top5_error": "top-5 err. (%)",
           "train_top1_error": "train err. (%)", "val_top1_error": "val err. (%)"}
 
@@ -138,7 +175,9 @@ _NAMES = {"top1_error": "top-1 err. (%)", "top5_error": "top-5 err. (%)",
 def render(table_path: Path, table: TableConfig, rows: List[RowReading], figure: Optional[str],
            runs_dir: Optional[Path] = None) -> str:
     lines = [f"# {table.title}", "", f"From `{table_path}`; protocol: {table.protocol}. "
-             "Ours: mean ± std over the seeds that are done (n done / n planned).", ""]
+             "Ours: the value of the one run done, or best (mean ± std) over the seeds that are done, as the "
+             "paper writes a best of several runs (n: done / planned); diff.: our mean minus the paper's "
+             "(its mean where it gives one). Departures: what the runs change in the paper's recipe.", ""]
     if figure:
         lines += [f"![{table.title}]({figure})", ""]
     if table.kind == "table":
@@ -163,35 +202,39 @@ def _value_table(table: TableConfig, rows: List[RowReading]) -> List[str]:
     for metric in table.metrics:
         name = _NAMES.get(metric, metric)
         header += [f"paper {name}", f"ours {name}", "diff."]
-    header += ["n", "state"]
+    header += ["n", "state", DEPARTURES]
     lines = _markdown_header(header)
     for row in rows:
         cells = [row.label]
         for metric in table.metrics:
-            paper, ours = row.paper.get(metric), row.stats(metric)
-            cells += [_fmt(paper), _fmt_stats(ours),
-                      f"{ours[0] - paper:+.2f}" if ours is not None and paper is not None else "–"]
-        cells += [f"{len(row.done)}/{len(row.runs)}", _row_state(row)]
+            paper, spread = row.paper.get(metric), row.paper_spread.get(metric)
+            ours = row.stats(metric, primary=table.metrics[0])
+            paper_mean = spread.mean if spread is not None else paper
+            cells += [_fmt_paper(paper, spread), _fmt_stats(ours),
+                      f"{ours[0] - paper_mean:+.2f}" if ours is not None and paper_mean is not None else "–"]
+        cells += [f"{len(row.done)}/{len(row.runs)}", _row_state(row), row.departures()]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def _curve_table(table: TableConfig, rows: List[RowReading]) -> List[str]:
-    lines = _markdown_header(["row", "panel", *[f"final {_NAMES.get(m, m)}" for m in table.metrics], "state"])
+    lines = _markdown_header(["row", "panel", *[f"final {_NAMES.get(m, m)}" for m in table.metrics], "state",
+                              DEPARTURES])
     for row in rows:
         run = _shown_run(row)
         finals = [_fmt(run.curves[m][-1][1]) if run and run.curves.get(m) else "–" for m in table.metrics]
-        lines.append("| " + " | ".join([row.label, row.panel or "", *finals, _row_state(row)]) + " |")
+        lines.append("| " + " | ".join([row.label, row.panel or "", *finals, _row_state(row), row.departures()])
+                     + " |")
     return lines
 
 
 def _response_table(rows: List[RowReading]) -> List[str]:
-    lines = _markdown_header(["row", "3x3 layers", "mean std", "max std", "state"])
+    lines = _markdown_header(["row", "3x3 layers", "mean std", "max std", "state", DEPARTURES])
     for row in rows:
         run = next((r for r in row.done if r.responses), None)
         stds = run.responses if run else None
         cells = [str(len(stds)), _fmt(statistics.fmean(stds)), _fmt(max(stds))] if stds else ["–"] * 3
-        lines.append("| " + " | ".join([row.label, *cells, _row_state(row)]) + " |")
+        lines.append("| " + " | ".join([row.label, *cells, _row_state(row), row.departures()]) + " |")
     return lines
 
 
@@ -222,11 +265,19 @@ def _fmt(value: Optional[float]) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def _fmt_paper(value: Optional[float], spread: Optional[PaperSpread]) -> str:
+    """The paper's value, in its own form where it reports several runs: "6.43 (6.61 ± 0.16)"."""
+    if value is None or spread is None:
+        return _fmt(value)
+    return f"{value:.2f} ({spread.mean:.2f} ± {spread.std:.2f})"
+
+
 def _fmt_stats(stats: Optional[tuple]) -> str:
+    """Ours in the paper's form: one run's value, or best (mean ± std) over several."""
     if stats is None:
         return "–"
-    mean, std, _ = stats
-    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+    mean, std, n, best = stats
+    return f"{mean:.2f}" if n == 1 else f"{best:.2f} ({mean:.2f} ± {std:.2f})"
 
 
 def write_report(table_path: Path, runs_dir: Optional[Path], out_dir: Path) -> List[Path]:

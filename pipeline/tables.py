@@ -3,6 +3,13 @@
 Each row names a training config (a path relative to the table file), optional overrides, the seeds to
 run, and the paper's value of each metric. A run of a row with one seed is that config with
 `run.seed=<seed>` and `run.name=<name>-seed<seed>`; sweeps submit these runs, the report reads them.
+
+- One model in two tables is one run: both rows name the same config, so they plan the same run
+  directory and the second sweep skips it (Table 2's ResNet-34 is Table 3's ResNet-34 A).
+- Where the paper gives a spread ("6.43 (6.61±0.16)": best of 5 runs, mean ± std), `paper` holds the
+  number it shows first and `paper_spread` the mean, std and number of runs.
+- `paper_config` names the config holding the paper's recipe for a row whose `config` departs from it
+  on purpose (a large-batch preset); `recipe_departures` lists what a run changes against it.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import ConfigError, ExperimentConfig, load_config
+from pipeline.config import ConfigError, ExperimentConfig, config_to_dict, load_config
 
 KINDS = ("table", "curves", "responses")
 PROTOCOLS = ("center", "tencrop", "multiscale")
@@ -25,13 +32,33 @@ METRICS = {"table": ("top1_error", "top5_error"),
            "responses": ("layer_response_std",)}
 
 
+# Keys that say where and how fast a run goes, not what it learns: never a departure from the paper.
+# The seed is another sample of the same recipe, not a departure from it.
+NOT_RECIPE = ("run.name", "run.out_dir", "run.seed", "run.device", "run.deterministic", "logging.", "slurm.",
+              "checkpoint.", "data.root", "data.backend", "data.num_threads", "data.shuffle_buffer",
+              "data.hw_decoder_load", "data.eval_batch_size", "eval.every_epochs", "eval.every_steps",
+              "eval.layer_responses", "engine.name", "engine.zero_stage", "engine.compile", "engine.channels_last",
+              "engine.activation_checkpointing", "engine.timeout_minutes")
+
+
+@dataclass
+class PaperSpread:
+    """What the paper adds to a value it reports as the best of several runs: their mean and std."""
+
+    mean: float
+    std: float
+    runs: int
+
+
 @dataclass
 class RowConfig:
     label: str
     config: str
     overrides: List[str] = field(default_factory=list)
     seeds: Optional[List[int]] = None  # None: the table's seeds
-    paper: Dict[str, float] = field(default_factory=dict)
+    paper: Dict[str, float] = field(default_factory=dict)  # the number the paper's table shows first
+    paper_spread: Dict[str, PaperSpread] = field(default_factory=dict)  # where it also gives mean ± std
+    paper_config: Optional[str] = None  # the paper's recipe for this row; None: `config` is the paper's
     panel: Optional[str] = None  # which panel of a figure
 
 
@@ -55,6 +82,7 @@ class PlannedRun:
     config_path: Path
     overrides: tuple
     cfg: ExperimentConfig
+    paper_cfg: Optional[ExperimentConfig] = None  # the row's paper recipe (planned_runs always sets it)
 
     @property
     def run_dir(self) -> Path:
@@ -80,12 +108,17 @@ def load_table(path: str | Path) -> TableConfig:
             raise ConfigError(f"{path}: metric {metric!r} is not recorded for a {table.kind} "
                               f"(recorded: {', '.join(METRICS[table.kind])})")
     for i, row in enumerate(table.rows):
-        if not (path.parent / row.config).is_file():
-            raise ConfigError(f"{path}: row {i} ({row.label}) names a run config that does not exist: {row.config}")
+        for config in filter(None, (row.config, row.paper_config)):
+            if not (path.parent / config).is_file():
+                raise ConfigError(f"{path}: row {i} ({row.label}) names a run config that does not exist: {config}")
         unknown = set(row.paper) - set(table.metrics)
         if unknown:
             raise ConfigError(f"{path}: row {i} ({row.label}) gives paper values for metrics the table does not "
                               f"show: {', '.join(sorted(unknown))}")
+        alone = set(row.paper_spread) - set(row.paper)
+        if alone:
+            raise ConfigError(f"{path}: row {i} ({row.label}) gives a paper_spread without the paper value it "
+                              f"belongs to (the best run's) for: {', '.join(sorted(alone))}")
     return table
 
 
@@ -98,18 +131,54 @@ def planned_runs(table_path: str | Path, runs_dir: Optional[str | Path] = None,
     for index, row in enumerate(table.rows):
         config_path = (table_path.parent / row.config).resolve()
         base = load_config(config_path, list(row.overrides))
+        # The paper's recipe for this row: its paper_config, else its own config (without a sweep's extra overrides).
+        paper_cfg = (load_config((table_path.parent / row.paper_config).resolve(), list(row.overrides))
+                     if row.paper_config else base)
         for seed in seeds or row.seeds or table.seeds:
             overrides = [*row.overrides, f"run.seed={seed}", f"run.name={base.run.name}-seed{seed}", *extra_overrides]
             if runs_dir is not None:
                 overrides.append(f"run.out_dir={runs_dir}")
             cfg = load_config(config_path, overrides)
-            runs.append(PlannedRun(index, row.label, seed, config_path, tuple(overrides), cfg))
+            runs.append(PlannedRun(index, row.label, seed, config_path, tuple(overrides), cfg, paper_cfg))
     return runs
 
 
 def unique_runs(runs: List[PlannedRun]) -> List[PlannedRun]:
-    """One entry per run directory (a figure may show the same run in two panels)."""
+    """One entry per run directory (a figure may show the same run in two panels, a table two rows)."""
     seen: Dict[Path, PlannedRun] = {}
     for run in runs:
         seen.setdefault(run.run_dir, run)
     return list(seen.values())
+
+
+def recipe_departures(paper: ExperimentConfig, run: ExperimentConfig) -> List[str]:
+    """What `run` changes in the paper's recipe `paper`, one `key: paper's → run's` item per key.
+
+    Every key counts except where and how fast the run goes (`NOT_RECIPE`). The peak learning rate, which
+    the linear scaling rule derives from optim.lr and the global batch, is listed as well when it differs.
+    """
+    ours, theirs = _flat(config_to_dict(run)), _flat(config_to_dict(paper))
+    changed = [key for key in theirs if not key.startswith(NOT_RECIPE) and ours.get(key) != theirs[key]]
+    items = [f"{key}: {_show(theirs[key])} → {_show(ours.get(key))}" for key in changed]
+    if _peak_lr(run) != _peak_lr(paper):
+        items.append(f"peak lr: {_show(_peak_lr(paper))} → {_show(_peak_lr(run))}")
+    return items
+
+
+def _peak_lr(cfg: ExperimentConfig) -> float:
+    scale = cfg.data.batch_size / cfg.schedule.base_batch_size if cfg.schedule.scale_lr else 1.0
+    return round(cfg.optim.lr * scale, 10)  # round: 0.1 * 8192 / 256 is 3.2, not 3.2000000000000006
+
+
+def _flat(tree: dict, prefix: str = "") -> Dict[str, object]:
+    flat: Dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _show(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -1,4 +1,5 @@
-"""The report from fixture run directories: paper numbers beside ours, seeds aggregated, states, figures."""
+"""The report from fixture run directories: paper numbers beside ours in the paper's form (best (mean ± std)
+over several runs), states, departures from the paper's recipe, figures."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 from PIL import Image
 
 from pipeline.figures import figure_size
+from pipeline.config import load_config
 from pipeline.report import ReportError, write_report
-from pipeline.tables import planned_runs
+from pipeline.tables import PlannedRun, planned_runs
 from tests.report_fixtures import write_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,13 +45,15 @@ def test_table6_puts_the_paper_beside_our_seeds(tmp_path):
 
     markdown = write_report(TABLES / "table6.yaml", tmp_path, tmp_path / "report")[0].read_text()
 
-    assert _row(markdown, "ResNet-20") == ["ResNet-20", "8.75", "8.10", "-0.65", "1/1", "done"]
+    assert _row(markdown, "ResNet-20") == ["ResNet-20", "8.75", "8.10", "-0.65", "1/1", "done", "none"]
     mean, std = statistics.fmean([6.5, 6.7, 6.9]), statistics.stdev([6.5, 6.7, 6.9])
     r110 = _row(markdown, "ResNet-110")
-    assert r110[:5] == ["ResNet-110", "6.61", f"{mean:.2f} ± {std:.2f}", f"{mean - 6.61:+.2f}", "3/5"]
-    assert r110[5] == "done 3, running 1, missing 1"
-    assert _row(markdown, "ResNet-56")[2:] == ["–", "–", "0/1", "stopped"]
-    assert _row(markdown, "ResNet-1202")[1:] == ["7.93", "–", "–", "0/1", "missing"]
+    # The paper's form on both sides: best (mean ± std); the difference compares the means.
+    assert r110[:5] == ["ResNet-110", "6.43 (6.61 ± 0.16)", f"6.50 ({mean:.2f} ± {std:.2f})",
+                        f"{mean - 6.61:+.2f}", "3/5"]
+    assert r110[5:] == ["done 3, running 1, missing 1", "none"]
+    assert _row(markdown, "ResNet-56")[2:] == ["–", "–", "0/1", "stopped", "none"]
+    assert _row(markdown, "ResNet-1202")[1:] == ["7.93", "–", "–", "0/1", "missing", "none"]
     assert "ResNet-110, seed 3: running: running at step 500 of 1000 (50%)" in markdown
     assert f"ResNet-110, seed 4: missing: no run directory {tmp_path / 'cifar10-resnet110-seed4'}" in markdown
 
@@ -63,8 +67,8 @@ def test_a_ten_crop_table_waits_for_the_ten_crop_evaluation(tmp_path):
     markdown = write_report(TABLES / "table3.yaml", tmp_path, tmp_path / "report")[0].read_text()
 
     assert _row(markdown, "ResNet-152") == ["ResNet-152", "21.43", "21.90", "+0.47", "5.71", "6.00", "+0.29",
-                                            "1/1", "done"]
-    assert _row(markdown, "ResNet-50")[-1] == "not evaluated"
+                                            "1/1", "done", "none"]
+    assert _row(markdown, "ResNet-50")[-2] == "not evaluated"
     run_dir = tmp_path / "imagenet-resnet50-seed0"
     assert f"`python -m pipeline.evaluate {run_dir} --protocol tencrop`" in markdown
 
@@ -100,8 +104,8 @@ def test_fig6_curves_are_drawn_per_panel(tmp_path):
     markdown = markdown_path.read_text()
 
     assert "![Figure 6" in markdown and "(fig6.png)" in markdown
-    assert _row(markdown, "plain-56") == ["plain-56", "plain", "11.00", "13.00", "done"]
-    assert _row(markdown, "ResNet-1202")[-1] == "running at step 400 of 1000 (40%)"
+    assert _row(markdown, "plain-56") == ["plain-56", "plain", "11.00", "13.00", "done", "none"]
+    assert _row(markdown, "ResNet-1202")[-2:] == ["running at step 400 of 1000 (40%)", "none"]
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size == figure_size("curves", panels=3)
     assert _non_white_fraction(png) > 0.02  # axes, curves and legends were drawn
@@ -117,9 +121,90 @@ def test_fig7_layer_responses_figure(tmp_path):
     markdown_path, png = write_report(TABLES / "fig7.yaml", tmp_path, tmp_path / "report")
     markdown = markdown_path.read_text()
 
-    assert _row(markdown, "plain-20")[1] == "19" and _row(markdown, "plain-56")[-1] == "missing"
-    assert _row(markdown, "ResNet-56")[-1] == "not evaluated"
+    assert _row(markdown, "plain-20")[1] == "19" and _row(markdown, "plain-56")[-2:] == ["missing", "none"]
+    assert _row(markdown, "ResNet-56")[-2] == "not evaluated"
     assert f"python -m pipeline.evaluate {tmp_path / 'cifar10-resnet56-seed0'} --layer-responses" in markdown
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size == figure_size("responses")
     assert _non_white_fraction(png) > 0.02
+
+
+def test_the_cli_shows_table6_in_the_papers_form(tmp_path):
+    """`python -m pipeline.report configs/tables/table6.yaml`: best of 5 and mean ± std, paper and ours alike."""
+    runs = _runs("table6.yaml", tmp_path)
+    errors = (6.52, 6.40, 6.75, 6.61, 6.83)
+    for seed, error in enumerate(errors):
+        write_run(runs[("ResNet-110", seed)], final_error=error)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.report", "configs/tables/table6.yaml", "--runs",
+                           str(tmp_path), "--out", str(tmp_path / "r")], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    mean, std = statistics.fmean(errors), statistics.stdev(errors)
+    assert _row(proc.stdout, "ResNet-110")[1:5] == ["6.43 (6.61 ± 0.16)", f"6.40 ({mean:.2f} ± {std:.2f})",
+                                                    f"{mean - 6.61:+.2f}", "5/5"]
+
+
+def test_the_best_run_gives_every_metric_of_a_best_row(tmp_path):
+    """Best of n is one model: its top-5 is the top-5 of the run best on top-1, not the lowest top-5."""
+    table = tmp_path / "t3.yaml"
+    table.write_text("title: t\nmetrics: [top1_error, top5_error]\nprotocol: tencrop\nseeds: [0, 1]\nrows:\n"
+                     f"  - {{label: ResNet-50, config: {REPO}/configs/imagenet/resnet50.yaml}}\n")
+    first, second = planned_runs(table, tmp_path)
+    write_run(first, evaluations={"tencrop": {"top1_error": 23.0, "top5_error": 6.5}})
+    write_run(second, evaluations={"tencrop": {"top1_error": 23.4, "top5_error": 6.3}})
+    markdown = write_report(table, tmp_path, tmp_path / "report")[0].read_text()
+    row = _row(markdown, "ResNet-50")
+    assert row[2].startswith("23.00 (23.20 ± ") and row[5].startswith("6.50 (6.40 ± ")
+
+
+def test_a_run_with_overridden_recipe_keys_lists_each_departure(tmp_path):
+    """A sweep submitted with recipe overrides writes them into the run's config.yaml; the row lists them."""
+    overrides = ("data.batch_size=8192", "optim.lr=0.2", "engine.precision=fp16", "data.normalize=per_channel",
+                 "schedule.warmup=linear", "schedule.warmup_iterations=780", "data.root=/fast/imagenet")
+    swept = {r.label: r for r in planned_runs(TABLES / "table3.yaml", tmp_path, extra_overrides=overrides)}
+    write_run(swept["ResNet-50"], evaluations={"tencrop": {"top1_error": 23.5, "top5_error": 6.9}})
+    write_run(swept["ResNet-101"], steps=200)  # stopped: its departures show all the same
+    paper = {r.label: r for r in planned_runs(TABLES / "table3.yaml", tmp_path)}
+    write_run(paper["ResNet-152"], evaluations={"tencrop": {"top1_error": 21.9, "top5_error": 6.0}})
+
+    markdown = write_report(TABLES / "table3.yaml", tmp_path, tmp_path / "report")[0].read_text()
+
+    departures = _row(markdown, "ResNet-50")[-1].split("; ")
+    assert departures == ["data.batch_size: 256 → 8192", "data.normalize: per_pixel_mean → per_channel",
+                          "optim.lr: 0.1 → 0.2", "schedule.warmup: none → linear",
+                          "schedule.warmup_iterations: 0 → 780", "engine.precision: bf16 → fp16",
+                          "peak lr: 0.1 → 6.4"]  # 0.2 x 8192 / 256 by the linear scaling rule
+    assert _row(markdown, "ResNet-101")[-1] == _row(markdown, "ResNet-50")[-1]
+    assert _row(markdown, "ResNet-152")[-1] == "none" and _row(markdown, "ResNet-34 C")[-1] == "none"
+    assert "departures from the paper's recipe" in markdown
+
+
+def test_seeds_that_depart_differently_are_told_apart(tmp_path):
+    runs = _runs("table6.yaml", tmp_path)
+    write_run(runs[("ResNet-110", 0)], final_error=6.5)
+    fp16 = runs[("ResNet-110", 1)]
+    write_run(PlannedRun(fp16.row, fp16.label, 1, fp16.config_path, fp16.overrides,
+                         load_config(fp16.config_path, [*fp16.overrides, "engine.precision=fp16"]), fp16.paper_cfg),
+              final_error=6.6)
+    markdown = write_report(TABLES / "table6.yaml", tmp_path, tmp_path / "report")[0].read_text()
+    assert _row(markdown, "ResNet-110")[-1] == ("seed 0: none / seed 1: engine.precision: fp32 → fp16 / "
+                                                "seed 2: none / seed 3: none / seed 4: none")
+
+
+def test_the_large_batch_table_reports_its_departures_before_and_after_training(tmp_path):
+    runs = {r.label: r for r in planned_runs(TABLES / "table3_large_batch.yaml", tmp_path)}
+    write_run(runs["ResNet-50"], evaluations={"tencrop": {"top1_error": 23.6, "top5_error": 6.9}})
+    markdown = write_report(TABLES / "table3_large_batch.yaml", tmp_path, tmp_path / "report")[0].read_text()
+    expected = ("model.zero_init_residual: False → True; data.batch_size: 256 → 8192; "
+                "schedule.warmup: none → linear; schedule.warmup_iterations: 0 → 780; "
+                "schedule.warmup_lr: 0.01 → 0.1; peak lr: 0.1 → 3.2")
+    assert _row(markdown, "ResNet-50")[1:4] == ["22.85", "23.60", "+0.75"]
+    assert _row(markdown, "ResNet-50")[-1] == expected
+    assert _row(markdown, "ResNet-152")[-2:] == ["missing", expected]  # planned: the same departures
+
+
+def test_a_run_config_that_does_not_load_is_named(tmp_path):
+    runs = _runs("table6.yaml", tmp_path)
+    write_run(runs[("ResNet-20", 0)])
+    (runs[("ResNet-20", 0)].run_dir / "config.yaml").write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(ReportError, match=r"config.yaml: the run's config does not load: .*optim.lrr"):
+        write_report(TABLES / "table6.yaml", tmp_path, tmp_path / "report")
