@@ -14,6 +14,7 @@ channels_last, torch.compile, SyncBN and activation checkpointing of every resid
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -208,7 +209,10 @@ class DeepSpeedEngine:
         import deepspeed  # heavy: only when this engine is chosen
 
         self.cfg, self.device = cfg, device
-        module = prepare_model(model, cfg, device, info.distributed)
+        # channels_last applies to the inputs only (`_format`): DeepSpeed views every parameter as bytes to
+        # broadcast it, which a channels_last weight refuses, and its bf16/ZeRO optimizers flatten the
+        # parameters into contiguous buffers anyway. A channels_last input still runs the convs channels_last.
+        module = prepare_model(model, dataclasses.replace(cfg, channels_last=False), device, info.distributed)
         optimizer = build_optimizer(module, optim_cfg, lr)
         self.ds_config = deepspeed_config(cfg, micro_batch, info.world_size)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -281,7 +285,11 @@ def _hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def deepspeed_config(cfg: EngineConfig, micro_batch: int, world_size: int) -> Dict[str, Any]:
     """DeepSpeed's JSON config, derived from the `engine` section (no separate file to keep in sync)."""
+    # DeepSpeed casts the parameters to bf16/fp16 but keeps buffers as they are unless told; BN's kernels
+    # need its running statistics in its weights' dtype (on CPU a bf16 net with fp32 statistics fails).
+    low_precision = {"data_types": {"buffer_dtype": cfg.precision}} if cfg.precision != "fp32" else {}
     return {
+        **low_precision,
         "train_micro_batch_size_per_gpu": micro_batch,
         "train_batch_size": micro_batch * world_size,
         "gradient_accumulation_steps": 1,
