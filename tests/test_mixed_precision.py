@@ -1,0 +1,263 @@
+"""Mixed precision trained for real: bf16 with both engines (it learns, it resumes bitwise), fp16 with DDP's scaler.
+
+Every cell runs `pipeline.train` under torchrun (2 ranks, gloo, CPU autocast) and proves that the lower
+precision was used, not only configured: the ranks are started through this file (`python -m
+tests.test_mixed_precision <train args>`), which records the dtypes every layer computed in and held its
+weights in during the training forward passes, then runs `pipeline.train` unchanged. A test that would
+pass in fp32 proves nothing, so each asserts those dtypes and what the checkpoint holds (DDP: fp32 weights
+beside the grad scaler's state; DeepSpeed: a bf16 module with its optimizer wrapper's fp32 master weights).
+
+Cells: ddp-bf16 (autocast, fp32 weights), deepspeed-bf16-zero1 (DeepSpeed casts the module to bf16; its
+ZeRO-1 wrapper keeps fp32 master weights split over the ranks; the loader delivers bf16 images), ddp-fp16 (autocast and torch.amp.GradScaler, on the
+device types where the scaler runs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import pytest
+import torch
+
+from launch.local import torchrun_command
+from pipeline.dist import DistInfo
+from pipeline.engine import DEEPSPEED_TAG, load_weights
+from pipeline.metrics import read_metrics
+from pipeline.models import build as build_model
+from pipeline.runtime import resolve_device
+from tests.train_support import DEMO_CONFIG, REPO, env, final_weights, small_run, train, train_and_kill
+
+pytestmark = pytest.mark.slow
+
+PROBE_DIR = "MIXED_PRECISION_PROBE_DIR"  # where each probed rank writes `rank-<r>.json`
+
+# Each cell's overrides on top of `small_run` (40 steps of ResNet-8 on the digits, a checkpoint every 8).
+CELLS: Dict[str, Sequence[str]] = {
+    "ddp-bf16": ("engine.name=ddp", "engine.precision=bf16"),
+    "deepspeed-bf16-zero1": ("engine.name=deepspeed", "engine.zero_stage=1", "engine.precision=bf16",
+                             "data.output_dtype=bfloat16"),
+    "ddp-fp16": ("engine.name=ddp", "engine.precision=fp16"),
+}
+BF16, FP16, FP32 = str(torch.bfloat16), str(torch.float16), str(torch.float32)
+
+
+# --- the probe: what the ranks computed in ---------------------------------------------------------------
+
+def _probe_main(argv: List[str]) -> int:
+    """Run `pipeline.train` with a global forward hook that records, per layer type, the dtypes of the
+    outputs and weights of every training forward pass (grad enabled; evaluation is left out)."""
+    from torch import nn
+    from pipeline.train import main
+
+    seen: Dict[str, Dict[str, set]] = defaultdict(lambda: defaultdict(set))
+
+    def record(module: nn.Module, inputs, output) -> None:
+        if torch.is_grad_enabled() and isinstance(output, torch.Tensor) and next(module.children(), None) is None:
+            kind = type(module).__name__
+            seen[kind]["output"].add(str(output.dtype))
+            seen[kind]["weight"].update(str(p.dtype) for p in module.parameters(recurse=False))
+
+    hook = nn.modules.module.register_module_forward_hook(record)  # reads only: the computation is unchanged
+    try:
+        return main(argv)
+    finally:
+        hook.remove()
+        out = Path(os.environ[PROBE_DIR])
+        out.mkdir(parents=True, exist_ok=True)
+        record_ = {kind: {k: sorted(v) for k, v in d.items()} for kind, d in seen.items()}
+        (out / f"rank-{int(os.environ.get('RANK', '0'))}.json").write_text(json.dumps(record_, sort_keys=True))
+
+
+def train_probed(nproc: int, overrides: Sequence[str], probe_dir: Path) -> List[dict]:
+    """`pipeline.train` in `nproc` ranks (like `train_support.train`); returns each rank's probe record."""
+    cmd = torchrun_command("tests.test_mixed_precision", [DEMO_CONFIG, *overrides], nproc)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**env(), PROBE_DIR: str(probe_dir)},
+                          timeout=600)
+    assert proc.returncode == 0, f"training failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return [json.loads((probe_dir / f"rank-{r}.json").read_text()) for r in range(nproc)]
+
+
+def assert_computed_in(probes: List[dict], dtype: str, weights: str) -> None:
+    """Every rank's convolutions and linear layers computed in `dtype` from weights held in `weights`."""
+    for rank, probe in enumerate(probes):
+        for kind in ("Conv2d", "Linear"):
+            assert probe[kind] == {"output": [dtype], "weight": [weights]}, (rank, kind, probe)
+        # BN: autocast runs it in fp32 on fp32 weights; DeepSpeed's bf16 module runs it in bf16.
+        assert probe["BatchNorm2d"]["weight"] == [weights], (rank, probe)
+
+
+# --- the runs ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def whole_run(digits_dataset, tmp_path_factory):
+    """`whole_run(cell)`: the cell's uninterrupted 40-step run, trained once (probed) and shared by its tests.
+
+    Returns (run directory, probe records of the 2 ranks).
+    """
+    runs: dict = {}
+
+    def get(cell: str):
+        if cell not in runs:
+            out = tmp_path_factory.mktemp(cell)
+            probes = train_probed(2, small_run(digits_dataset, out, "logging.wandb_mode=disabled", *CELLS[cell]),
+                                  out / "probe")
+            runs[cell] = (out / "t", probes)
+        return runs[cell]
+
+    return get
+
+
+def losses(run_dir: Path) -> List[float]:
+    return [m["loss"] for m in read_metrics(run_dir) if "loss" in m]
+
+
+def checkpoint(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:09d}"
+
+
+def deepspeed_optimizer_state(checkpoint_dir: Path) -> List[dict]:
+    """DeepSpeed's optimizer wrapper state: one record per file (ZeRO 1: one per rank's partition)."""
+    folder = checkpoint_dir / DEEPSPEED_TAG
+    partitions = sorted(folder.glob("*_optim_states.pt"))
+    if partitions:
+        return [torch.load(p, weights_only=False)["optimizer_state_dict"] for p in partitions]
+    return [torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["optimizer"]]
+
+
+def tensors(state, prefix: str = "") -> Dict[str, torch.Tensor]:
+    """Every tensor in a nested state (dicts, lists), by its path: to compare two states bitwise."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return {path: t for key, value in items for path, t in tensors(value, f"{prefix}/{key}").items()}
+
+
+def assert_bitwise_equal(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], what: str) -> None:
+    assert a and a.keys() == b.keys(), what
+    different = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
+    assert not different, f"{what}: {different[:5]}"
+
+
+# --- bf16: both engines learn and resume bitwise -----------------------------------------------------------
+
+@pytest.mark.parametrize("cell", ["ddp-bf16", "deepspeed-bf16-zero1"])
+def test_bf16_learns(whole_run, cell):
+    run_dir, probes = whole_run(cell)
+    curve = losses(run_dir)
+    assert len(curve) == 20 and all(math.isfinite(x) for x in curve), curve
+    assert sum(curve[-5:]) / 5 < 0.95 * sum(curve[:5]) / 5, f"{cell}: the loss did not fall: {curve}"
+
+    final = checkpoint(run_dir, 40)
+    if cell.startswith("ddp"):
+        # Autocast: bf16 compute from fp32 weights, which the checkpoint holds; no scaler is needed for bf16.
+        assert_computed_in(probes, BF16, weights=FP32)
+        state = torch.load(final / "state.pt", weights_only=False)
+        assert {t.dtype for t in state["model"].values() if t.is_floating_point()} == {torch.float32}
+        assert state["scaler"] == {}  # disabled: bf16 has fp32's range
+    else:
+        # DeepSpeed casts the module (weights and BN statistics) to bf16 and steps fp32 master weights.
+        assert_computed_in(probes, BF16, weights=BF16)
+        assert {t.dtype for t in load_weights(final).values() if t.is_floating_point()} == {torch.bfloat16}
+        wrapper = deepspeed_optimizer_state(final)
+        # ZeRO 1: each rank's file holds its slice of the fp32 copy.
+        assert sorted(p.name for p in (final / DEEPSPEED_TAG).glob("*_optim_states.pt")) == [
+            f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)]
+        assert [s["partition_count"] for s in wrapper] == [[2], [2]]
+        masters = [t for s in wrapper for t in s["single_partition_of_fp32_groups"]]
+        # fp32 copies of every parameter (ZeRO's flat partitions may hold some padding as well).
+        parameters = sum(p.numel() for p in build_model("cifar_resnet8", num_classes=10).parameters())
+        assert {t.dtype for t in masters} == {torch.float32} and sum(t.numel() for t in masters) >= parameters
+
+
+@pytest.mark.parametrize("cell", ["ddp-bf16", "deepspeed-bf16-zero1"])
+def test_bf16_kill_and_resume_is_bitwise_identical(whole_run, digits_dataset, tmp_path, cell):
+    """SIGKILLed mid-epoch after checkpoint 16, resumed: step 40 equals the uninterrupted run's, bit for bit
+    (weights, and the optimizer state with DeepSpeed's fp32 master weights)."""
+    whole, _ = whole_run(cell)
+    overrides = small_run(digits_dataset, tmp_path, "logging.wandb_mode=disabled", *CELLS[cell])
+    broken = tmp_path / "t"
+    train_and_kill(2, overrides, broken, after_checkpoint=16)
+    assert not checkpoint(broken, 40).exists()
+    log = train(2, overrides)
+    assert "resuming" in log
+    if cell.startswith("ddp"):
+        assert_bitwise_equal(final_weights(whole, 40), final_weights(broken, 40), "weights")
+        a, b = (torch.load(checkpoint(d, 40) / "state.pt", weights_only=False)["optimizer"] for d in (whole, broken))
+        assert_bitwise_equal(tensors(a), tensors(b), "optimizer state")
+    else:
+        assert_bitwise_equal(load_weights(checkpoint(whole, 40)), load_weights(checkpoint(broken, 40)), "weights")
+        a, b = (deepspeed_optimizer_state(checkpoint(d, 40)) for d in (whole, broken))
+        assert_bitwise_equal(tensors(a), tensors(b), "optimizer state (fp32 master weights, momentum)")
+    # The losses logged after the checkpoint it resumed from are the uninterrupted run's.
+    after = lambda d: {m["step"]: m["loss"] for m in read_metrics(d) if "loss" in m and m["step"] > 16}
+    assert after(broken) == after(whole)
+
+
+# --- fp16: DDP with the gradient scaler, where the scaler runs -----------------------------------------------
+
+def fp16_scaler_problem(device: torch.device) -> Optional[str]:
+    """Why torch.amp.GradScaler with fp16 autocast cannot train on `device` here, or None when it can.
+
+    A probe, not a version check: a tiny conv net takes two scaled steps the way DDPEngine does them.
+    """
+    from torch import nn
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scaler = torch.amp.GradScaler(device.type)
+        if not scaler.is_enabled():
+            said = "; ".join(str(w.message) for w in caught) or "no reason given"
+            return f"torch.amp.GradScaler({device.type!r}) disables itself in torch {torch.__version__}: {said}"
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2)).to(device)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        images, labels = torch.randn(4, 3, 8, 8, device=device), torch.tensor([0, 1, 0, 1], device=device)
+        for _ in range(2):
+            with torch.autocast(device.type, dtype=torch.float16):
+                logits = net(images)
+            if logits.dtype != torch.float16:
+                return f"fp16 autocast on {device.type} computes a linear layer in {logits.dtype}, not float16"
+            optimizer.zero_grad()
+            scaler.scale(torch.nn.functional.cross_entropy(logits.float(), labels)).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    except Exception as e:  # noqa: BLE001 - any failure is the reason to skip, reported as it is
+        return f"fp16 autocast with torch.amp.GradScaler({device.type!r}) fails in torch {torch.__version__}: {e!r}"
+    return None
+
+
+def test_ddp_fp16_trains_with_the_grad_scaler(digits_dataset, tmp_path):
+    device = resolve_device("auto", DistInfo())  # where the ranks will train
+    problem = fp16_scaler_problem(device)
+    if problem:
+        pytest.skip(problem)
+    # 8 steps of batch 16, checkpoints at 4 and 8: enough to see the scaled steps move the weights (fp16
+    # kernels on a CPU are slow).
+    probes = train_probed(2, small_run(digits_dataset, tmp_path, "logging.wandb_mode=disabled", *CELLS["ddp-fp16"],
+                                       "data.batch_size=16", "schedule.total=8", "schedule.milestones=[]",
+                                       "checkpoint.every_steps=4"),
+                          tmp_path / "probe")
+    run_dir = tmp_path / "t"
+    assert_computed_in(probes, str(torch.float16), weights=FP32)
+    curve = losses(run_dir)
+    assert len(curve) == 4 and all(math.isfinite(x) for x in curve), curve
+    early, late = (torch.load(checkpoint(run_dir, s) / "state.pt", weights_only=False) for s in (4, 8))
+    scaler = late["scaler"]
+    assert {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"} <= scaler.keys()
+    assert math.isfinite(scaler["scale"]) and scaler["scale"] > 0, scaler
+    # Steps the scaler skipped (an inf/nan gradient) reset its tracker; those it took count up to 8.
+    assert 0 < scaler["_growth_tracker"] <= 8, scaler
+    moved = [k for k, v in late["model"].items() if v.is_floating_point() and not torch.equal(v, early["model"][k])]
+    assert moved, "no weight changed between steps 4 and 8: every fp16 step was skipped"
+
+
+if __name__ == "__main__":  # a probed rank (see `train_probed`)
+    sys.exit(_probe_main(sys.argv[1:]))
