@@ -16,7 +16,21 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+import pytest
 from PIL import Image
+
+
+def _has_dali() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+HAS_DALI = _has_dali()
+needs_dali = pytest.mark.skipif(not HAS_DALI, reason="DALI not installed")
+BACKENDS = [pytest.param("dali", marks=needs_dali), "torch"]  # the loader backends that read shards
 
 
 def _photos() -> List[np.ndarray]:

@@ -15,18 +15,8 @@ import torch
 from pipeline.config_schema import DataConfig
 from pipeline.data import DatasetError, build_loader, dataset_num_classes
 from pipeline.dist import DistInfo
-from tests.data_loader_fixtures import make_dataset
+from tests.data_loader_fixtures import BACKENDS, HAS_DALI, make_dataset
 
-def _has_dali() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-HAS_DALI = _has_dali()
-BACKENDS = [pytest.param("dali", marks=pytest.mark.skipif(not HAS_DALI, reason="DALI not installed")), "torch"]
 TRAIN_SHARDS = [7, 6, 5]  # 18 samples: shard counts that split unevenly over 2 or 4 ranks
 TEST_SHARDS = [5, 4]
 

@@ -26,7 +26,7 @@ from pipeline.dist import DistInfo
 from pipeline.models import build
 from pipeline.models.registry import _shortcut_option, get_spec
 from pipeline.tables import load_table, planned_runs
-from tests.data_loader_fixtures import make_dataset
+from tests.data_loader_fixtures import BACKENDS, make_dataset, needs_dali
 
 REPO = Path(__file__).resolve().parents[1]
 ONE = DistInfo(rank=0, world_size=1)
@@ -34,17 +34,6 @@ CPU = torch.device("cpu")
 FIXTURE_MEAN, FIXTURE_STD = (120.0, 115.0, 100.0), (60.0, 58.0, 59.0)  # make_dataset's manifest stats
 
 
-def _has_dali() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-HAS_DALI = _has_dali()
-needs_dali = pytest.mark.skipif(not HAS_DALI, reason="DALI not installed")
-BACKENDS = [pytest.param("dali", marks=needs_dali), "torch"]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tables 2, 3 and 4: the paper's numbers, copied from the paper (PAPER.md), not from the configs.

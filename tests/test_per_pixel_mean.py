@@ -23,23 +23,13 @@ from pipeline.config import load_config
 from pipeline.config_schema import DataConfig
 from pipeline.data import build_loader
 from pipeline.dist import DistInfo
-from tests.data_loader_fixtures import make_dataset
+from tests.data_loader_fixtures import make_dataset, needs_dali
 
 REPO = Path(__file__).resolve().parents[1]
 ONE = DistInfo(rank=0, world_size=1)
 STATS_MEAN, STATS_STD = np.array([120.0, 115.0, 100.0]), np.array([60.0, 58.0, 59.0])  # the fixtures' stats
 
 
-def _has_dali() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-HAS_DALI = _has_dali()
-needs_dali = pytest.mark.skipif(not HAS_DALI, reason="DALI not installed")
 
 
 def _gradient_mean_image(side: int) -> np.ndarray:
