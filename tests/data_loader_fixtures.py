@@ -92,6 +92,17 @@ def make_dataset(out: Path, kind: str, splits: Dict[str, Sequence[int]], num_cla
     return out
 
 
+def stored_images(root: Path, split: str, ext: str) -> List[Image.Image]:
+    """The split's `.<ext>` images straight from its tars, in shard order, decoded by PIL as RGB."""
+    images = []
+    for tar_path in sorted(Path(root).glob(f"{split}-*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(f".{ext}"):
+                    images.append(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
+    return images
+
+
 def write_index(tar_path: Path, idx_path: Path) -> None:
     """DALI's `wds2idx` when DALI is installed; otherwise the same "v1.2" format written here."""
     try:

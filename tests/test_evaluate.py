@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from pipeline.dist import DistInfo
 from pipeline.evaluate import evaluate_run
 from pipeline.evaluation import LayerResponses, evaluate, view_scores
 from pipeline.models import build
-from tests.data_loader_fixtures import make_dataset
+from tests.data_loader_fixtures import make_dataset, stored_images
 from tests.train_support import REPO, env, small_run, train
 
 MEAN, STD = np.array([120.0, 115.0, 100.0]), np.array([60.0, 58.0, 59.0])  # make_dataset's manifest stats
@@ -36,13 +34,7 @@ def imagenet(tmp_path_factory) -> Path:
 
 def _photos(root: Path, split: str) -> list:
     """The split's images straight from its tars, in shard order, decoded by PIL."""
-    photos = []
-    for tar_path in sorted(root.glob(f"{split}-*.tar")):
-        with tarfile.open(tar_path) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith(".jpg"):
-                    photos.append(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
-    return photos
+    return stored_images(root, split, "jpg")
 
 
 def _normalised(img: Image.Image) -> torch.Tensor:

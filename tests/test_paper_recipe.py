@@ -7,15 +7,12 @@ mean; Table 4's scales {224, 256, 384, 480, 640}; CIFAR's mini-batch of 128; He 
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pipeline.config import load_config
 from pipeline.config_schema import DataConfig, EvalConfig
@@ -26,7 +23,7 @@ from pipeline.dist import DistInfo
 from pipeline.models import build
 from pipeline.models.registry import _shortcut_option, get_spec
 from pipeline.tables import load_table, planned_runs
-from tests.data_loader_fixtures import BACKENDS, make_dataset, needs_dali
+from tests.data_loader_fixtures import BACKENDS, make_dataset, needs_dali, stored_images
 
 REPO = Path(__file__).resolve().parents[1]
 ONE = DistInfo(rank=0, world_size=1)
@@ -192,15 +189,8 @@ def pngs(tmp_path_factory) -> Path:
 
 
 def _stored_images(root: Path, split: str) -> list:
-    images = []
-    for tar_path in sorted(root.glob(f"{split}-*.tar")):
-        with tarfile.open(tar_path) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith(".png"):
-                    data = tar.extractfile(member).read()
-                    images.append(torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB")))
-                                  .permute(2, 0, 1).float())
-    return images
+    """The split's stored PNGs as float CHW tensors, in shard order."""
+    return [torch.from_numpy(np.array(image)).permute(2, 0, 1).float() for image in stored_images(root, split, "png")]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
