@@ -1,11 +1,14 @@
-"""`python -m launch {submit,local,status} ...`: run a training config here or on SLURM.
+"""`python -m launch <command> ...`: run training configs and whole paper tables here or on SLURM.
 
   submit CONFIG [overrides] [--nodes N --gpus-per-node G --partition P --time MIN ...] [--dry-run]
   local  CONFIG [overrides] --nproc N
   sweep  configs/tables/<table>.yaml [--seeds 0 1 2] [--runs DIR] [--array-parallelism K] [resources]
   prep   --num-tasks K [resources] -- <data_prep arguments>
   evaluate RUN_DIR [--protocol P] [--checkpoint C] [--layer-responses] (--nproc N | --slurm [resources] [--wait])
-  status [RUN_DIR ...]
+  reproduce configs/tables/<table>.yaml --runs DIR [--seeds ...] [resources] [--dry-run] [--local --nproc N]
+  bench  --models M [M ...] [overrides] [--steps S] (--nproc N | --slurm [resources]) [--out FILE]
+  plan   configs/tables/<table>.yaml [--profile FILE] [--nodes N --gpus-per-node G] [--array-parallelism K]
+  status [RUN_DIR | FOLDER | configs/tables/<table>.yaml ...] [--runs DIR]
 """
 
 from __future__ import annotations
@@ -36,14 +39,9 @@ def _add_resource_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _resources(args: argparse.Namespace, cfg):
-    from launch.slurm import JobResources
+    from launch.slurm import resources_from_flags
 
-    names = [f for f in JobResources.__dataclass_fields__ if f != "additional"]
-    resources = JobResources.from_config(cfg.slurm, **{n: getattr(args, n, None) for n in names})
-    for item in args.sbatch:
-        key, _, value = item.partition("=")
-        resources.additional[key.replace("-", "_")] = value
-    return resources
+    return resources_from_flags(args, cfg.slurm)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -152,7 +150,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from launch.status import print_status
 
-    return print_status(args.runs)
+    return print_status(args.paths, args.runs)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from launch.reproduce import reproduce
+
+    return reproduce(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from launch.bench import bench
+
+    return bench(args)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from launch.plan import plan
+
+    return plan(args)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -202,8 +218,43 @@ def main(argv: Optional[List[str]] = None) -> int:
     _add_resource_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("status", help="state, last step and last metrics of runs")
-    p.add_argument("runs", nargs="*", default=["runs"], help="run directories or folders holding them")
+    p = sub.add_parser("reproduce", help="train, evaluate and report a whole paper table with SLURM dependencies")
+    p.add_argument("table", help="a table config, e.g. configs/tables/table3.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value, applied to every run")
+    p.add_argument("--runs", required=True, help="directory for the runs; the report goes to DIR/reports")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds for every row (default: the table's)")
+    p.add_argument("--array-parallelism", type=int, default=64, help="how many training tasks run at once")
+    p.add_argument("--dry-run", action="store_true", help="print the jobs and their dependencies; submit nothing")
+    p.add_argument("--local", action="store_true", help="run the same chain here, in-process, instead of on SLURM")
+    p.add_argument("--nproc", type=int, default=1, help="with --local: processes (ranks) per run")
+    _add_resource_flags(p)
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("bench", help="measure each model's training images/s here and write a throughput profile")
+    p.add_argument("--models", nargs="+", required=True,
+                   help="model names (resnet50, cifar_resnet110, ...) or training configs")
+    p.add_argument("overrides", nargs="*", help="section.key=value for every model, e.g. data.root=/data/imagenet")
+    p.add_argument("--steps", type=int, default=50, help="timed training steps per model")
+    p.add_argument("--warmup-steps", type=int, default=10, help="untimed steps first (compilation, cudnn autotune)")
+    p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) on this machine (without --slurm)")
+    p.add_argument("--slurm", action="store_true", help="measure in a SLURM job with the given resources")
+    p.add_argument("--out", default="throughput.json", help="the profile to write (default: throughput.json)")
+    _add_resource_flags(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("plan", help="GPU-hours and wall time of a table before submitting it")
+    p.add_argument("table", help="a table config, e.g. configs/tables/table3.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value, as given to reproduce")
+    p.add_argument("--profile", help="a throughput profile from `launch bench` (default: reference figures)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds for every row (default: the table's)")
+    p.add_argument("--array-parallelism", type=int, default=64, help="how many training tasks run at once")
+    _add_resource_flags(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("status", help="state, progress, ETA and last metrics of runs, or of a table's runs")
+    p.add_argument("paths", nargs="*", default=["runs"],
+                   help="run directories, folders holding them, or table configs (their runs, and overall progress)")
+    p.add_argument("--runs", help="with a table config: the directory holding its runs (as given to reproduce)")
     p.set_defaults(func=cmd_status)
 
     args = parser.parse_args(argv)

@@ -36,7 +36,12 @@ def _torchrun_args(module: str, args: Sequence[str], nproc: int, port: int | Non
 
 
 def run_local(config: str, overrides: Sequence[str], nproc: int, threads_per_process: int | None = None) -> int:
-    """Run to completion; the return code is the training's (3: stopped by a signal after checkpointing).
+    """Train to completion; the return code is the training's (3: stopped by a signal after checkpointing)."""
+    return run_module_local("pipeline.train", [config, *overrides], nproc, threads_per_process)
+
+
+def run_module_local(module: str, args: Sequence[str], nproc: int, threads_per_process: int | None = None) -> int:
+    """`python -m <module> <args>` in `nproc` ranks to completion; the return code is the first failing rank's.
 
     torchrun's agent runs in this process rather than in a child: the ranks are then this process's
     children, so a stop signal reaches them directly and their exit codes come back here (a torchrun
@@ -48,7 +53,7 @@ def run_local(config: str, overrides: Sequence[str], nproc: int, threads_per_pro
     # signal before they can save: `_StopRanks` handles those two instead.
     agent_signals = ["--signals-to-handle=SIGHUP,SIGQUIT"]
     with _environ(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads))), _StopRanks() as stop:
-        code = _launch(agent_signals + _torchrun_args("pipeline.train", [config, *overrides], nproc))
+        code = _launch(agent_signals + _torchrun_args(module, args, nproc))
     return 128 + stop.killed_by if stop.killed_by else code
 
 

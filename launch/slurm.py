@@ -21,9 +21,9 @@ from typing import Any, Dict, List, Optional
 
 from pipeline.config import ExperimentConfig, load_config, save_config
 from pipeline.config_schema import SlurmConfig
+from pipeline.run_state import JOB_ID_FILE  # the file with a run's SLURM job id, for `status`
 
 SLURM_DIR = "slurm"  # submitit's job files and logs, inside the run directory
-JOB_ID_FILE = "slurm_job_id"
 
 
 @dataclass
@@ -53,6 +53,17 @@ class JobResources:
     @property
     def ntasks_per_node(self) -> int:
         return self.tasks_per_node or max(1, self.gpus_per_node)
+
+
+def resources_from_flags(flags: Any, slurm: SlurmConfig) -> JobResources:
+    """The resources of a job: the config's `slurm` section, overridden by the command line's resource flags
+    (`flags`: the parsed arguments; absent or None flags keep the config's value; `--sbatch KEY=VALUE` adds)."""
+    names = [f for f in JobResources.__dataclass_fields__ if f != "additional"]
+    resources = JobResources.from_config(slurm, **{n: getattr(flags, n, None) for n in names})
+    for item in getattr(flags, "sbatch", None) or []:
+        key, _, value = item.partition("=")
+        resources.additional[key.replace("-", "_")] = value
+    return resources
 
 
 def make_executor(folder: Path, resources: JobResources, job_name: str, array_parallelism: int = 256):

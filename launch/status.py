@@ -1,38 +1,37 @@
-"""`python -m launch status`: where each run stands, read from its run directory and SLURM's queue."""
+"""`python -m launch status [RUN_DIR | FOLDER | TABLE.yaml ...] [--runs DIR]`: where runs stand.
+
+A run's state is what its run directory's files say (`pipeline.run_state`) plus what only SLURM knows:
+a run with a recorded job id is queued, running, requeued (waiting again, with a checkpoint to resume
+from) or failed (left the queue without finishing), as `squeue` tells. Each run shows its state, step of
+total steps and percent, training wall time, ETA (while running: the last record's estimate less the time
+since it was written), SLURM job id and last training metrics. A table config (`configs/tables/*.yaml`)
+shows its planned runs (a run directory that does not exist yet is not started) and a last line with the
+table's progress: runs finished, runs evaluated with the table's protocol, percent of all steps, and the
+longest ETA among the running runs.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional
 
-from launch.slurm import JOB_ID_FILE
-from pipeline.checkpoint import CheckpointStore
-from pipeline.metrics import METRICS_FILE, read_metrics
-from pipeline.results import read_results
+from pipeline.metrics import format_duration
+from pipeline.run_state import RunState, read_run_state
 
 _SLURM_STATES = {"PENDING": "queued", "CONFIGURING": "queued", "RUNNING": "running", "COMPLETING": "running",
                  "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued",
                  "SUSPENDED": "running", "PREEMPTED": "requeued"}
-# A run outside SLURM (torchrun, one process) counts as running while it logged this recently.
-ACTIVE_WINDOW_S = 600
+_SHOWN_METRICS = ("loss", "train_top1_error", "lr", "images_per_s")
 
 
 @dataclass
-class RunStatus:
-    run_dir: Path
-    state: str  # not started | queued | running | requeued | stopped | finished | failed
-    step: int
-    job_id: Optional[str]
-    last_metrics: dict
-    total_steps: Optional[int] = None  # from the run's start record
-
-    @property
-    def progress(self) -> Optional[float]:
-        return self.step / self.total_steps if self.total_steps else None
+class RunStatus(RunState):
+    """A run's state with SLURM's word on it: not started | queued | running | requeued | stopped | finished |
+    failed (`submitted`, the files' own state of a SLURM run, is resolved by asking the queue)."""
 
 
 def find_runs(paths: Iterable[str | Path]) -> List[Path]:
@@ -47,53 +46,90 @@ def find_runs(paths: Iterable[str | Path]) -> List[Path]:
 
 
 def run_status(run_dir: Path) -> RunStatus:
-    metrics = read_metrics(run_dir)
-    train_records = [m for m in metrics if "loss" in m]
-    last = train_records[-1] if train_records else {}
-    latest = CheckpointStore(run_dir / "checkpoints").latest()
-    step = max(int(last.get("step", 0)), latest.step if latest else 0)
-    starts = [m["total_steps"] for m in metrics if m.get("event") == "start" and "total_steps" in m]
-    job_id = (run_dir / JOB_ID_FILE).read_text().strip() if (run_dir / JOB_ID_FILE).exists() else None
-    if "train" in read_results(run_dir):
-        state = "finished"
-    elif job_id:
-        queue_state = _squeue_state(job_id)
-        if queue_state is None:
-            state = "failed"  # left the queue without finishing
+    """The run's state from its files (`read_run_state`), a submitted one resolved by SLURM's queue."""
+    status = RunStatus(**{f.name: getattr(read_run_state(run_dir), f.name) for f in dataclasses.fields(RunState)})
+    if status.state == "submitted":
+        slurm_state = queue_state(status.job_id)
+        if slurm_state is None:
+            status.state = "failed"  # left the queue without finishing
         else:
-            state = _SLURM_STATES.get(queue_state, queue_state.lower())
-            if state == "queued" and latest is not None:
-                state = "requeued"  # waiting again, with a checkpoint to resume from
-    elif _recently_active(run_dir / METRICS_FILE):
-        state = "running"
-    else:
-        state = "stopped" if latest is not None or metrics else "not started"
-    return RunStatus(run_dir, state, step, job_id, last, starts[-1] if starts else None)
+            status.state = _SLURM_STATES.get(slurm_state, slurm_state.lower())
+            if status.state == "queued" and status.checkpoint_step is not None:
+                status.state = "requeued"  # waiting again, with a checkpoint to resume from
+    return status
 
 
-def _recently_active(path: Path) -> bool:
-    try:
-        return time.time() - path.stat().st_mtime < ACTIVE_WINDOW_S
-    except FileNotFoundError:
-        return False
+def print_status(paths: List[str], runs: Optional[str | Path] = None) -> int:
+    """Print each path's runs (a table config: its planned runs and its overall progress); 1 if none found.
 
-
-def print_status(paths: List[str]) -> int:
-    runs = find_runs(paths)
-    if not runs:
-        print(f"no runs found under {', '.join(paths)}")
+    A table config that does not load raises `pipeline.config.ConfigError`, naming the file and the key."""
+    tables = [p for p in paths if str(p).endswith((".yaml", ".yml"))]
+    found = find_runs([p for p in paths if p not in tables])
+    if not found and not tables:
+        print(f"no runs found under {', '.join(map(str, paths))}")
         return 1
-    print(f"{'run':<40} {'state':<11} {'step':>15} {'job':>10}  last metrics")
-    for run in runs:
-        s = run_status(run)
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in s.last_metrics.items()
-                 if k in ("loss", "train_top1_error", "lr", "images_per_s")}
-        step = f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step)
-        print(f"{str(run):<40} {s.state:<11} {step:>15} {s.job_id or '-':>10}  {shown}")
+    if found:
+        _print_runs([run_status(run) for run in found])
+    for i, table_path in enumerate(tables):
+        if found or i:
+            print()
+        _print_table(Path(table_path), runs)
     return 0
 
 
-def _squeue_state(job_id: str) -> Optional[str]:
+def _print_table(table_path: Path, runs_dir: Optional[str | Path]) -> None:
+    from pipeline.results import protocol_result, read_results
+    from pipeline.tables import load_table, planned_runs, unique_runs
+
+    table = load_table(table_path)
+    planned = unique_runs(planned_runs(table_path, runs_dir))
+    statuses = [run_status(run.run_dir) for run in planned]
+    print(f"{table_path}: {table.title}")
+    _print_runs(statuses, [f"{run.label}, seed {run.seed}" for run in planned])
+
+    totals = [s.total_steps or _planned_total(run.cfg) for s, run in zip(statuses, planned)]
+    known = [t for t in totals if t]
+    # A run that has not started has no recorded total: it counts as long as the others (a table's runs
+    # mostly share their schedule), and where nothing is known, the percent is not shown.
+    guess = sum(known) / len(known) if known else None
+    steps = sum(min(s.step, t or s.step) for s, t in zip(statuses, totals))
+    overall = steps / sum(t or guess for t in totals) if guess else None
+    finished = sum(s.state == "finished" for s in statuses)
+    evaluated = sum(protocol_result(read_results(s.run_dir), table.protocol) is not None for s in statuses)
+    etas = [s.eta_s for s in statuses if s.state == "running" and s.eta_s is not None]
+    print(f"{table_path.name}: {finished}/{len(statuses)} runs finished, {evaluated}/{len(statuses)} evaluated "
+          f"({table.protocol}), " + (f"{overall:.0%} of all steps" if overall is not None else "steps unknown")
+          + (f", longest ETA {format_duration(max(etas))}" if etas else ""))
+
+
+def _planned_total(cfg) -> Optional[int]:
+    """Total steps a run's config fixes without its dataset: only a schedule counted in iterations."""
+    return cfg.schedule.total if cfg.schedule.unit == "iteration" else None
+
+
+def _print_runs(statuses: List[RunStatus], labels: Optional[List[str]] = None) -> None:
+    rows = [["run", "state", "step", "%", "elapsed", "eta", "job", "last metrics"]]
+    for i, s in enumerate(statuses):
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in s.last_metrics.items()
+                 if k in _SHOWN_METRICS}
+        rows.append([
+            str(s.run_dir) + (f" ({labels[i]})" if labels else ""),
+            s.state,
+            f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step),
+            f"{s.progress:.0%}" if s.progress is not None else "-",
+            format_duration(s.elapsed_s),
+            format_duration(s.eta_s) if s.state == "running" else "-",
+            s.job_id or "-",
+            " ".join(f"{k}={v}" for k, v in shown.items()) or "-",
+        ])
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(w) if c < 2 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths))]
+        print("  ".join(cells) + "  " + row[-1])
+
+
+def queue_state(job_id: str) -> Optional[str]:
+    """SLURM's state of a job in its queue (PENDING, RUNNING, ...); None once the job has left it (or no SLURM)."""
     if not shutil.which("squeue"):
         return None
     proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)

@@ -3,7 +3,8 @@
 Evaluates a trained run with one of the paper's testing protocols and records the result in the run's
 `results.json` under `eval.<protocol>`: exact top-1 and top-5 error over the whole split (every sample
 once, however many ranks), the sample count, the checkpoint and its step. `--layer-responses` also
-records Fig. 7's per-layer response std in `layer_responses.json`.
+records Fig. 7's per-layer response std in `layer_responses.json`. The primary rank shows its progress on
+stderr (batches, images/s, ETA): a bar on a terminal, a line every tenth of the batches or 30 s otherwise.
 
 Runs as one process, under `torchrun --nproc-per-node N`, or as a SLURM task (`python -m launch
 evaluate`): rank and world size come from the environment, as for training.
@@ -24,7 +25,7 @@ from pipeline import dist
 from pipeline.checkpoint import CheckpointStore
 from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.dist import DistInfo, dist_info_from_env
-from pipeline.evaluation import LayerResponses, evaluate
+from pipeline.evaluation import EvalProgress, LayerResponses, evaluate
 from pipeline.results import update_results, write_layer_responses
 from pipeline.runtime import resolve_device, use_task_cpus
 
@@ -61,8 +62,11 @@ def evaluate_run(run_dir: Path, protocol: str = "center", checkpoint: str = "las
         model.load_state_dict(load_weights(chosen.path))
         model = model.to(device).eval()
         responses = LayerResponses(model) if layer_responses else contextlib.nullcontext()
-        with responses:
-            result = evaluate(_predictor(model, cfg, device), loader)
+        # Progress on the primary rank's stderr (each rank holds about as many batches): a bar on a terminal,
+        # a line now and then in a log file.
+        progress = EvalProgress(len(loader), enabled=info.is_primary, desc=f"evaluating {protocol} {split}")
+        with responses, progress:
+            result = evaluate(_predictor(model, cfg, device), loader, progress=progress)
         record = {"protocol": protocol, "split": split, "checkpoint": str(chosen.path.resolve()),
                   "step": chosen.step, "world_size": info.world_size, **result.as_dict()}
         stds = responses.result() if layer_responses else None

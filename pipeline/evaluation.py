@@ -9,12 +9,15 @@ The evaluation protocols differ only in the views a loader yields for each sampl
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, TextIO, Tuple, Union
 
 import torch
 
 from pipeline.dist import all_reduce_sum
+from pipeline.metrics import format_duration
 
 Views = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -53,13 +56,15 @@ class EvaluationInterrupted(RuntimeError):
 
 
 def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[Tuple[Views, torch.Tensor]],
-             should_stop: Optional[Callable[[], bool]] = None) -> EvalResult:
+             should_stop: Optional[Callable[[], bool]] = None,
+             progress: Optional[Callable[[int], None]] = None) -> EvalResult:
     """Run `predict` over this rank's batches, averaging views; the totals are summed over all ranks.
 
     `should_stop` is asked before each batch (a local flag, e.g. a signal this process received): a rank
     that stops leaves its loop at once, and since ranks may hold different numbers of batches, the ranks
     learn it from the one reduction they already do at the end; then every rank raises
     `EvaluationInterrupted`. So a signal cuts an evaluation short without a collective per batch.
+    `progress` is told each batch's sample count once it is scored (an `EvalProgress`).
     """
     samples = top1 = top5 = 0
     stopped = False
@@ -69,6 +74,8 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[
             break
         c1, c5 = count_correct(view_scores(predict, images), labels)
         samples, top1, top5 = samples + labels.numel(), top1 + c1, top5 + c5
+        if progress is not None:
+            progress(labels.numel())
     samples_f, top1_f, top5_f, stopped_ranks = all_reduce_sum([samples, top1, top5, float(stopped)])
     if stopped_ranks:
         raise EvaluationInterrupted(f"evaluation stopped by a signal on {int(stopped_ranks)} rank(s)")
@@ -79,6 +86,69 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[
         top1_error=100.0 * (1 - top1_f / samples_f),
         top5_error=100.0 * (1 - top5_f / samples_f),
     )
+
+
+class EvalProgress:
+    """This rank's evaluation progress on stderr: batches done of total, this rank's images/s and ETA.
+
+    On a terminal, a tqdm bar; otherwise (a SLURM log, a file) a line each `every_batches` batches (default:
+    a tenth of them) or `every_s` seconds, whichever comes first, and one when done. Disabled (off the
+    primary rank) it prints nothing. Used as a context manager, called with each batch's sample count:
+
+        with EvalProgress(len(loader), enabled=info.is_primary, desc="center test") as progress:
+            evaluate(predict, loader, progress=progress)
+    """
+
+    def __init__(self, total: Optional[int], enabled: bool = True, desc: str = "evaluation",
+                 every_batches: Optional[int] = None, every_s: float = 30.0, stream: Optional[TextIO] = None) -> None:
+        self.total, self.enabled, self.desc = total, enabled, desc
+        self.stream = stream or sys.stderr
+        if every_batches is None:
+            every_batches = max(1, total // 10) if total else 10
+        self.every_batches = every_batches
+        self.every_s = every_s
+        self.batches = self.images = self.batches_shown = 0
+        self.start = self.last_line = time.perf_counter()
+        self.bar = None
+        if enabled and getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="batch", file=self.stream, dynamic_ncols=True)
+
+    def __call__(self, images: int) -> None:
+        if not self.enabled:
+            return
+        self.batches += 1
+        self.images += images
+        now = time.perf_counter()
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"{self._rate(now):.0f} img/s", refresh=False)
+        elif self.batches % self.every_batches == 0 or now - self.last_line >= self.every_s:
+            self._line(now)
+
+    def __enter__(self) -> "EvalProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        elif self.batches != self.batches_shown:  # the last batch has no line yet
+            self._line(time.perf_counter())
+
+    def _rate(self, now: float) -> float:
+        return self.images / max(now - self.start, 1e-9)
+
+    def _line(self, now: float) -> None:
+        self.last_line, self.batches_shown = now, self.batches
+        done = f"{self.batches}/{self.total} batches ({self.batches / self.total:.0%})" if self.total else \
+            f"{self.batches} batches"
+        eta = ""
+        if self.total and self.batches < self.total:
+            eta = f", eta {format_duration((self.total - self.batches) * (now - self.start) / self.batches)}"
+        print(f"{self.desc}: {done}, {self._rate(now):.0f} img/s{eta}", file=self.stream, flush=True)
 
 
 class LayerResponses:

@@ -55,7 +55,7 @@ class RunLogger(NullLogger):
         self.run_id = _read(self.run_dir / WANDB_ID_FILE) or secrets.token_hex(4)
         (self.run_dir / WANDB_ID_FILE).write_text(self.run_id)
         self._wandb_last_step = int(_read(self.run_dir / WANDB_STEP_FILE) or -1)
-        self._wandb = _start_wandb(self.run_dir, cfg, run_name, config, self.run_id)
+        self._wandb = start_wandb(self.run_dir, cfg, run_name, config, self.run_id)
 
     def log(self, record: Dict[str, Any], step: int, console: bool = True) -> None:
         record = {"step": step, **record}
@@ -101,7 +101,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _start_wandb(run_dir: Path, cfg: LoggingConfig, run_name: str, config: Dict[str, Any], run_id: str):
+def start_wandb(run_dir: Path, cfg: LoggingConfig, run_name: str, config: Dict[str, Any], run_id: str,
+                job_type: Optional[str] = None):
+    """A W&B run (in `cfg.wandb_mode`) kept in `run_dir`, resumed if `run_id` exists; online falls back to offline."""
     if cfg.wandb_mode == "disabled":
         return None
     import wandb  # heavy: only when W&B is on
@@ -116,6 +118,7 @@ def _start_wandb(run_dir: Path, cfg: LoggingConfig, run_name: str, config: Dict[
         group=cfg.wandb_group,
         name=cfg.wandb_name or run_name,
         tags=list(cfg.wandb_tags),
+        job_type=job_type,
         id=run_id,
         resume="allow",
         dir=str(run_dir),
@@ -160,8 +163,29 @@ def _read(path: Path) -> Optional[str]:
         return None
 
 
+def format_duration(seconds: Optional[float]) -> str:
+    """42s, 3m07s, 1h02m, 2d03h: short enough for a log line or a status column; "-" for None."""
+    if seconds is None:
+        return "-"
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+# Seconds kept as numbers in metrics.jsonl and W&B, shown on the console as durations.
+_DURATIONS = {"elapsed_s": "elapsed", "eta_s": "eta"}
+
+
 def _format(record: Dict[str, Any]) -> str:
     parts = []
     for key, value in record.items():
-        parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+        if key in _DURATIONS and isinstance(value, (int, float)):
+            parts.append(f"{_DURATIONS[key]} {format_duration(value)}")
+        else:
+            parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
     return " ".join(parts)

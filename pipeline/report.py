@@ -1,9 +1,9 @@
 """`python -m pipeline.report configs/tables/<t>.yaml [...] [--runs DIR] [--out DIR]`: the paper beside us.
 
 For each table config (`pipeline.tables`) the report reads the planned runs' directories and writes
-`<out>/<table>.md`: the paper's value, ours, the difference, each row's state (missing, queued, running
-with its progress, stopped, or trained but not yet evaluated with the table's protocol, with the command
-that does it) and each row's departures from the paper's recipe. Curve tables (Figs. 4 and 6) and the
+`<out>/<table>.md`: the paper's value, ours, the difference, each row's state (missing, submitted to SLURM,
+running with its progress, stopped, or trained but not yet evaluated with the table's protocol, with the
+command that does it) and each row's departures from the paper's recipe. Curve tables (Figs. 4 and 6) and the
 layer-response table (Fig. 7) also get `<out>/<table>.png`.
 
 Values are in the paper's form: one run's value, or for several runs "best (mean ± std)", the best run
@@ -15,7 +15,9 @@ while the run has none) against the row's paper recipe: a run submitted with `la
 data.batch_size=8192` lists `data.batch_size: 256 → 8192` and the `peak lr` it implies.
 
 Everything is read from the run directories' own files: results.json, metrics.jsonl, layer_responses.json,
-config.yaml.
+config.yaml, and a run's state from them too (`pipeline.run_state`): the report never asks SLURM, so a
+submitted run is "submitted" whether its job waits, runs or failed (`python -m launch status` asks the
+queue). A caller that knows more passes its own `state_of` (e.g. `launch.status.run_status`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,17 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from pipeline.config import ConfigError, load_config
 from pipeline.metrics import read_metrics
 from pipeline.results import protocol_result, read_layer_responses, read_results
+from pipeline.run_state import read_run_state
 from pipeline.tables import PaperSpread, PlannedRun, TableConfig, load_table, planned_runs, recipe_departures
+
+
+# run_dir -> its state: an object with .state, .step, .total_steps, .progress and .job_id
+StateOf = Callable[[Path], Any]
 
 
 class ReportError(Exception):
@@ -42,7 +49,7 @@ class RunReading:
     """What one (row, seed) run has to offer the report."""
 
     run: PlannedRun
-    state: str  # done | missing | queued | running | requeued | stopped | failed | not evaluated
+    state: str  # done | missing | not evaluated, or the run's state (submitted | running | stopped | ...)
     detail: str = ""  # progress, or the command that would finish it
     values: Dict[str, float] = field(default_factory=dict)  # table metrics
     curves: Dict[str, List[tuple]] = field(default_factory=dict)  # metric -> [(step, value)]
@@ -86,29 +93,31 @@ class RowReading:
 
 # -- reading runs -------------------------------------------------------------------------------------
 
-def read_table(table_path: Path, runs_dir: Optional[Path] = None) -> tuple[TableConfig, List[RowReading]]:
+def read_table(table_path: Path, runs_dir: Optional[Path] = None,
+               state_of: StateOf = read_run_state) -> tuple[TableConfig, List[RowReading]]:
     table = load_table(table_path)
     rows = [RowReading(row.label, row.panel, dict(row.paper), [], dict(row.paper_spread)) for row in table.rows]
     for run in planned_runs(table_path, runs_dir):
-        rows[run.row].runs.append(read_run(run, table))
+        rows[run.row].runs.append(read_run(run, table, state_of))
     return table, rows
 
 
-def read_run(run: PlannedRun, table: TableConfig) -> RunReading:
-    from launch.status import run_status
-
+def read_run(run: PlannedRun, table: TableConfig, state_of: StateOf = read_run_state) -> RunReading:
     run_dir = run.run_dir
     departures = _departures(run)
     if not (run_dir / "config.yaml").exists() and not (run_dir / "metrics.jsonl").exists():
         return RunReading(run, "missing", f"no run directory {run_dir}", departures=departures)
-    status = run_status(run_dir)
+    status = state_of(run_dir)
     reading = RunReading(run, status.state, departures=departures)
     if table.kind == "curves":
         reading.curves = _curves(run_dir, table.metrics)
     if status.state != "finished":
         progress = f" at step {status.step}" + (f" of {status.total_steps} ({status.progress:.0%})"
                                                  if status.total_steps else "")
-        reading.detail = f"{status.state}{progress}" + (f", job {status.job_id}" if status.job_id else "")
+        if status.state == "submitted":  # the files cannot tell whether the job waits, runs or failed
+            reading.detail = f"SLURM job {status.job_id},{progress}"
+        else:
+            reading.detail = f"{status.state}{progress}" + (f", job {status.job_id}" if status.job_id else "")
         return reading
     reading.state, reading.detail = "done", ""
     if table.kind == "table":
@@ -180,30 +189,42 @@ def render(table_path: Path, table: TableConfig, rows: List[RowReading], figure:
              "(its mean where it gives one). Departures: what the runs change in the paper's recipe.", ""]
     if figure:
         lines += [f"![{table.title}]({figure})", ""]
-    if table.kind == "table":
-        lines += _value_table(table, rows)
-    elif table.kind == "curves":
-        lines += _curve_table(table, rows)
-    else:
-        lines += _response_table(rows)
+    header, cells = table_cells(table, rows)
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     waiting = [r for row in rows for r in row.runs if r.state != "done"]
     if waiting:
         lines += ["", "## Runs not done", ""]
         lines += [f"- {r.run.label}, seed {r.run.seed}: {r.state}" + (f": {r.detail}" if r.detail else "")
                   for r in waiting]
-        if any(r.state in ("missing", "stopped", "failed") for r in waiting):
-            lines += ["", f"Submit the missing and stopped runs (finished ones are skipped, stopped ones resume): "
-                          f"`python -m launch sweep {table_path}" + (f" --runs {runs_dir}" if runs_dir else "") + "`"]
+        if any(r.state in ("missing", "stopped", "failed", "not evaluated") for r in waiting):
+            lines += ["", "Train, evaluate and report what is missing, failed or stopped (finished and queued work is "
+                          "skipped, stopped runs resume): " + (f"`python -m launch reproduce {table_path} --runs "
+                                                              f"{runs_dir}`" if runs_dir else
+                                                              f"`python -m launch sweep {table_path}`")]
+        if any(r.state == "submitted" for r in waiting):
+            lines += ["", "Whether the submitted runs are queued, running or failed, SLURM knows (this report reads "
+                          f"files only): `python -m launch status {table_path}" +
+                          (f" --runs {runs_dir}" if runs_dir else "") + "`"]
     return "\n".join(lines) + "\n"
 
 
-def _value_table(table: TableConfig, rows: List[RowReading]) -> List[str]:
+def table_cells(table: TableConfig, rows: List[RowReading]) -> Tuple[List[str], List[List[str]]]:
+    """The report's table as a header and one list of cells per row (Markdown here, a W&B table there)."""
+    if table.kind == "table":
+        return _value_table(table, rows)
+    if table.kind == "curves":
+        return _curve_table(table, rows)
+    return _response_table(rows)
+
+
+def _value_table(table: TableConfig, rows: List[RowReading]) -> Tuple[List[str], List[List[str]]]:
     header = ["row"]
     for metric in table.metrics:
         name = _NAMES.get(metric, metric)
         header += [f"paper {name}", f"ours {name}", "diff."]
     header += ["n", "state", DEPARTURES]
-    lines = _markdown_header(header)
+    lines = []
     for row in rows:
         cells = [row.label]
         for metric in table.metrics:
@@ -213,29 +234,29 @@ def _value_table(table: TableConfig, rows: List[RowReading]) -> List[str]:
             cells += [_fmt_paper(paper, spread), _fmt_stats(ours),
                       f"{ours[0] - paper_mean:+.2f}" if ours is not None and paper_mean is not None else "–"]
         cells += [f"{len(row.done)}/{len(row.runs)}", _row_state(row), row.departures()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        lines.append(cells)
+    return header, lines
 
 
-def _curve_table(table: TableConfig, rows: List[RowReading]) -> List[str]:
-    lines = _markdown_header(["row", "panel", *[f"final {_NAMES.get(m, m)}" for m in table.metrics], "state",
-                              DEPARTURES])
+def _curve_table(table: TableConfig, rows: List[RowReading]) -> Tuple[List[str], List[List[str]]]:
+    header = ["row", "panel", *[f"final {_NAMES.get(m, m)}" for m in table.metrics], "state", DEPARTURES]
+    lines = []
     for row in rows:
         run = _shown_run(row)
         finals = [_fmt(run.curves[m][-1][1]) if run and run.curves.get(m) else "–" for m in table.metrics]
-        lines.append("| " + " | ".join([row.label, row.panel or "", *finals, _row_state(row), row.departures()])
-                     + " |")
-    return lines
+        lines.append([row.label, row.panel or "", *finals, _row_state(row), row.departures()])
+    return header, lines
 
 
-def _response_table(rows: List[RowReading]) -> List[str]:
-    lines = _markdown_header(["row", "3x3 layers", "mean std", "max std", "state", DEPARTURES])
+def _response_table(rows: List[RowReading]) -> Tuple[List[str], List[List[str]]]:
+    header = ["row", "3x3 layers", "mean std", "max std", "state", DEPARTURES]
+    lines = []
     for row in rows:
         run = next((r for r in row.done if r.responses), None)
         stds = run.responses if run else None
         cells = [str(len(stds)), _fmt(statistics.fmean(stds)), _fmt(max(stds))] if stds else ["–"] * 3
-        lines.append("| " + " | ".join([row.label, *cells, _row_state(row), row.departures()]) + " |")
-    return lines
+        lines.append([row.label, *cells, _row_state(row), row.departures()])
+    return header, lines
 
 
 def _shown_run(row: RowReading) -> Optional[RunReading]:
@@ -257,10 +278,6 @@ def _row_state(row: RowReading) -> str:
     return ", ".join(parts)
 
 
-def _markdown_header(cells: List[str]) -> List[str]:
-    return ["| " + " | ".join(cells) + " |", "|" + "|".join("---" for _ in cells) + "|"]
-
-
 def _fmt(value: Optional[float]) -> str:
     return "–" if value is None else f"{value:.2f}"
 
@@ -280,11 +297,15 @@ def _fmt_stats(stats: Optional[tuple]) -> str:
     return f"{mean:.2f}" if n == 1 else f"{best:.2f} ({mean:.2f} ± {std:.2f})"
 
 
-def write_report(table_path: Path, runs_dir: Optional[Path], out_dir: Path) -> List[Path]:
-    """Read the table's runs and write `<out_dir>/<table>.md` (and `.png` for figures); returns the files."""
+def write_report(table_path: Path, runs_dir: Optional[Path], out_dir: Path,
+                 state_of: StateOf = read_run_state, wandb: bool = False) -> List[Path]:
+    """Read the table's runs and write `<out_dir>/<table>.md` (and `.png` for figures); returns the files.
+
+    `state_of`: how a run's state is read (default: from its files alone). `wandb`: also log the table as a
+    W&B table, in the W&B project and mode of the table's runs (`pipeline.report_wandb`)."""
     from pipeline.figures import plot_curves, plot_responses
 
-    table, rows = read_table(table_path, runs_dir)
+    table, rows = read_table(table_path, runs_dir, state_of)
     out_dir.mkdir(parents=True, exist_ok=True)
     figure = None
     if table.kind == "curves":
@@ -295,7 +316,19 @@ def write_report(table_path: Path, runs_dir: Optional[Path], out_dir: Path) -> L
         figure = plot_responses(table, shown, out_dir / f"{table_path.stem}.png")
     markdown = out_dir / f"{table_path.stem}.md"
     markdown.write_text(render(table_path, table, rows, figure.name if figure else None, runs_dir))
+    if wandb:
+        from pipeline.report_wandb import log_report_table
+
+        header, cells = table_cells(table, rows)
+        log_report_table(table_path.stem, table.title, header, cells, _runs_logging(rows), out_dir)
     return [markdown] + ([figure] if figure else [])
+
+
+def _runs_logging(rows: List[RowReading]):
+    """The W&B settings the table's runs used: the first run's saved config, else its planned one."""
+    first = next(r.run for row in rows for r in row.runs)
+    saved = first.run_dir / "config.yaml"
+    return (load_config(saved) if saved.exists() else first.cfg).logging
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -305,10 +338,12 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--runs", type=Path,
                         help="the directory holding the runs (default: each config's run.out_dir)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="where to write (default: reports)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log each table as a W&B table, grouped with its runs (their W&B project and mode)")
     args = parser.parse_args(argv)
     for table in args.tables:
         try:
-            written = write_report(Path(table), args.runs, args.out)
+            written = write_report(Path(table), args.runs, args.out, wandb=args.wandb)
         except (ConfigError, ReportError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -8,6 +8,8 @@ run, and the paper's value of each metric. A run of a row with one seed is that 
   directory and the second sweep skips it (Table 2's ResNet-34 is Table 3's ResNet-34 A).
 - Where the paper gives a spread ("6.43 (6.61±0.16)": best of 5 runs, mean ± std), `paper` holds the
   number it shows first and `paper_spread` the mean, std and number of runs.
+- A table's runs share a W&B group (the table's file name) and carry tags `<table>`, `row:<label>` and
+  `seed:<seed>`; a run two tables share stays in the group of the table that submitted it first.
 - `paper_config` names the config holding the paper's recipe for a row whose `config` departs from it
   on purpose (a large-batch preset); `recipe_departures` lists what a run changes against it.
 """
@@ -139,8 +141,19 @@ def planned_runs(table_path: str | Path, runs_dir: Optional[str | Path] = None,
             if runs_dir is not None:
                 overrides.append(f"run.out_dir={runs_dir}")
             cfg = load_config(config_path, overrides)
+            _label_for_wandb(cfg, table_path.stem, row.label, seed, overrides)
             runs.append(PlannedRun(index, row.label, seed, config_path, tuple(overrides), cfg, paper_cfg))
     return runs
+
+
+def _label_for_wandb(cfg: ExperimentConfig, table: str, label: str, seed: int, overrides: List[str]) -> None:
+    """Group a table's runs in W&B under the table's name, tagged with their row and seed, so that its UI
+    shows them together; an explicit `logging.wandb_group=` or `logging.wandb_tags=` override wins."""
+    given = {item.split("=", 1)[0] for item in overrides}
+    if "logging.wandb_group" not in given:
+        cfg.logging.wandb_group = table
+    if "logging.wandb_tags" not in given:
+        cfg.logging.wandb_tags = [table, f"row:{label}"[:64], f"seed:{seed}"]  # W&B refuses tags over 64 characters
 
 
 def unique_runs(runs: List[PlannedRun]) -> List[PlannedRun]:

@@ -7,6 +7,9 @@ directory again resumes from its latest complete checkpoint: resume is the defau
 The run directory (`<run.out_dir>/<run.name>/`) holds `config.yaml`, `checkpoints/`, `metrics.jsonl`,
 `results.json` (and `layer_responses.json` with `eval.layer_responses`), `wandb/`, `wandb_id` and `ranks/`
 (one file per rank: where it ran, for the latest start).
+
+Each periodic training record carries `elapsed_s`, the run's training wall time over all its starts (kept in
+the checkpoint), and `eta_s`, the steps left at the pace of the steps since the previous record.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class Progress:
 
     step: int = 0
     epoch: int = 0
+    elapsed_s: float = 0.0  # training wall time so far, over every start of the run (older checkpoints: 0)
 
 
 def run_dir_of(cfg: ExperimentConfig) -> Path:
@@ -101,8 +105,10 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
                         progress.epoch, progress.step, saved_step)
         log.warning("resuming %s from step %d (epoch %d)", run_dir, progress.step, progress.epoch)
     logger = make_logger(info.is_primary, run_dir, cfg.logging, cfg.run.name, loggable_config(cfg), progress.step)
+    clock = _Clock(progress.elapsed_s)
 
     def save_checkpoint(metrics: Optional[dict] = None) -> None:
+        progress.elapsed_s = clock.elapsed()
         staging = store.begin(progress.step) if info.is_primary else store.staging_path(progress.step)
         dist.barrier()  # the staging directory exists before any rank writes into it
         save_state(staging / f"rank-{info.rank:05d}.pt", {"loader": train_loader.state_dict(), "rng": rng_state(),
@@ -138,7 +144,8 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
                 window.add(loss, hits, labels.numel())
 
                 if progress.step % cfg.logging.every_steps == 0 or progress.step == total_steps:
-                    record = {"epoch": progress.epoch, "lr": lr, **window.report(info, device)}  # all-reduced
+                    record = {"epoch": progress.epoch, "lr": lr, **window.report(info, device),  # all-reduced
+                              "elapsed_s": clock.elapsed(), "eta_s": window.eta_s(total_steps - progress.step)}
                     logger.log(record, progress.step)
                     if schedule.observe_train_error(progress.step, record["train_top1_error"]):
                         logger.log({"event": f"warm-up ended: lr {schedule.lr(progress.step):g}"}, progress.step)
@@ -238,6 +245,16 @@ def _restore_rank_state(state: dict, loader) -> None:
     loader.load_state_dict(state["loader"])
 
 
+class _Clock:
+    """The run's training wall time: what earlier starts of the run spent (from the checkpoint) plus this one's."""
+
+    def __init__(self, before: float) -> None:
+        self.before, self.start = before, time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.before + time.monotonic() - self.start
+
+
 class _Window:
     """Sums over the steps since the last log line."""
 
@@ -255,6 +272,10 @@ class _Window:
         self.hits = self.hits.to(hits.device) + hits
         self.samples += samples
         self.steps += 1
+
+    def eta_s(self, remaining_steps: int) -> float:
+        """Seconds left at this window's pace (its steps include any evaluation or checkpoint within it)."""
+        return remaining_steps * (time.perf_counter() - self.start) / max(self.steps, 1)
 
     def report(self, info: DistInfo, device: torch.device) -> dict:
         elapsed = time.perf_counter() - self.start

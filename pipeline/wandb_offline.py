@@ -26,6 +26,9 @@ class OfflineRun:
     run_id: str = ""
     history: List[dict] = field(default_factory=list)  # one dict per wandb.log call, with "_step"
     config: dict = field(default_factory=dict)
+    group: str = ""
+    tags: List[str] = field(default_factory=list)
+    job_type: str = ""
 
 
 def read_offline_run(path: Path | str) -> OfflineRun:
@@ -40,6 +43,7 @@ def read_offline_run(path: Path | str) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run_id = record.run.run_id
+            run.group, run.tags, run.job_type = record.run.run_group, list(record.run.tags), record.run.job_type
             _update_config(run.config, record.run.config)
         elif kind == "config":
             _update_config(run.config, record.config)

@@ -208,3 +208,36 @@ def test_a_run_config_that_does_not_load_is_named(tmp_path):
     (runs[("ResNet-20", 0)].run_dir / "config.yaml").write_text("optim:\n  lrr: 0.1\n")
     with pytest.raises(ReportError, match=r"config.yaml: the run's config does not load: .*optim.lrr"):
         write_report(TABLES / "table6.yaml", tmp_path, tmp_path / "report")
+
+
+def test_a_submitted_run_is_told_from_its_files_and_the_queue_from_launch(tmp_path):
+    """The report reads files only: a run with a SLURM job id is "submitted" (queued, running or failed, the
+    files cannot tell); a caller that asks SLURM passes its own `state_of`."""
+    from launch.status import run_status
+    from pipeline.run_state import JOB_ID_FILE
+
+    runs = _runs("table6.yaml", tmp_path)
+    write_run(runs[("ResNet-20", 0)], steps=500, active=True)
+    (runs[("ResNet-20", 0)].run_dir / JOB_ID_FILE).write_text("999999999")
+
+    markdown = write_report(TABLES / "table6.yaml", tmp_path, tmp_path / "report")[0].read_text()
+    assert _row(markdown, "ResNet-20")[-2:] == ["submitted", "none"]
+    assert "- ResNet-20, seed 0: submitted: SLURM job 999999999, at step 500 of 1000 (50%)" in markdown
+    assert f"`python -m launch status {TABLES / 'table6.yaml'} --runs {tmp_path}`" in markdown
+
+    asked = write_report(TABLES / "table6.yaml", tmp_path, tmp_path / "asked", state_of=run_status)[0].read_text()
+    assert _row(asked, "ResNet-20")[-2] == "failed"  # no queue knows the job: it left without finishing
+
+
+def test_the_report_does_not_import_its_launcher(tmp_path):
+    """The library never imports `launch`: not at import, nor while it reads runs and writes a report."""
+    runs = _runs("table6.yaml", tmp_path)
+    write_run(runs[("ResNet-20", 0)], final_error=8.1)
+    write_run(runs[("ResNet-56", 0)], steps=300)
+    code = ("import sys\nimport pipeline.report\n"
+            f"assert pipeline.report.main([{str(TABLES / 'table6.yaml')!r}, '--runs', {str(tmp_path)!r}, "
+            f"'--out', {str(tmp_path / 'r')!r}]) == 0\n"
+            "print(sorted(m for m in sys.modules if m == 'launch' or m.startswith('launch.')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]"

@@ -65,7 +65,13 @@ def test_table2_resnet34_and_table3_resnet34_a_are_one_run(tmp_path):
     table3 = {r.label: r for r in planned_runs(TABLES / "table3.yaml", tmp_path)}
     r34, r34a = table2["ResNet-34"], table3["ResNet-34 A"]
     assert r34.run_dir == r34a.run_dir == tmp_path / "imagenet-resnet34-seed0"
-    assert config_to_dict(r34.cfg) == config_to_dict(r34a.cfg)
+    # One config but for its W&B labels: each table groups its runs under its own name.
+    assert (r34.cfg.logging.wandb_group, r34a.cfg.logging.wandb_group) == ("table2", "table3")
+    assert r34.cfg.logging.wandb_tags == ["table2", "row:ResNet-34", "seed:0"]
+    unlabelled = [config_to_dict(run.cfg) for run in (r34, r34a)]
+    for cfg in unlabelled:
+        del cfg["logging"]["wandb_group"], cfg["logging"]["wandb_tags"]
+    assert unlabelled[0] == unlabelled[1]
     assert len(unique_runs([*table2.values(), *table3.values()])) == 4 + 7 - 2  # plain-34 and ResNet-34 shared
     # The old per-table file is an alias: the same config, the same run name.
     alias = load_config(REPO / "configs/imagenet/resnet34_a.yaml")

@@ -1,0 +1,467 @@
+"""`python -m launch plan configs/tables/<table>.yaml [overrides] [--profile FILE] [resources] [--array-parallelism K]`
+
+What a table costs before it is submitted: per row and in total, GPU-hours of training and of evaluation,
+and wall time. The images/s come from a profile measured by `launch bench` or, without one, from the
+reference figures in configs/throughput/reference.json, which were published elsewhere and not measured
+here (the output says so). The arithmetic, whose assumptions are also printed under the table:
+
+- training images = steps x global batch. An epoch schedule has floor(train split / global batch) steps per
+  epoch, as the loaders do; split sizes come from data.root's manifest where there is one, else from the
+  paper's datasets (ImageNet 1,281,167 train / 50,000 val; CIFAR-10 50,000 train / 10,000 test);
+- evaluation images, in centre views: training's periodic evaluations (eval.every_epochs / every_steps)
+  and its final centre evaluation, each over the evaluation split, plus the evaluation `launch reproduce`
+  submits after training (tencrop: 10 views; multiscale: the whole image at each of eval.scales, taken as 4:3
+  images costing in proportion to their pixels; a `responses` table adds a centre pass for the layer
+  responses; a centre table needs nothing more than training's final evaluation);
+- GPU-hours = images / per-GPU images/s / 3600; a run on G GPUs takes its GPU-hours / G (linear scaling);
+- a model the profile lacks is scaled by multiply-adds per image from the nearest measured net of its
+  family, else from the reference ResNet-50, and its row says so;
+- table wall time = the makespan of the runs (each: training, then its evaluation) placed longest first onto
+  at most K (--array-parallelism) concurrent jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from launch.profile import REFERENCE, load_profile
+from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.tables import load_table, planned_runs, unique_runs
+
+PAPER_SPLITS: Dict[str, Tuple[str, Dict[str, int]]] = {
+    "imagenet": ("ImageNet", {"train": 1_281_167, "val": 50_000}),
+    "cifar": ("CIFAR-10", {"train": 50_000, "test": 10_000}),
+}
+WIDTH = 110  # of the printed notes and assumptions
+MULTISCALE_ASPECT = 4 / 3  # ImageNet's typical 500x375: a whole image at shorter side s has s * 4s/3 pixels
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Images/s per GPU of one run's training and of its evaluation (centre views), and how they were had."""
+
+    train: float
+    eval: float
+    notes: Tuple[str, ...] = ()
+    eval_measured: bool = False
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """One training run of a table with its evaluations, in images and seconds."""
+
+    row: int
+    label: str
+    model: str
+    seed: int
+    gpus: int  # processes of its job: nodes x tasks per node (one per GPU)
+    train_steps: int
+    train_images: int
+    train_eval_views: float  # training's own evaluations (periodic and final), in centre views
+    protocol_views: float  # the table's protocol, evaluated after training, in centre views
+    rate: Rate
+    time_limit_s: float = math.inf
+    max_requeues: int = 0
+
+    @property
+    def gpu_s_train(self) -> float:
+        return self.train_images / self.rate.train
+
+    @property
+    def gpu_s_eval(self) -> float:
+        return (self.train_eval_views + self.protocol_views) / self.rate.eval
+
+    @property
+    def training_job_s(self) -> float:
+        """Wall time of the training job: its steps and its own evaluations on its GPUs."""
+        return (self.gpu_s_train + self.train_eval_views / self.rate.eval) / self.gpus
+
+    @property
+    def wall_s(self) -> float:
+        """Training, then the protocol's evaluation on as many GPUs."""
+        return (self.gpu_s_train + self.gpu_s_eval) / self.gpus
+
+    @property
+    def requeues(self) -> int:
+        """How many times the training job outlives its time limit (and is requeued)."""
+        return max(0, math.ceil(self.training_job_s / self.time_limit_s) - 1) if self.time_limit_s else 0
+
+
+@dataclass
+class RowCost:
+    index: int
+    label: str
+    model: str
+    runs: List[RunCost]
+    same_as: Optional[str] = None  # the row whose runs these are (a figure showing one run in two panels)
+
+
+@dataclass
+class TablePlan:
+    table: str
+    title: str
+    rows: List[RowCost]
+    array_parallelism: int
+    throughput: str  # where the images/s come from, as printed
+    assumptions: List[str] = field(default_factory=list)
+
+    @property
+    def runs(self) -> List[RunCost]:
+        return [run for row in self.rows for run in row.runs]
+
+    @property
+    def makespan_s(self) -> float:
+        return makespan([run.wall_s for run in self.runs], self.array_parallelism)
+
+
+# --- the arithmetic -------------------------------------------------------------------------------------------
+
+def split_sizes(cfg: ExperimentConfig) -> Tuple[Dict[str, int], str]:
+    """Sample count of each split: from data.root's manifest, else the paper's dataset (by the net's family)."""
+    from pipeline.data.shards import DatasetError, read_manifest
+    from pipeline.models.registry import get_spec
+
+    try:
+        manifest = read_manifest(cfg.data.root)
+        return ({name: int(split["num_samples"]) for name, split in manifest["splits"].items()},
+                f"the manifest of {cfg.data.root}")
+    except DatasetError:
+        dataset, sizes = PAPER_SPLITS[get_spec(cfg.model.name).family]
+        sizes_text = ", ".join(f"{n:,} {split}" for split, n in sizes.items())
+        return sizes, f"the paper's {dataset} ({sizes_text}; no manifest at data.root={cfg.data.root})"
+
+
+def split_size(sizes: Dict[str, int], split: str, source: str) -> int:
+    if split not in sizes:
+        raise ConfigError(f"split {split!r} has no known size: {source} gives {', '.join(sizes)}; pass "
+                          "data.root=<the prepared dataset> so its manifest is read")
+    return sizes[split]
+
+
+def train_steps(cfg: ExperimentConfig, train_size: int) -> Tuple[int, int]:
+    """(total steps, steps per epoch) of the config's schedule, as the trainer counts them."""
+    per_epoch = train_size // cfg.data.batch_size
+    if per_epoch < 1:
+        raise ConfigError(f"{cfg.run.name}: the train split ({train_size} samples) is smaller than one global "
+                          f"batch ({cfg.data.batch_size})")
+    total = cfg.schedule.total * per_epoch if cfg.schedule.unit == "epoch" else cfg.schedule.total
+    return total, per_epoch
+
+
+def training_evaluations(cfg: ExperimentConfig, total_steps: int, steps_per_epoch: int) -> int:
+    """How many passes over the evaluation split training makes: its periodic ones and the final one.
+
+    As the loop runs: every `every_steps` steps (the last step included), and at the end of every
+    `every_epochs`-th epoch that ends before the schedule does (the final evaluation takes that one's place).
+    """
+    periodic = total_steps // cfg.eval.every_steps if cfg.eval.every_steps else 0
+    if cfg.eval.every_epochs:
+        periodic += ((total_steps - 1) // steps_per_epoch) // cfg.eval.every_epochs
+    return periodic + 1
+
+
+def protocol_views(protocol: str, cfg: ExperimentConfig) -> float:
+    """The cost of evaluating one image with `protocol`, in centre views of the training side."""
+    if protocol == "center":
+        return 1.0
+    if protocol == "tencrop":
+        return 10.0
+    return sum((side / cfg.data.image_size) ** 2 * MULTISCALE_ASPECT for side in cfg.eval.scales)
+
+
+def table_evaluation_views(kind: str, protocol: str, cfg: ExperimentConfig) -> float:
+    """Views per image of the evaluation a table adds after training, as `launch reproduce` submits it: a
+    table's protocol other than the centre view, or Fig. 7's layer responses (a centre pass of their own);
+    0 where training's final centre evaluation is the result."""
+    if kind == "responses":
+        return 1.0
+    return protocol_views(protocol, cfg) if kind == "table" and protocol != "center" else 0.0
+
+
+def makespan(durations: Sequence[float], slots: int) -> float:
+    """The finishing time of jobs placed longest first, each onto the slot that frees first (LPT)."""
+    if slots < 1:
+        raise ConfigError(f"--array-parallelism must be at least 1, got {slots}")
+    loads = [0.0] * max(1, min(slots, len(durations)))
+    for duration in sorted(durations, reverse=True):
+        loads[loads.index(min(loads))] += duration
+    return max(loads)
+
+
+# --- images/s -------------------------------------------------------------------------------------------------
+
+class Rates:
+    """Per-GPU images/s of a run: from the profile, else scaled by FLOPs from a measured or reference net."""
+
+    def __init__(self, profile: dict, reference: dict) -> None:
+        self.profile, self.reference = profile, reference
+        self.measured = profile["kind"] == "measured"
+        self.eval_factor = float(profile.get("eval_factor") or reference["eval_factor"])
+        self._macs: Dict[str, int] = dict(reference.get("macs", {}))
+
+    def for_run(self, cfg: ExperimentConfig, gpus: int) -> Rate:
+        name, precision = cfg.model.name, cfg.engine.precision
+        notes: List[str] = []
+        base, source, scale = name, self.profile, 1.0
+        if name not in self.profile["models"]:
+            base, source = self._nearest(name)
+            scale = (self._macs_at(base, source["models"][base]["image_size"])
+                     / self._macs_at(name, cfg.data.image_size))
+        entry = source["models"][base]
+        label = f"{'measured' if source is self.profile and self.measured else 'reference'} {base}"
+        if base != name:
+            notes.append(f"not in the profile: the {label} scaled by FLOPs (multiply-adds per image)")
+            if _family(base) != _family(name):
+                notes.append(f"scaled from {base}, a net of another family and image size: likely optimistic, by "
+                             "several times (a small net does not keep a GPU as busy); measure it with "
+                             "`python -m launch bench`")
+        train = self._at_precision(entry, precision, label, notes) * scale
+        per_gpu_batch, run_batch = entry["batch_size"] / entry["world_size"], cfg.data.batch_size / gpus
+        if per_gpu_batch != run_batch:
+            notes.append(f"{label} ran {per_gpu_batch:g} images per GPU, this run {run_batch:g}: the per-GPU rate "
+                         "changes with it")
+        measured_eval = entry.get("eval_images_per_s_per_gpu")
+        if measured_eval and entry["precision"] == precision:
+            return Rate(train, measured_eval * scale, tuple(notes), eval_measured=True)
+        return Rate(train, train * self.eval_factor, tuple(notes))
+
+    def _at_precision(self, entry: dict, precision: str, label: str, notes: List[str]) -> float:
+        if entry["precision"] == precision:
+            return float(entry["images_per_s_per_gpu"])
+        by_precision = entry.get("by_precision") or {}
+        if precision in by_precision:
+            return float(by_precision[precision])
+        notes.append(f"{label} ran in {entry['precision']}, this run uses {precision}")
+        return float(entry["images_per_s_per_gpu"])
+
+    def _nearest(self, name: str) -> Tuple[str, dict]:
+        """The measured net of `name`'s family closest to it in FLOPs, else the reference's closest."""
+        family = _family(name)
+        own = [n for n in self.profile["models"] if self.measured and _family(n) == family]
+        source = self.profile if own else self.reference
+        candidates = own or list(self.reference["models"])
+        target = self._macs_at(name, None)
+        best = min(candidates, key=lambda n: abs(math.log(self._macs_at(n, None) / target)))
+        return best, source
+
+    def _macs_at(self, name: str, image_size: Optional[int]) -> float:
+        """Multiply-adds of one image at `image_size` (None: the net's native side): conv cost grows with pixels."""
+        from pipeline.models.registry import get_spec
+
+        spec = get_spec(name)
+        if name not in self._macs:
+            from pipeline.models.complexity import measure  # counting a net takes a while: only when not listed
+
+            self._macs[name] = measure(spec).macs
+        return self._macs[name] * ((image_size or spec.resolution) / spec.resolution) ** 2
+
+
+def _family(name: str) -> Optional[str]:
+    from pipeline.models.registry import get_spec
+
+    try:
+        return get_spec(name).family
+    except KeyError:
+        return None
+
+
+# --- the table ------------------------------------------------------------------------------------------------
+
+def plan_table(table_path: str | Path, profile: dict, reference: dict, resources_of: Callable,
+               seeds: Optional[List[int]] = None, overrides: Sequence[str] = (), array_parallelism: int = 64,
+               throughput: Optional[str] = None) -> TablePlan:
+    """The cost of every run a table needs; `resources_of(cfg)` gives a run's JobResources."""
+    table = load_table(table_path)
+    planned = planned_runs(table_path, None, seeds, tuple(overrides))
+    unique = unique_runs(planned)
+    rates = Rates(profile, reference)
+    sources: Dict[str, None] = {}
+    extra_views: Dict[str, float] = {}
+    costs: Dict[Path, RunCost] = {}
+    for run in unique:
+        cfg = run.cfg
+        sizes, source = split_sizes(cfg)
+        sources[source] = None
+        total, per_epoch = train_steps(cfg, split_size(sizes, cfg.data.train_split, source))
+        eval_size = split_size(sizes, cfg.data.eval_split, source)
+        views = table_evaluation_views(table.kind, table.protocol, cfg)
+        extra_views[cfg.model.name] = views
+        resources = resources_of(cfg)
+        gpus = resources.nodes * resources.ntasks_per_node
+        costs[run.run_dir] = RunCost(
+            row=run.row, label=run.label, model=cfg.model.name, seed=run.seed, gpus=gpus, train_steps=total,
+            train_images=total * cfg.data.batch_size,
+            train_eval_views=float(training_evaluations(cfg, total, per_epoch) * eval_size),
+            protocol_views=views * eval_size, rate=rates.for_run(cfg, gpus),
+            time_limit_s=60.0 * resources.time_minutes if resources.time_minutes else math.inf,
+            max_requeues=resources.max_requeues)
+
+    rows: List[RowCost] = []
+    for index, row in enumerate(table.rows):
+        mine = [r for r in planned if r.row == index]
+        owned = [costs[r.run_dir] for r in mine if costs[r.run_dir].row == index]
+        model = mine[0].cfg.model.name if mine else "-"
+        same_as = None
+        if mine and not owned:
+            same_as = costs[mine[0].run_dir].label
+        rows.append(RowCost(index, row.label, model, owned, same_as))
+
+    plan = TablePlan(str(table_path), table.title, rows, array_parallelism,
+                     throughput or describe_profile(profile))
+    plan.assumptions = _assumptions(table.kind, table.protocol, list(sources), extra_views, rates, plan)
+    return plan
+
+
+def describe_profile(profile: dict) -> str:
+    if profile["kind"] == "reference":
+        return (f"reference figures, not measured here: {profile.get('summary') or profile.get('source')} "
+                f"[{_shown(profile['path'])}; {profile.get('url', '')}]")
+    machine = profile.get("machine", {})
+    where = (f"{machine.get('gpu_count')} x {machine.get('gpu')}" if machine.get("gpu")
+             else f"CPU ({machine.get('cpu')}), per process")
+    created = profile.get("created") or "date unknown"
+    return f"measured by `launch bench` on {where}, {created} [{_shown(profile['path'])}]"
+
+
+def _shown(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _assumptions(kind: str, protocol: str, sources: List[str], views: Dict[str, float], rates: Rates,
+                 plan: TablePlan) -> List[str]:
+    lines = [f"split sizes: {'; '.join(sources)}; an epoch is floor(train split / global batch) steps",
+             "evaluation: training's periodic evaluations and its final centre evaluation of the whole "
+             "evaluation split, in centre views"]
+    if kind == "table" and protocol == "tencrop":
+        lines.append("the table's tencrop evaluation, after training on the same GPUs: 10 views per image")
+    elif kind == "table" and protocol == "multiscale":
+        distinct = set(views.values())
+        shown = (f"{distinct.pop():.1f}" if len(distinct) == 1
+                 else ", ".join(f"{model} {v:.1f}" for model, v in views.items()))
+        lines.append("the table's multiscale evaluation, after training on the same GPUs: the whole image at each "
+                     "of eval.scales, taken as 4:3 images costing in proportion to their pixels, i.e. centre "
+                     f"views per image: {shown}; run one image at a time, it is likely slower than that")
+    elif kind == "responses":
+        lines.append("one more centre pass over the evaluation split for the layer responses")
+    else:
+        lines.append("the table reads training's own (centre) evaluations: no evaluation job after training")
+    measured_eval = any(run.rate.eval_measured for run in plan.runs)
+    lines.append(("evaluation images/s: " + ("measured (bench timed the final evaluation) where the profile has "
+                                             "it, else " if measured_eval else ""))
+                 + f"training's x{rates.eval_factor:g} ({rates.reference.get('eval_factor_source', '')})")
+    lines.append("GPU-hours = images / per-GPU images/s / 3600; a run on G GPUs takes GPU-hours / G (linear "
+                 "scaling); on a CPU profile, read GPU as process")
+    lines.append(f"wall time: each run (training, then its evaluation) placed longest first onto at most "
+                 f"{plan.array_parallelism} concurrent jobs (--array-parallelism); queue waits, start-up, "
+                 "checkpoint saves and requeues are not counted")
+    if any("scaled by FLOPs" in note for run in plan.runs for note in run.rate.notes):
+        lines.append(rates.reference.get("scaling_note", "scaled rows assume the same efficiency per FLOP"))
+    lines.append("a run this table shares with another (Table 2's ResNet-34 is Table 3's ResNet-34 A) is counted in "
+                 "each table's plan; a sweep trains it once")
+    return lines
+
+
+# --- printing -------------------------------------------------------------------------------------------------
+
+def format_plan(plan: TablePlan) -> str:
+    notes: Dict[str, int] = {}
+
+    def refs(texts: Sequence[str]) -> str:
+        numbers = [notes.setdefault(text, len(notes) + 1) for text in dict.fromkeys(texts)]
+        return "[" + ",".join(map(str, numbers)) + "]" if numbers else ""
+
+    header = ["row", "model", "runs", "GPUs", "train steps", "img/s/GPU", "GPU-h train", "GPU-h eval", "wall/run",
+              "notes"]
+    table: List[List[str]] = []
+    for row in plan.rows:
+        if not row.runs:
+            table.append([row.label, row.model, "0", "-", "-", "-", "-", "-", "-",
+                          refs([f"{row.label}: the same run(s) as row {row.same_as}, counted there"])])
+            continue
+        texts = [n for run in row.runs for n in run.rate.notes]
+        for run in row.runs:
+            if run.requeues > run.max_requeues:
+                texts.append(f"{row.label}: a training job of {_duration(run.training_job_s)} outlives its "
+                             f"{_duration(run.time_limit_s)} limit {run.requeues} times, more than its "
+                             f"{run.max_requeues} requeues (slurm.max_requeues; --time, --max-requeues)")
+        walls = sorted({_duration(run.wall_s) for run in row.runs})
+        table.append([row.label, row.model, str(len(row.runs)), _set(run.gpus for run in row.runs),
+                      _set(f"{run.train_steps:,}" for run in row.runs), _set(_rate(run.rate.train) for run in row.runs),
+                      _hours(sum(run.gpu_s_train for run in row.runs)),
+                      _hours(sum(run.gpu_s_eval for run in row.runs)), " / ".join(walls), refs(texts)])
+    runs = plan.runs
+    total_train = sum(run.gpu_s_train for run in runs)
+    total_eval = sum(run.gpu_s_eval for run in runs)
+    table.append(["total", "", str(len(runs)), "", "", "", _hours(total_train), _hours(total_eval),
+                  _duration(plan.makespan_s), f"makespan, <= {plan.array_parallelism} jobs at once"])
+    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
+    right = {2, 3, 4, 5, 6, 7, 8}
+
+    def line(cells: List[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    rule = "-" * len(line(header).rstrip())
+    out = [f"{plan.title}  ({plan.table})", _wrapped("", f"throughput: {plan.throughput}").strip(), "",
+           line(header).rstrip(), rule, *(line(cells).rstrip() for cells in table[:-1]), rule,
+           line(table[-1]).rstrip(),
+           f"GPU-hours: {_hours(total_train + total_eval)} ({_hours(total_train)} training, "
+           f"{_hours(total_eval)} evaluation); wall time {_duration(plan.makespan_s)} with at most "
+           f"{plan.array_parallelism} runs at once"]
+    if notes:
+        out += ["", "notes:", *(_wrapped(f"[{n}] ", text) for text, n in notes.items())]
+    out += ["", "assumptions:", *(_wrapped("- ", text) for text in plan.assumptions)]
+    return "\n".join(out)
+
+
+def _wrapped(bullet: str, text: str, width: int = WIDTH) -> str:
+    return textwrap.fill(text, width, initial_indent="  " + bullet, subsequent_indent=" " * (2 + len(bullet)),
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def _set(values) -> str:
+    return " / ".join(dict.fromkeys(str(v) for v in values))
+
+
+def _rate(images_per_s: float) -> str:
+    return f"{images_per_s:,.0f}" if images_per_s >= 100 else f"{images_per_s:.3g}"
+
+
+def _hours(seconds: float) -> str:
+    hours = seconds / 3600
+    if hours < 0.01:
+        return f"{hours:.2g}"  # a CIFAR net's evaluations: small, but not nothing
+    if hours < 10:
+        return f"{hours:.2f}"
+    return f"{hours:,.1f}" if hours < 1000 else f"{hours:,.0f}"
+
+
+def _duration(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "no limit"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min" if seconds < 600 else f"{seconds / 60:.0f} min"
+    if seconds < 72 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def plan(args: argparse.Namespace) -> int:
+    """The `plan` command: print the table's cost."""
+    from launch.slurm import resources_from_flags  # the flags mean what they mean for `sweep` and `reproduce`
+
+    reference = load_profile(REFERENCE)
+    profile = load_profile(args.profile) if args.profile else reference
+    result = plan_table(args.table, profile, reference, lambda cfg: resources_from_flags(args, cfg.slurm), seeds=args.seeds,
+                        overrides=args.overrides, array_parallelism=args.array_parallelism)
+    print(format_plan(result))
+    return 0

@@ -1,0 +1,131 @@
+"""`python -m launch bench`: a short real training run per model on real shards, written as a throughput profile."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from launch.bench import EvalTimer, paper_configs, resolve_model, train_throughput
+from launch.profile import load_profile
+from pipeline.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launch_bench(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "launch", "bench", *args], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=timeout)
+
+
+def test_bench_writes_a_profile_on_cpu(digits_dataset, tmp_path):
+    out = tmp_path / "profile.json"
+    # The overrides may follow --models: argparse hands them to --models, bench takes them back.
+    proc = launch_bench("--models", "cifar_resnet8", f"data.root={digits_dataset}", "--steps", "4",
+                        "--warmup-steps", "2", "--nproc", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    profile = load_profile(out)
+    assert profile["kind"] == "measured" and profile["launcher"] == "local"
+    entry = profile["models"]["cifar_resnet8"]
+    assert entry["images_per_s"] > 0 and entry["images_per_s_per_gpu"] == entry["images_per_s"]
+    assert (entry["world_size"], entry["batch_size"], entry["image_size"]) == (1, 128, 32)
+    assert (entry["precision"], entry["engine"], entry["data_backend"]) == ("fp32", "ddp", "dali")
+    assert entry["steps"] == 4 and entry["warmup_steps"] == 2 and 0 <= entry["data_wait_fraction"] <= 1
+    assert entry["config"] == "configs/cifar10/_base.yaml model.name=cifar_resnet8"  # no paper config: the family's
+    software, machine = profile["software"], profile["machine"]
+    assert software["python"] and software["torch"] and "cuda" in software and "dali" in software
+    assert machine["device"] in ("cpu", "cuda") and machine["cpu_count"] >= 1 and machine["cpu"]
+    assert "cifar_resnet8" in proc.stdout and "images/s" in proc.stdout  # the summary table
+    assert not list(tmp_path.glob(".bench-*"))  # its run directories are gone
+
+
+def test_unknown_models_and_missing_data_are_refused_before_anything_runs(tmp_path):
+    proc = launch_bench("--models", "resnet51", "--out", str(tmp_path / "p.json"))
+    assert proc.returncode == 2 and "unknown model 'resnet51'" in proc.stderr and "resnet50" in proc.stderr
+    proc = launch_bench("--models", "cifar_resnet20", f"data.root={tmp_path / 'nothing'}", "--out",
+                        str(tmp_path / "p.json"))
+    assert proc.returncode == 2 and "no manifest" in proc.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_model_names_map_to_the_paper_configs():
+    configs = paper_configs()
+    assert configs["resnet50"] == REPO / "configs/imagenet/resnet50.yaml"
+    assert configs["resnet34"] == REPO / "configs/imagenet/resnet34.yaml"  # not resnet34_b.yaml
+    assert configs["cifar_resnet110"] == REPO / "configs/cifar10/resnet110.yaml"
+    assert configs["cifar_resnet1202"] == REPO / "configs/cifar10/resnet1202.yaml"
+    assert resolve_model("configs/demo/digits.yaml") == (Path("configs/demo/digits.yaml"), [])
+    with pytest.raises(ConfigError, match="unknown model"):
+        resolve_model("vgg16")
+
+
+def test_throughput_is_images_over_time_after_the_warm_up():
+    records = [{"step": 0, "event": "start"},
+               {"step": 10, "images_per_s": 10.0, "data_wait_fraction": 0.9},  # warm-up: left out
+               {"step": 20, "images_per_s": 100.0, "data_wait_fraction": 0.1},
+               {"step": 40, "images_per_s": 400.0, "data_wait_fraction": 0.4},
+               {"step": 40, "event": "final evaluation"}]
+    rate, wait, steps = train_throughput(records, warmup=10)
+    # 10 steps at 100/s and 20 at 400/s: 30 steps' images in 10/100 + 20/400 = 0.15 step-seconds per image.
+    assert steps == 30 and rate == pytest.approx(30 / 0.15) and wait == pytest.approx((10 * 0.1 + 20 * 0.4) / 30)
+    with pytest.raises(ConfigError):
+        train_throughput(records, warmup=40)
+
+
+def test_eval_timer_times_the_final_evaluation_from_its_records(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+
+    def training() -> None:
+        with metrics.open("a") as f:
+            f.write(json.dumps({"step": 6, "event": "final evaluation"}) + "\n")
+        time.sleep(0.6)
+        with metrics.open("a") as f:
+            f.write(json.dumps({"step": 6, "kind": "final", "val_samples": 297}) + "\n")
+        time.sleep(0.2)
+
+    with EvalTimer(metrics) as timer:
+        worker = threading.Thread(target=training)
+        worker.start()
+        worker.join()
+    window = timer.window()
+    assert window["samples"] == 297 and 0.45 < window["seconds"] < 1.5
+
+
+@pytest.mark.slow
+def test_bench_in_two_processes_extends_a_profile_of_the_same_machine(digits_dataset, tmp_path):
+    out = tmp_path / "profile.json"
+    first = launch_bench("--models", "cifar_resnet8", f"data.root={digits_dataset}", "--steps", "2",
+                         "--warmup-steps", "1", "--nproc", "1", "--out", str(out))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = launch_bench("--models", "configs/demo/digits.yaml",
+                          f"data.root={digits_dataset}", "--steps", "4", "--warmup-steps", "2", "--nproc", "2",
+                          "--out", str(out))
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    profile = load_profile(out)
+    assert set(profile["models"]) == {"cifar_resnet8", "cifar_resnet14"}  # the first one kept
+    entry = profile["models"]["cifar_resnet14"]
+    assert entry["world_size"] == 2 and entry["batch_size"] == 64 and entry["config"] == "configs/demo/digits.yaml"
+    assert entry["images_per_s_per_gpu"] == pytest.approx(entry["images_per_s"] / 2) and entry["images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_as_a_slurm_job_records_where_it_ran(digits_dataset, tmp_path):
+    from tests.slurm_support import require_minicluster
+
+    require_minicluster()
+    out = tmp_path / "profile.json"
+    proc = launch_bench("--models", "cifar_resnet8", f"data.root={digits_dataset}", "--steps", "2", "--warmup-steps",
+                        "2", "--slurm", "--gpus-per-node", "0", "--tasks-per-node", "2", "--cpus-per-task", "1",
+                        "--time", "10", "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    profile = load_profile(out)
+    assert profile["launcher"] == "slurm" and profile["resources"]["tasks_per_node"] == 2
+    entry = profile["models"]["cifar_resnet8"]
+    assert entry["world_size"] == 2 and entry["images_per_s"] > 0
+    assert profile["machine"]["host"] and profile["software"]["torch"]  # from inside the job
+    assert "submitted job" in proc.stdout and not list(tmp_path.glob(".bench-*"))
