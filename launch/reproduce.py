@@ -63,6 +63,7 @@ class RunStep:
     train_job: Optional[str]  # the job id of a training in the queue
     evaluate: str  # done | queued | submit | none (the table reads what training records)
     eval_job: Optional[str] = None
+    stale_eval_job: Optional[str] = None  # an earlier evaluation of this run, replaced by the one submitted now
 
     @property
     def run_dir(self) -> Path:
@@ -101,10 +102,12 @@ def plan_steps(runs: List[PlannedRun], evaluation: Optional[Evaluation]) -> List
             job = recorded.read_text().strip() if recorded.exists() else None
             if train == "done" and _evaluated(run.run_dir, evaluation):
                 step.evaluate = "done"
-            elif job and queue_state(job) is not None:
+            elif job and queue_state(job) is not None and train != "submit":
                 step.evaluate, step.eval_job = "queued", job
             else:
-                step.evaluate = "submit"
+                # A training submitted again needs an evaluation that waits for it; one still waiting for the
+                # training that failed (where SLURM keeps such jobs) could never start: it is cancelled then.
+                step.evaluate, step.stale_eval_job = "submit", job
         steps.append(step)
     return steps
 
@@ -165,6 +168,10 @@ def submit_chain(steps: List[RunStep], evaluation: Optional[Evaluation], table_p
     to_evaluate = [s for s in steps if s.evaluate == "submit"]
     verb = "would submit" if dry_run else "submitted"
     submitted = 0
+    if to_train or to_evaluate:
+        print(f"each training and evaluation job: {resources.nodes} node(s) x {resources.ntasks_per_node} task(s), "
+              f"{resources.gpus_per_node} GPU(s) per node, {resources.time_minutes} min"
+              + (f", partition {resources.partition}" if resources.partition else ""))
     if to_train:
         run_dirs = [s.run_dir if dry_run else prepare_planned_run(s.run) for s in to_train]
         if dry_run:
@@ -190,6 +197,8 @@ def submit_chain(steps: List[RunStep], evaluation: Optional[Evaluation], table_p
             if dry_run:
                 step.eval_job = f"eval[{i}]"
             else:
+                if step.stale_eval_job:
+                    subprocess.run(["scancel", step.stale_eval_job], capture_output=True)
                 executor = make_executor(step.run_dir / SLURM_DIR / "eval", resources,
                                          f"eval-{evaluation.protocol}-{step.run_dir.name}")
                 executor.update_parameters(dependency=dependency, additional_parameters={

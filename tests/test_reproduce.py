@@ -8,6 +8,7 @@ evaluation must wait for the requeued training to finish. `--local` runs the sam
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from pipeline.results import read_results
 from pipeline.wandb_offline import offline_runs, read_offline_run
 from tests.slurm_support import job_state, launch, queue_state, require_minicluster
-from tests.train_support import DEMO_CONFIG
+from tests.train_support import DEMO_CONFIG, REPO
 
 pytestmark = pytest.mark.slow
 CPU_JOB = ["--gpus-per-node", "0", "--tasks-per-node", "1", "--cpus-per-task", "1", "--time", "20"]
@@ -130,7 +131,11 @@ def test_reproduce_local_runs_the_same_chain_in_process(digits_dataset, tmp_path
     table, runs = _table(tmp_path, rows=rows), tmp_path / "runs"
     args = ["reproduce", str(table), *_common(digits_dataset), "logging.wandb_mode=disabled", "--runs", str(runs),
             "--local", "--nproc", "1"]
-    out = launch(*args)
+    # Two trainings and two evaluations in one command: longer than `launch`'s limit on a busy machine.
+    proc = subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
     for name in rows:
         assert read_results(runs / f"{name}-seed0")["eval"]["tencrop"]["step"] == 10, out
     report = (runs / "reports" / "digits_tencrop.md").read_text()
