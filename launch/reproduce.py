@@ -143,9 +143,11 @@ class ReportJob:
 
 
 def write_table_report(table_path: Path, runs_dir: Path) -> List[Path]:
+    """The report, with SLURM's word on each run (a run whose job failed shows as failed) and its W&B table."""
+    from launch.status import run_status
     from pipeline.report import write_report
 
-    return write_report(table_path, runs_dir, runs_dir / REPORTS_DIR, wandb=True)
+    return write_report(table_path, runs_dir, runs_dir / REPORTS_DIR, state_of=run_status, wandb=True)
 
 
 def _report_resources(resources: JobResources) -> JobResources:

@@ -195,7 +195,8 @@ def render(table_path: Path, table: TableConfig, rows: List[RowReading], figure:
     waiting = [r for row in rows for r in row.runs if r.state != "done"]
     if waiting:
         lines += ["", "## Runs not done", ""]
-        lines += [f"- {r.run.label}, seed {r.run.seed}: {r.state}" + (f": {r.detail}" if r.detail else "")
+        lines += [f"- {r.run.label}, seed {r.run.seed}: " +
+                  (r.detail if r.detail.startswith(r.state) else r.state + (f": {r.detail}" if r.detail else ""))
                   for r in waiting]
         if any(r.state in ("missing", "stopped", "failed", "not evaluated") for r in waiting):
             lines += ["", "Train, evaluate and report what is missing, failed or stopped (finished and queued work is "

@@ -54,7 +54,7 @@ def test_table6_puts_the_paper_beside_our_seeds(tmp_path):
     assert r110[5:] == ["done 3, running 1, missing 1", "none"]
     assert _row(markdown, "ResNet-56")[2:] == ["–", "–", "0/1", "stopped", "none"]
     assert _row(markdown, "ResNet-1202")[1:] == ["7.93", "–", "–", "0/1", "missing", "none"]
-    assert "ResNet-110, seed 3: running: running at step 500 of 1000 (50%)" in markdown
+    assert "ResNet-110, seed 3: running at step 500 of 1000 (50%)" in markdown
     assert f"ResNet-110, seed 4: missing: no run directory {tmp_path / 'cifar10-resnet110-seed4'}" in markdown
 
 

@@ -126,6 +126,22 @@ def test_reproduce_trains_evaluates_and_reports_a_table_with_no_further_command(
     assert read_results(runs / "cifar_plain8-seed0")["eval"]["tencrop"]["step"] == 20
 
 
+def test_a_failed_training_removes_its_evaluation_and_the_report_says_so(digits_dataset, tmp_path):
+    require_minicluster()
+    table, runs = _table(tmp_path, rows={"cifar_resnet8": 10}), tmp_path / "runs"
+    out = launch("reproduce", str(table), *_common(digits_dataset), f"data.root={tmp_path / 'no-such-shards'}",
+                 "--runs", str(runs), *CPU_JOB)
+    assert "submitted 1 jobs" in out, out
+    _wait_for_report(runs, "digits_tencrop", timeout=600)
+    run_dir = runs / "cifar_resnet8-seed0"
+    training = (run_dir / "slurm_job_id").read_text().strip()
+    evaluation = (run_dir / "slurm_eval_tencrop_job_id").read_text().strip()
+    assert job_state(training) == "FAILED"
+    assert job_state(evaluation) == "CANCELLED"  # its dependency can never be met: SLURM removed it
+    report = (runs / "reports" / "digits_tencrop.md").read_text()
+    assert "| cifar_resnet8 | – | – |" in report and "cifar_resnet8, seed 0: failed at step 0" in report, report
+
+
 def test_reproduce_local_runs_the_same_chain_in_process(digits_dataset, tmp_path):
     rows = {"cifar_resnet8": 10, "cifar_plain8": 10}
     table, runs = _table(tmp_path, rows=rows), tmp_path / "runs"
