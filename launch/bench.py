@@ -35,10 +35,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from launch.profile import REPO, load_profile, machine_info, software_versions, write_profile
-from pipeline.config import ConfigError, ExperimentConfig, load_config, save_config
+from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.metrics import METRICS_FILE, read_metrics
-
-EXIT_INTERRUPTED = 3  # pipeline.train's code for "stopped by a signal after checkpointing" (not imported: torch)
 
 PAPER_CONFIG_DIRS = (REPO / "configs" / "imagenet", REPO / "configs" / "cifar10")
 FAMILY_BASE = {"imagenet": REPO / "configs" / "imagenet" / "_base.yaml",
@@ -68,9 +66,11 @@ def bench(args: argparse.Namespace) -> int:
         outcomes = _run_slurm(plans, work, args)
     else:
         outcomes = (_run_local(plan, work, args) for plan in plans)
+    from launch.local import stopped_by_user
+
     for plan, (code, extra) in zip(plans, outcomes):
         run_dir = work / plan.name
-        if code == EXIT_INTERRUPTED or code > 128:  # Ctrl-C or a kill: stop here, keep what was measured
+        if stopped_by_user(code):  # Ctrl-C or a kill: stop here, keep what was measured
             print(f"bench: stopped during {plan.model} (exit code {code})", file=sys.stderr, flush=True)
             failed.append(plan.model)
             break
@@ -226,13 +226,11 @@ def _run_local(plan: _Plan, work: Path, args: argparse.Namespace) -> Tuple[int, 
 
 def _run_slurm(plans: List[_Plan], work: Path, args: argparse.Namespace):
     """Submit one job per model (they may run side by side), then wait for each in turn."""
-    from launch.slurm import SLURM_DIR, make_executor
+    from launch.slurm import SLURM_DIR, make_executor, prepare_run
 
     jobs = []
     for plan in plans:
-        run_dir = work / plan.name
-        cfg = load_config(plan.config, [*plan.overrides, f"run.out_dir={work}", f"run.name={plan.name}"])
-        save_config(cfg, run_dir / "config.yaml")
+        _, run_dir = prepare_run(str(plan.config), [*plan.overrides, f"run.out_dir={work}", f"run.name={plan.name}"])
         executor = make_executor(run_dir / SLURM_DIR, _resources(args, plan.cfg), plan.name)
         job = executor.submit(BenchJob(run_dir))
         print(f"bench: {plan.model}: submitted job {job.job_id}", flush=True)

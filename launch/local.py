@@ -18,6 +18,15 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 from pipeline.dist import free_port
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# pipeline.train's exit code once a signal stopped it after a checkpoint (`pipeline.train.EXIT_INTERRUPTED`,
+# not imported here: that module loads torch).
+EXIT_INTERRUPTED = 3
+
+
+def stopped_by_user(code: int) -> bool:
+    """Whether `run_local`'s return code means the run was stopped (Ctrl-C: saved, 3) or killed (128 + signal),
+    rather than failed: a chain of runs stops there instead of going on with the next."""
+    return code == EXIT_INTERRUPTED or code > 128
 
 
 def local_command(config: str, overrides: Sequence[str], nproc: int, port: int | None = None) -> List[str]:

@@ -145,12 +145,15 @@ def split_size(sizes: Dict[str, int], split: str, source: str) -> int:
 
 def train_steps(cfg: ExperimentConfig, train_size: int) -> Tuple[int, int]:
     """(total steps, steps per epoch) of the config's schedule, as the trainer counts them."""
-    per_epoch = train_size // cfg.data.batch_size
+    from pipeline.data.base import train_steps_per_epoch
+    from pipeline.schedule import LRSchedule
+
+    per_epoch = train_steps_per_epoch(train_size, cfg.data.batch_size)
     if per_epoch < 1:
         raise ConfigError(f"{cfg.run.name}: the train split ({train_size} samples) is smaller than one global "
                           f"batch ({cfg.data.batch_size})")
-    total = cfg.schedule.total * per_epoch if cfg.schedule.unit == "epoch" else cfg.schedule.total
-    return total, per_epoch
+    schedule = LRSchedule(cfg.schedule, cfg.optim.lr, steps_per_epoch=per_epoch, global_batch=cfg.data.batch_size)
+    return schedule.total_steps, per_epoch
 
 
 def training_evaluations(cfg: ExperimentConfig, total_steps: int, steps_per_epoch: int) -> int:
@@ -178,9 +181,10 @@ def table_evaluation_views(kind: str, protocol: str, cfg: ExperimentConfig) -> f
     """Views per image of the evaluation a table adds after training, as `launch reproduce` submits it: a
     table's protocol other than the centre view, or Fig. 7's layer responses (a centre pass of their own);
     0 where training's final centre evaluation is the result."""
-    if kind == "responses":
-        return 1.0
-    return protocol_views(protocol, cfg) if kind == "table" and protocol != "center" else 0.0
+    from launch.reproduce import table_evaluation
+
+    evaluation = table_evaluation(kind, protocol)
+    return protocol_views(evaluation.protocol, cfg) if evaluation else 0.0
 
 
 def makespan(durations: Sequence[float], slots: int) -> float:

@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from launch.slurm import JOB_ID_FILE, SLURM_DIR, JobResources, make_executor, prepare_planned_run, \
-    resources_from_flags
+from launch.slurm import JOB_ID_FILE, JobResources, make_executor, prepare_planned_run, resources_from_flags
 from pipeline.results import protocol_result, read_layer_responses, read_results
-from pipeline.tables import PlannedRun, TableConfig, load_table, planned_runs, unique_runs
+from pipeline.tables import PlannedRun, load_table, planned_runs, unique_runs
 
 IN_QUEUE = ("queued", "running", "requeued")
 REPORTS_DIR = "reports"
@@ -74,13 +73,13 @@ class RunStep:
         return f"{self.run.label}, seed {self.run.seed}"
 
 
-def table_evaluation(table: TableConfig) -> Optional[Evaluation]:
-    """The job a table needs after training, if any: curves are read from training's own log, and a
-    centre-view table from training's final evaluation."""
-    if table.kind == "responses":
+def table_evaluation(kind: str, protocol: str) -> Optional[Evaluation]:
+    """The job a table (of `kind`, read with `protocol`) needs after training, if any: curves are read from
+    training's own log, and a centre-view table from training's final evaluation."""
+    if kind == "responses":
         return Evaluation("center", layer_responses=True)
-    if table.kind == "table" and table.protocol != "center":
-        return Evaluation(table.protocol)
+    if kind == "table" and protocol != "center":
+        return Evaluation(protocol)
     return None
 
 
@@ -164,7 +163,7 @@ def _after(kind: str, job_ids: List[str]) -> Optional[str]:
 def submit_chain(steps: List[RunStep], evaluation: Optional[Evaluation], table_path: Path, runs_dir: Path,
                  resources: JobResources, array_parallelism: int, dry_run: bool) -> int:
     """Submit (or, dry, print) what `steps` still need and the report after them; returns the jobs submitted."""
-    from launch.slurm import EvalJob, TrainJob
+    from launch.slurm import submit_array, submit_evaluation
 
     to_train = [s for s in steps if s.train == "submit"]
     to_evaluate = [s for s in steps if s.evaluate == "submit"]
@@ -179,13 +178,8 @@ def submit_chain(steps: List[RunStep], evaluation: Optional[Evaluation], table_p
         if dry_run:
             ids = [f"train[{i}]" for i in range(len(to_train))]
         else:
-            executor = make_executor(runs_dir / "_sweeps" / table_path.stem, resources, table_path.stem,
-                                     array_parallelism=array_parallelism)
-            with executor.batch():
-                jobs = [executor.submit(TrainJob(run_dir)) for run_dir in run_dirs]
-            ids = [str(job.job_id) for job in jobs]
-            for run_dir, job_id in zip(run_dirs, ids):
-                (run_dir / JOB_ID_FILE).write_text(job_id)
+            ids = [str(job.job_id) for job in submit_array(run_dirs, resources, table_path.stem,
+                                                           runs_dir / "_sweeps" / table_path.stem, array_parallelism)]
         print(f"train: {verb} a job array of {len(ids)} tasks (at most {array_parallelism} at once)")
         for step, job_id in zip(to_train, ids):
             step.train_job = job_id
@@ -195,20 +189,17 @@ def submit_chain(steps: List[RunStep], evaluation: Optional[Evaluation], table_p
         print(f"evaluate ({evaluation.name}): {verb} {len(to_evaluate)} jobs, each once its training has "
               "ended successfully")
         for i, step in enumerate(to_evaluate):
-            dependency = _after("afterok", [step.train_job] if step.train != "done" else [])
+            after = step.train_job if step.train != "done" else None
             if dry_run:
                 step.eval_job = f"eval[{i}]"
             else:
                 if step.stale_eval_job:
                     subprocess.run(["scancel", step.stale_eval_job], capture_output=True)
-                executor = make_executor(step.run_dir / SLURM_DIR / "eval", resources,
-                                         f"eval-{evaluation.protocol}-{step.run_dir.name}")
-                executor.update_parameters(dependency=dependency, additional_parameters={
-                    **resources.additional, "kill_on_invalid_dep": "yes"} if dependency else resources.additional)
-                step.eval_job = str(executor.submit(EvalJob(step.run_dir, evaluation.protocol, "last",
-                                                            evaluation.layer_responses)).job_id)
+                job = submit_evaluation(step.run_dir, resources, evaluation.protocol, "last",
+                                        evaluation.layer_responses, after=after)
+                step.eval_job = str(job.job_id)
                 (step.run_dir / evaluation.job_id_file).write_text(step.eval_job)
-            print(f"  {step.eval_job:<14} {step.name:<28} {dependency or 'trained: starts now'}")
+            print(f"  {step.eval_job:<14} {step.name:<28} {f'afterok:{after}' if after else 'trained: starts now'}")
         submitted += len(to_evaluate)
     if submitted:
         awaited = [s.eval_job for s in steps if s.eval_job] if evaluation else \
@@ -234,7 +225,7 @@ def submit_chain(steps: List[RunStep], evaluation: Optional[Evaluation], table_p
 def run_chain_locally(steps: List[RunStep], evaluation: Optional[Evaluation], table_path: Path, runs_dir: Path,
                       nproc: int) -> int:
     """The same chain, here: train, evaluate, then report; a run that fails does not stop the others."""
-    from launch.local import run_local, run_module_local
+    from launch.local import run_local, run_module_local, stopped_by_user
 
     failed = []
     for step in steps:
@@ -244,7 +235,7 @@ def run_chain_locally(steps: List[RunStep], evaluation: Optional[Evaluation], ta
         if step.train == "submit":
             print(f"train {step.name} in {nproc} process(es): {step.run_dir}", flush=True)
             code = run_local(str(prepare_planned_run(step.run) / "config.yaml"), [], nproc)
-            if code in (3, 130):  # stopped by Ctrl-C after checkpointing (3), or killed (130): stop the chain
+            if stopped_by_user(code):
                 print(f"stopped while training {step.name}; the same command resumes it")
                 return code
             if code != 0:
@@ -254,7 +245,7 @@ def run_chain_locally(steps: List[RunStep], evaluation: Optional[Evaluation], ta
             print(f"evaluate {step.name} ({evaluation.name}) in {nproc} process(es)", flush=True)
             flags = ["--protocol", evaluation.protocol] + (["--layer-responses"] if evaluation.layer_responses else [])
             code = run_module_local("pipeline.evaluate", [str(step.run_dir), *flags], nproc)
-            if code in (3, 130):
+            if stopped_by_user(code):
                 return code
             if code != 0:
                 failed.append(f"evaluation of {step.name} (exit code {code})")
@@ -272,7 +263,7 @@ def reproduce(args: argparse.Namespace) -> int:
     table_path, runs_dir = Path(args.table).resolve(), Path(args.runs).resolve()
     table = load_table(table_path)
     runs = unique_runs(planned_runs(table_path, runs_dir, args.seeds, tuple(args.overrides)))
-    evaluation = table_evaluation(table)
+    evaluation = table_evaluation(table.kind, table.protocol)
     steps = plan_steps(runs, evaluation)
     report = runs_dir / REPORTS_DIR / f"{table_path.stem}.md"
     print(f"{table.title}: {len(runs)} runs in {runs_dir}")

@@ -158,8 +158,14 @@ class EvalJob:
 
 
 def submit_evaluation(run_dir: Path, resources: JobResources, protocol: str, checkpoint: str,
-                      layer_responses: bool):
+                      layer_responses: bool, after: Optional[str] = None):
+    """Submit an evaluation job; with `after` (a job id) it starts once that job has ended successfully."""
     executor = make_executor(run_dir / SLURM_DIR / "eval", resources, f"eval-{protocol}-{run_dir.name}")
+    if after:
+        # A requeued job keeps its id, so the dependency holds across requeues; if the job fails instead,
+        # SLURM removes this one rather than keeping it pending forever.
+        executor.update_parameters(dependency=f"afterok:{after}",
+                                   additional_parameters={**resources.additional, "kill_on_invalid_dep": "yes"})
     return executor.submit(EvalJob(run_dir, protocol, checkpoint, layer_responses))
 
 

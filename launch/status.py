@@ -12,7 +12,6 @@ longest ETA among the running runs.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ def find_runs(paths: Iterable[str | Path]) -> List[Path]:
 
 def run_status(run_dir: Path) -> RunStatus:
     """The run's state from its files (`read_run_state`), a submitted one resolved by SLURM's queue."""
-    status = RunStatus(**{f.name: getattr(read_run_state(run_dir), f.name) for f in dataclasses.fields(RunState)})
+    status = RunStatus(**vars(read_run_state(run_dir)))
     if status.state == "submitted":
         slurm_state = queue_state(status.job_id)
         if slurm_state is None:
