@@ -3,17 +3,24 @@
     python benchmarks/kill_soak.py [--engines ddp:20,deepspeed:10] [--nproc 2] [--seed 0] [--data DIR]
 
 For each engine, one small run (ResNet-8 on the digits, 2 processes over gloo, a checkpoint every 4
-steps) is trained uninterrupted, then again while being interrupted K times. Each time, once the run has
-logged a random number of steps past where it resumed, one of these happens (each once per three
-interruptions, in a random order):
+steps, W&B offline as users run it) is trained uninterrupted, then again while being interrupted K times.
+Each time, once the run has logged a random number of steps past where it resumed, one of these happens
+(each once per round of five, in a random order):
 
-    kill-rank   SIGKILL to one random rank (a crashed process or a lost node: nothing is saved)
-    usr2        SIGUSR2 to every rank (SLURM's warning before the time limit: save, exit, requeue)
-    sigterm     SIGTERM to every rank (scancel, a preemption: save and exit)
+    kill-rank     SIGKILL to one random rank (a crashed process or a lost node: nothing is saved)
+    usr2          SIGUSR2 to every process of the run (SLURM's warning before the time limit: save, exit)
+    sigterm       SIGTERM to every process of the run, W&B's service included (scancel, a requeue, a
+                  preemption: save and exit)
+    truncate      SIGKILL to every process, then the newest complete checkpoint's files cut in half (a node
+                  crash, a full disk): the next start must name it and resume from the one before
+    second-start  the same command started again while the run trains (paused meanwhile, so that it cannot end
+                  first): refused by the run's lock (exit 4) without touching it; the run is then stopped
+                  with SIGTERM
 
-and the run is started again with the same command, which resumes from its latest complete checkpoint.
-After the K-th interruption it runs to the end. The final weights must be identical, bit for bit, to the
-uninterrupted run's, and no process of the run may outlive its launcher. The results go to
+"Every process of the run" is what SLURM signals: each rank and all it started (W&B's service, loader
+workers), not the launcher. After each interruption the same command is started again and resumes from its
+latest intact checkpoint. After the K-th it runs to the end. The final weights must be identical, bit for
+bit, to the uninterrupted run's, and no process of the run may outlive its launcher. The results go to
 benchmarks/results/kill_soak.md (each interruption: action, step, exit code, the step resumed from).
 """
 
@@ -34,17 +41,23 @@ from typing import Dict, List
 from train_throughput import REPO, machine, sh, write_report  # benchmarks/ is this script's directory
 
 sys.path.insert(0, str(REPO))
-from launch.local import child_processes, local_command  # noqa: E402
+from launch.local import child_processes, process_tree  # noqa: E402
+from pipeline.exit_codes import LOCKED  # noqa: E402
 
 CONFIG = str(REPO / "configs" / "demo" / "digits.yaml")
-ACTIONS = ("kill-rank", "usr2", "sigterm")
+ACTIONS = ("kill-rank", "usr2", "sigterm", "truncate", "second-start")
 ENGINES = {"ddp": ["engine.name=ddp"], "deepspeed": ["engine.name=deepspeed", "engine.zero_stage=1"]}
+
+
+def command(args: List[str], nproc: int) -> List[str]:
+    """`launch local`, as a user runs it: its exit code is the ranks' (torchrun's own is 1 for any failure)."""
+    return [sys.executable, "-m", "launch", "local", CONFIG, *args, "--nproc", str(nproc)]
 
 
 def overrides(data: Path, out: Path, engine: str, total: int) -> List[str]:
     return [f"data.root={data}", f"run.out_dir={out}", "run.name=run", "run.deterministic=true",
             "model.name=cifar_resnet8", "schedule.unit=iteration", f"schedule.total={total}",
-            f"schedule.milestones=[{3 * total // 4}]", "logging.every_steps=1", "logging.wandb_mode=disabled",
+            f"schedule.milestones=[{3 * total // 4}]", "logging.every_steps=1", "logging.wandb_mode=offline",
             "eval.every_epochs=0", "checkpoint.every_steps=4", "checkpoint.check_every_steps=2",
             "checkpoint.every_minutes=0", *ENGINES[engine]]
 
@@ -56,7 +69,7 @@ class Run:
         self.run_dir, self.starts_before = run_dir, starts_before
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self._log = open(log, "ab")
-        self.proc = subprocess.Popen(local_command(CONFIG, args, nproc), cwd=REPO, env=env, stdout=self._log,
+        self.proc = subprocess.Popen(command(args, nproc), cwd=REPO, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def logged_step(self) -> int:
@@ -91,9 +104,44 @@ class Run:
         return [pid for pid in found if pid != os.getpid()]
 
 
-def latest_step(run_dir: Path) -> int:
-    done = [int(p.parent.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*/COMPLETE")]
+def complete_checkpoints(run_dir: Path) -> List[Path]:
+    return sorted(p.parent for p in (run_dir / "checkpoints").glob("step-*/COMPLETE"))
+
+
+def latest_step(run_dir: Path, damaged: Dict[Path, str]) -> int:
+    """The step the next start resumes from: the newest complete checkpoint that is not one we damaged (a damaged
+    one that training has saved again since has another COMPLETE marker)."""
+    done = [int(p.name.split("-")[1]) for p in complete_checkpoints(run_dir)
+            if damaged.get(p) != (p / "COMPLETE").read_text()]
     return max(done, default=0)
+
+
+def intact_checkpoints(run_dir: Path, damaged: Dict[Path, str]) -> int:
+    return sum(damaged.get(p) != (p / "COMPLETE").read_text() for p in complete_checkpoints(run_dir))
+
+
+def cut_newest_checkpoint(run_dir: Path, damaged: Dict[Path, str]) -> None:
+    """Every file of the newest complete checkpoint cut to half its size, its COMPLETE marker kept."""
+    newest = complete_checkpoints(run_dir)[-1]
+    for path in newest.rglob("*.pt"):
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+    damaged[newest] = (newest / "COMPLETE").read_text()
+
+
+def second_start(args: List[str], nproc: int, run_dir: Path, log: Path) -> int:
+    """Start the same command while the run trains; returns its exit code (refused: LOCKED) after checking that it
+    wrote nothing: the run's config, lock and W&B runs are as they were."""
+    before = [(run_dir / "config.yaml").read_bytes(), (run_dir / "run.lock").read_bytes(),
+              sorted(run_dir.glob("wandb/offline-run-*"))]
+    with open(log, "ab") as out:
+        code = subprocess.run(command(args, nproc), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600).returncode
+    after = [(run_dir / "config.yaml").read_bytes(), (run_dir / "run.lock").read_bytes(),
+             sorted(run_dir.glob("wandb/offline-run-*"))]
+    if after != before:
+        raise RuntimeError(f"a refused second start changed {run_dir}")
+    return code
 
 
 def soak(engine: str, kills: int, data: Path, out: Path, nproc: int, rng: random.Random) -> Dict:
@@ -105,33 +153,49 @@ def soak(engine: str, kills: int, data: Path, out: Path, nproc: int, rng: random
     assert run.wait() == 0, f"the uninterrupted run failed: see {logs / f'{engine}-whole.log'}"
 
     soaked = out / f"{engine}-soaked"
-    run_dir, rows, started = soaked / "run", [], time.time()
+    run_dir, rows, started, damaged = soaked / "run", [], time.time(), {}
+    log = logs / f"{engine}-soaked.log"
     for k in range(kills):
-        resumed_from = latest_step(run_dir)
+        resumed_from = latest_step(run_dir, damaged)
         target = min(resumed_from + rng.randint(2, 10), total - 1)
-        if k % len(ACTIONS) == 0:  # every action once in each round of three, in a random order
+        if k % len(ACTIONS) == 0:  # every action once in each round, in a random order
             order = rng.sample(ACTIONS, len(ACTIONS))
         action = order[k % len(ACTIONS)]
-        run = Run(overrides(data, soaked, engine, total), nproc, run_dir, logs / f"{engine}-soaked.log", k)
-        while run.proc.poll() is None and run.logged_step() < target:
+        args = overrides(data, soaked, engine, total)
+        run = Run(args, nproc, run_dir, log, k)
+        # A checkpoint is cut only where an intact one remains before it: with none, the run rightly stops and
+        # asks what to do (exit 7), which is tested elsewhere; a soak resumes by itself.
+        enough = (lambda: intact_checkpoints(run_dir, damaged) >= 2) if action == "truncate" else (lambda: True)
+        while run.proc.poll() is None and (run.logged_step() < target or not enough()):
             time.sleep(0.05)
         if run.proc.poll() is not None:
             raise RuntimeError(f"{engine}: start {k + 1} ended (code {run.proc.returncode}) before step {target}; "
-                               f"see {logs / f'{engine}-soaked.log'}")
+                               f"see {log}")
         at, ranks = run.logged_step(), child_processes(run.proc.pid)  # torchrun's children: the ranks
-        victims = [rng.choice(ranks)] if action == "kill-rank" else ranks
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL if action == "kill-rank" else
-                    signal.SIGUSR2 if action == "usr2" else signal.SIGTERM)
+        job = [pid for rank in ranks for pid in process_tree(rank)]  # what SLURM signals: ranks and their helpers
+        refused = None
+        if action == "second-start":
+            _signal(job, signal.SIGSTOP)  # paused meanwhile, so that it is still training when the second one asks
+            refused = second_start(args, nproc, run_dir, log)
+            _signal(job, signal.SIGCONT)
+            _signal(job, signal.SIGTERM)
+        elif action in ("kill-rank", "truncate"):
+            _signal([rng.choice(ranks)] if action == "kill-rank" else job, signal.SIGKILL)
+        else:
+            _signal(job, signal.SIGUSR2 if action == "usr2" else signal.SIGTERM)
         code = run.wait()
+        if action == "truncate":
+            cut_newest_checkpoint(run_dir, damaged)
         left = run.survivors()
         for pid in left:
             os.kill(pid, signal.SIGKILL)
         rows.append({"k": k + 1, "action": action, "resumed_from": resumed_from, "at_step": at,
-                     "saved": latest_step(run_dir), "exit": code, "left_behind": len(left)})
-        print(f"{engine} {k + 1}/{kills}: {action} at step {at} (resumed from {resumed_from}), exit {code}, "
-              f"latest checkpoint {rows[-1]['saved']}, {len(left)} process(es) left behind", flush=True)
-    run = Run(overrides(data, soaked, engine, total), nproc, run_dir, logs / f"{engine}-soaked.log")
+                     "saved": latest_step(run_dir, damaged), "exit": code, "second_start_exit": refused,
+                     "left_behind": len(left)})
+        print(f"{engine} {k + 1}/{kills}: {action} at step {at} (resumed from {resumed_from}), exit {code}"
+              + (f", second start exit {refused}" if refused is not None else "")
+              + f", next start resumes from {rows[-1]['saved']}, {len(left)} process(es) left behind", flush=True)
+    run = Run(overrides(data, soaked, engine, total), nproc, run_dir, log)
     finished = run.wait() == 0
 
     from pipeline.engine import load_weights
@@ -139,29 +203,48 @@ def soak(engine: str, kills: int, data: Path, out: Path, nproc: int, rng: random
     a = load_weights(reference / "run" / "checkpoints" / f"step-{total:09d}")
     b = load_weights(run_dir / "checkpoints" / f"step-{total:09d}") if finished else {}
     identical = finished and a.keys() == b.keys() and all(a[key].equal(b[key]) for key in a)
+    refusals_ok = all(r["second_start_exit"] == LOCKED for r in rows if r["action"] == "second-start")
+    fell_back = _fallbacks_named(log, damaged)
     return {"engine": engine, "kills": kills, "total": total, "rows": rows, "finished": finished,
-            "identical": identical, "left_behind": sum(r["left_behind"] for r in rows),
-            "minutes": (time.time() - started) / 60}
+            "identical": identical, "left_behind": sum(r["left_behind"] for r in rows), "refused": refusals_ok,
+            "fell_back": fell_back, "minutes": (time.time() - started) / 60}
+
+
+def _signal(pids: List[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # it ended on its own meanwhile (a loader worker, W&B's monitor)
+
+
+def _fallbacks_named(log: Path, damaged: Dict[Path, str]) -> bool:
+    """Every checkpoint we damaged was named in a start's log as damaged and not used."""
+    text = log.read_text(errors="replace")
+    return all(f"checkpoint {path} is damaged" in text for path in damaged)
 
 
 def report(results: List[Dict], args: argparse.Namespace) -> List[str]:
     lines = ["# Kill soak: interrupted K times, resumed, compared bitwise", "",
              f"Machine: {machine()}.",
              f"Command: `python benchmarks/kill_soak.py --engines {args.engines} --nproc {args.nproc} "
-             f"--seed {args.seed}` (ResNet-8 on the digits, DDP / DeepSpeed ZeRO-1 over gloo, a checkpoint every "
-             "4 steps, the stop check every 2).", "",
-             "| engine | interruptions | kill-rank / usr2 / sigterm | finished | final weights identical | "
-             "processes left behind | minutes |", "|---|---|---|---|---|---|---|"]
+             f"--seed {args.seed}` (ResNet-8 on the digits, DDP / DeepSpeed ZeRO-1 over gloo, W&B offline, a "
+             "checkpoint every 4 steps, the stop check every 2).", "",
+             "| engine | interruptions | " + " / ".join(ACTIONS) + " | finished | final weights identical | "
+             "second starts refused | damaged checkpoints named | processes left behind | minutes |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         counts = " / ".join(str(sum(row["action"] == a for row in r["rows"])) for a in ACTIONS)
-        lines.append(f"| {r['engine']} | {r['kills']} | {counts} | {'yes' if r['finished'] else 'NO'} | "
-                     f"{'yes' if r['identical'] else 'NO'} | {r['left_behind']} | {r['minutes']:.1f} |")
+        yes = lambda flag: "yes" if flag else "NO"
+        lines.append(f"| {r['engine']} | {r['kills']} | {counts} | {yes(r['finished'])} | {yes(r['identical'])} | "
+                     f"{yes(r['refused'])} | {yes(r['fell_back'])} | {r['left_behind']} | {r['minutes']:.1f} |")
     for r in results:
         lines += ["", f"## {r['engine']}: {r['total']} steps", "",
-                  "| # | action | resumed from step | at step | latest checkpoint after | exit code |",
+                  "| # | action | resumed from step | at step | next start resumes from | exit code |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {row['k']} | {row['action']} | {row['resumed_from']} | {row['at_step']} | {row['saved']} | "
-                  f"{row['exit']} |" for row in r["rows"]]
+                  f"{row['exit']}" + (f" (second start: {row['second_start_exit']})"
+                                      if row["second_start_exit"] is not None else "") + " |" for row in r["rows"]]
     return lines
 
 
@@ -185,7 +268,8 @@ def main() -> int:
             data = tmp / "shards"
         results = [soak(name, kills, data, tmp / "runs", args.nproc, rng) for name, kills in plan]
     write_report(args.out, report(results, args))
-    return 0 if all(r["identical"] and not r["left_behind"] for r in results) else 1
+    ok = all(r["identical"] and r["refused"] and r["fell_back"] and not r["left_behind"] for r in results)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

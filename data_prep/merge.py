@@ -18,8 +18,9 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 
 from .index import parse_index, split_name
-from .manifest import FORMAT, MANIFEST_NAME, VERSION
-from .shards import PARTS_DIR, atomic_write
+from .manifest import FORMAT, MANIFEST_NAME, VERSION, ManifestError
+from .durable import fsync_dir, write_file
+from .shards import PARTS_DIR
 from .stats import PixelSums, mean_of_center_views
 
 MEAN_IMAGE_NAME = "mean_image.npy"
@@ -72,6 +73,7 @@ def merge(out: str | Path) -> Path:
     """Write `out/manifest.json` (+ rejected.jsonl, converted.jsonl, warnings.jsonl) from the plan and all
     shard records."""
     out = Path(out)
+    refuse_unknown_manifest(out)
     plan = _plan(out)
     missing = missing_records(out)
     if missing:
@@ -100,7 +102,7 @@ def merge(out: str | Path) -> Path:
         mean, std = sums.mean_std()
         image, _ = mean_of_center_views(_stats_sample(out, splits.get("train"), plan["image_ext"], every)) if every else (None, 0)
         if image is not None:
-            atomic_write(out / MEAN_IMAGE_NAME, _npy(image))
+            write_file(out / MEAN_IMAGE_NAME, _npy(image))
         stats.update(mean=mean, std=std, mean_image=MEAN_IMAGE_NAME if image is not None else None)
         stats["num_images"] = sums.images
     else:
@@ -109,9 +111,26 @@ def merge(out: str | Path) -> Path:
                 "label_ext": "cls", "classes": plan["classes"], "num_classes": len(plan["classes"]),
                 "encoding": plan["encoding"], "splits": splits, "stats": stats, "seed": plan["seed"],
                 "created_by": plan["created_by"]}
-    atomic_write(out / "rejected.jsonl", _jsonl(rejected))
-    atomic_write(out / "converted.jsonl", _jsonl(converted))
-    atomic_write(out / WARNINGS_NAME, _jsonl(plan.get("warnings", [])))
+    write_file(out / "rejected.jsonl", _jsonl(rejected))
+    write_file(out / "converted.jsonl", _jsonl(converted))
+    write_file(out / WARNINGS_NAME, _jsonl(plan.get("warnings", [])))
     path = out / MANIFEST_NAME
-    atomic_write(path, (json.dumps(manifest, indent=1) + "\n").encode())
+    fsync_dir(out)  # every shard's rename is on disk before the manifest names it
+    write_file(path, (json.dumps(manifest, indent=1) + "\n").encode())
     return path
+
+
+def refuse_unknown_manifest(out: Path) -> None:
+    """ManifestError if `out` holds a manifest of a format or version this data_prep does not write: merging
+    would replace it with this version's, losing what a newer data_prep recorded there."""
+    path = Path(out) / MANIFEST_NAME
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        return  # unreadable or half written: a merge writes it whole
+    if isinstance(raw, dict) and (raw.get("format"), raw.get("version")) != (FORMAT, VERSION):
+        raise ManifestError(f"{path}: format {raw.get('format')!r} version {raw.get('version')!r} was not written by "
+                            f"this data_prep (it writes {FORMAT!r} version {VERSION}); refusing to replace it - "
+                            "use the data_prep that wrote it, or another --out")

@@ -20,10 +20,11 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from . import __version__
+from .durable import write_file
 from .images import Encoding
 from .lock import OutputLock
-from .merge import merge, missing_records
-from .shards import PARTS_DIR, Item, ShardTask, atomic_write, fingerprint, write_shard
+from .merge import merge, missing_records, refuse_unknown_manifest
+from .shards import PARTS_DIR, Item, ShardTask, fingerprint, write_shard
 from .sources import SourceData
 
 DEFAULT_SHARD_MB = 512.0
@@ -187,6 +188,7 @@ def prepare(source: SourceData, out: str | Path, opts: Options) -> Optional[Path
     out = Path(out)
     if not 0 <= opts.task_id < opts.num_tasks:
         raise ValueError(f"--task-id {opts.task_id} must be in 0..{opts.num_tasks - 1}")
+    refuse_unknown_manifest(out)  # before anything is written into a dataset of another data_prep version
     (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
     with OutputLock(out, opts.task_id, opts.num_tasks) as lock:
         return _prepare_locked(source, out, opts, lock)
@@ -203,13 +205,13 @@ def _prepare_locked(source: SourceData, out: Path, opts: Options, lock: OutputLo
         if old != record:
             print(f"note: {plan_path} differs from this run's plan (new input or options): shards whose "
                   f"inputs changed are rewritten", file=sys.stderr)
-    atomic_write(plan_path, json.dumps(record, indent=1).encode())
+    write_file(plan_path, json.dumps(record, indent=1).encode())
     if source.exact_stats is not None:
         import io
 
         buf = io.BytesIO()
         np.save(buf, source.exact_stats[2].astype(np.float32))
-        atomic_write(out / "mean_image.npy", buf.getvalue())
+        write_file(out / "mean_image.npy", buf.getvalue())
     mine = [t for i, t in enumerate(tasks) if i % opts.num_tasks == opts.task_id]
     progress = _Progress(sum(len(t.items) for t in mine), opts.progress)
     try:

@@ -8,6 +8,7 @@ and whose tar has the recorded size, so a killed run resumes where it stopped an
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Optional
 
+from .durable import write_file
 from .images import Encoding, Rejected, encode_png, prepare_jpeg, small_rgb
 from .index import Member, format_index
 from .stats import PixelSums
@@ -101,21 +103,6 @@ def tar_header(name: str, size: int) -> bytes:
 
 def record_path(out_dir: str | Path, name: str) -> Path:
     return Path(out_dir) / PARTS_DIR / f"{name}.json"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary name and a rename (readers never see half a file).
-
-    The temporary name is this process's own: the tasks of a job array write the same plan and manifest
-    at the same moment, and a shared name let one task rename the other's file away."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def completed_record(task: ShardTask) -> Optional[Dict]:
@@ -235,6 +222,10 @@ def write_shard(task: ShardTask, progress: Optional[Callable[[int, int], None]] 
     out = Path(task.out_dir)
     tar_path, idx_path = out / f"{task.name}.tar", out / f"{task.name}.idx"
     tmp = tar_path.with_name(tar_path.name + ".tmp")
+    # This task holds the shard's lock: a temporary file of its index or record is a killed writer's leftover.
+    for stale in [*out.glob(f"{glob.escape(idx_path.name)}.*.tmp"),
+                  *record_path(out, task.name).parent.glob(f"{glob.escape(task.name)}.json.*.tmp")]:
+        stale.unlink(missing_ok=True)
     rejected: List[Dict] = []
     converted: List[Dict] = []
     sums = PixelSums()
@@ -302,11 +293,12 @@ def write_shard(task: ShardTask, progress: Optional[Callable[[int, int], None]] 
               "fingerprint": task.fingerprint, "rejected": rejected, "converted": converted,
               "stats": sums.to_dict()}
     if index:
-        atomic_write(idx_path, format_index(index).encode())
         os.replace(tmp, tar_path)
+        # The index's write flushes the directory too, so both names are on disk before the record says so.
+        write_file(idx_path, format_index(index).encode(), fsync=task.fsync)
     else:  # every input of this shard was rejected: no (unreadable, empty) shard file at all
         tmp.unlink()
         for p in (tar_path, idx_path):
             p.unlink(missing_ok=True)
-    atomic_write(record_path(out, task.name), json.dumps(record, indent=1).encode())
+    write_file(record_path(out, task.name), json.dumps(record, indent=1).encode(), fsync=task.fsync)
     return record

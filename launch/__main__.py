@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -59,8 +60,23 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print("# resolved config")
         print(config_to_yaml(cfg))
         return 0
-    cfg, run_dir = prepare_run(args.config, args.overrides)
-    job = submit(run_dir, resources, cfg.run.name)
+    from launch.slurm import submission_lock
+    from launch.status import run_status
+    from pipeline.exit_codes import LOCKED
+    from pipeline.train import run_dir_of
+
+    run_dir = run_dir_of(cfg).resolve()
+    with submission_lock(run_dir.parent):
+        status = run_status(run_dir)
+        if status.state in ("queued", "running", "requeued"):
+            job = f" as SLURM job {status.job_id}" if status.job_id else ""
+            cancel = f"`scancel {status.job_id}`" if status.job_id else "stop it"
+            print(f"error: {run_dir} is already {status.state}{job}: a second job would be refused by the run's lock; "
+                  f"wait for it, or {cancel} and submit again (it resumes from the latest checkpoint)",
+                  file=sys.stderr)
+            return LOCKED
+        cfg, run_dir = prepare_run(args.config, args.overrides)
+        job = submit(run_dir, resources, cfg.run.name)
     print(f"submitted job {job.job_id}: {cfg.run.name}")
     print(f"run directory: {run_dir}")
     return 0
@@ -75,27 +91,31 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from launch.slurm import prepare_planned_run, submit_array
+    from launch.slurm import prepare_planned_run, submission_lock, submit_array
     from launch.status import run_status
     from pipeline.tables import planned_runs, unique_runs
 
     runs = unique_runs(planned_runs(args.table, args.runs, args.seeds, tuple(args.overrides)))
-    todo, done = [], []
-    for run in runs:
-        (done if run_status(run.run_dir).state in ("finished", "queued", "running", "requeued") else todo).append(run)
-    for run in done:
-        print(f"skip {run.run_dir}: {run_status(run.run_dir).state}")
-    if not todo:
-        print(f"nothing to submit: all {len(runs)} runs of {args.table} are finished or in the queue")
-        return 0
-    resources = _resources(args, todo[0].cfg)
-    if args.dry_run:
-        for run in todo:
-            print(f"would submit {run.run_dir} ({run.label}, seed {run.seed})")
-        return 0
-    run_dirs = [prepare_planned_run(run) for run in todo]
-    folder = run_dirs[0].parent / "_sweeps" / Path(args.table).stem
-    jobs = submit_array(run_dirs, resources, Path(args.table).stem, folder, args.array_parallelism)
+    # What is left to submit is decided and submitted under one lock: a second sweep at once waits, then skips.
+    folder = runs[0].run_dir.resolve().parent
+    with submission_lock(folder) if not args.dry_run else contextlib.nullcontext():
+        todo, done = [], []
+        for run in runs:
+            state = run_status(run.run_dir).state
+            (done if state in ("finished", "queued", "running", "requeued") else todo).append(run)
+        for run in done:
+            print(f"skip {run.run_dir}: {run_status(run.run_dir).state}")
+        if not todo:
+            print(f"nothing to submit: all {len(runs)} runs of {args.table} are finished or in the queue")
+            return 0
+        resources = _resources(args, todo[0].cfg)
+        if args.dry_run:
+            for run in todo:
+                print(f"would submit {run.run_dir} ({run.label}, seed {run.seed})")
+            return 0
+        run_dirs = [prepare_planned_run(run) for run in todo]
+        jobs = submit_array(run_dirs, resources, Path(args.table).stem, folder / "_sweeps" / Path(args.table).stem,
+                            args.array_parallelism)
     print(f"submitted job array {jobs[0].job_id.split('_')[0]} with {len(jobs)} tasks for {args.table}")
     for run_dir, job in zip(run_dirs, jobs):
         print(f"  {job.job_id}: {run_dir}")
@@ -172,7 +192,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from pipeline.exit_codes import describe_exit_codes
+
     parser = argparse.ArgumentParser(prog="python -m launch", description=__doc__,
+                                     epilog="`launch local` and the training jobs end with pipeline.train's "
+                                            + describe_exit_codes(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -183,7 +207,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     _add_resource_flags(p)
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("local", help="run a training config on this machine in N processes")
+    p = sub.add_parser("local", help="run a training config on this machine in N processes",
+                       description="Run a training config on this machine in N processes (ranks); its exit code is "
+                                   "the ranks' (pipeline.train's).",
+                       epilog=describe_exit_codes(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.add_argument("--nproc", type=int, default=1, help="number of processes (ranks)")

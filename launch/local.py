@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from pipeline.dist import free_port
+from pipeline.exit_codes import FAILED
+from pipeline.exit_codes import INTERRUPTED as EXIT_INTERRUPTED  # a light module: pipeline.train loads torch
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# pipeline.train's exit code once a signal stopped it after a checkpoint (`pipeline.train.EXIT_INTERRUPTED`,
-# not imported here: that module loads torch).
-EXIT_INTERRUPTED = 3
 
 
 def stopped_by_user(code: int) -> bool:
@@ -75,13 +74,33 @@ def _launch(torchrun_args: Sequence[str]) -> int:
 
     config, entrypoint, args = config_from_args(parse_args(list(torchrun_args)))
     try:
-        elastic_launch(config, entrypoint)(*args)
+        with _quiet_agent():
+            elastic_launch(config, entrypoint)(*args)
     except ChildFailedError as e:
-        code = e.get_first_failure()[1].exitcode  # the root cause: the first rank to fail
-        return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell reports it
+        rank, failure = e.get_first_failure()  # the root cause: the first rank to fail
+        code = 128 - failure.exitcode if failure.exitcode < 0 else failure.exitcode  # killed by N: 128 + N
+        if code == FAILED or code > 128:  # other codes come with the rank's own one-line error
+            how = f"was killed by {signal.Signals(code - 128).name}" if code > 128 else "failed (its traceback is above)"
+            print(f"launch: rank {rank} (pid {failure.pid}) {how}; the other ranks were stopped", file=sys.stderr)
+        return code
     except SignalException as e:  # SIGHUP or SIGQUIT: the agent has killed the ranks with it
         return 128 + int(e.sigval)
     return 0
+
+
+@contextlib.contextmanager
+def _quiet_agent() -> Iterator[None]:
+    """torch's agent logs each rank's failure and the signals it sends to the others; a rank's own error line (or
+    traceback) says it better, and `_launch` adds one line where that is not enough."""
+    import logging
+
+    agent = logging.getLogger("torch.distributed.elastic")
+    level = agent.level
+    agent.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        agent.setLevel(level)
 
 
 class _StopRanks:

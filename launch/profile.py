@@ -31,7 +31,7 @@ import socket
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from data_prep.shards import atomic_write
+from data_prep.durable import write_file
 from pipeline.config import ConfigError
 
 FORMAT = "resnet-repro-throughput"
@@ -76,7 +76,7 @@ def write_profile(path: str | Path, profile: Dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"format": FORMAT, "version": VERSION, **profile}, indent=1, sort_keys=False) + "\n"
-    atomic_write(path, text.encode())
+    write_file(path, text.encode())
     return path
 
 

@@ -23,13 +23,15 @@ run, each in N processes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from launch.slurm import JOB_ID_FILE, JobResources, make_executor, prepare_planned_run, resources_from_flags
+from launch.slurm import (JOB_ID_FILE, JobResources, make_executor, prepare_planned_run, resources_from_flags,
+                          submission_lock)
 from pipeline.results import protocol_result, read_layer_responses, read_results
 from pipeline.tables import PlannedRun, load_table, planned_runs, unique_runs
 
@@ -263,6 +265,17 @@ def reproduce(args: argparse.Namespace) -> int:
     table_path, runs_dir = Path(args.table).resolve(), Path(args.runs).resolve()
     table = load_table(table_path)
     runs = unique_runs(planned_runs(table_path, runs_dir, args.seeds, tuple(args.overrides)))
+    submitting = not (args.local or args.dry_run)
+    if submitting and not shutil.which("sbatch"):
+        print("error: no SLURM here (sbatch not found); run the chain on this machine with --local --nproc N")
+        return 2
+    # Deciding what is missing and submitting it happen under one lock: a second call at the same moment waits,
+    # then finds this one's jobs in the queue and submits nothing twice.
+    with submission_lock(runs_dir) if submitting else contextlib.nullcontext():
+        return _reproduce(args, table, table_path, runs_dir, runs)
+
+
+def _reproduce(args: argparse.Namespace, table, table_path: Path, runs_dir: Path, runs: List[PlannedRun]) -> int:
     evaluation = table_evaluation(table.kind, table.protocol)
     steps = plan_steps(runs, evaluation)
     report = runs_dir / REPORTS_DIR / f"{table_path.stem}.md"

@@ -7,23 +7,30 @@ resumes from its latest complete checkpoint.
 Preemption and time limits: SLURM sends USR2 (`--signal=USR2@<delay>`, or `scancel --signal=USR2`) to
 every task; the training loop notices it between steps, all ranks agree and save one consistent
 checkpoint, and then rank 0 hands over to submitit's own handler, which requeues the job (counting
-time-outs against `slurm.max_requeues`). SIGTERM (`scancel`, or a preemption that SLURM requeues by
-itself) also saves a checkpoint, but the job is not requeued: a cancelled job stays cancelled, and
-running it again resumes from that checkpoint.
+time-outs against `slurm.max_requeues`). SIGTERM (`scancel`, `scontrol requeue`, a preemption or a node
+set DOWN, which SLURM requeues by itself) reaches every process of the job, W&B's service among them; it
+also saves a checkpoint (W&B's failure is one warning), but the job does not requeue itself: a
+cancelled job stays cancelled, one SLURM requeues comes back by itself, and running a cancelled one
+again resumes from that checkpoint. A requeued job takes its run directory's lock back from its earlier
+start (`pipeline.run_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from pipeline.config import ExperimentConfig, load_config, save_config
 from pipeline.config_schema import SlurmConfig
 from pipeline.run_state import JOB_ID_FILE  # the file with a run's SLURM job id, for `status`
 
 SLURM_DIR = "slurm"  # submitit's job files and logs, inside the run directory
+SUBMISSION_LOCK = ".launch-submit.lock"  # held while a launch command decides what to submit into a folder
+SUBMISSION_WAIT_S = 600.0
 
 
 @dataclass
@@ -101,6 +108,31 @@ def sbatch_script(executor) -> str:
     return _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder, **executor.parameters)
 
 
+@contextlib.contextmanager
+def submission_lock(folder: Path) -> Iterator[None]:
+    """Held while a `launch` command decides what to submit into `folder` (the runs it holds) and submits it.
+
+    Deciding reads which runs are finished or in the queue, and submitting records their job ids; two
+    commands doing both at once (two `reproduce` calls of one table) would each find nothing queued and
+    submit every job twice. The second command waits for the first here (saying for whom, once), then
+    finds the first one's jobs in the queue and skips them."""
+    from data_prep.lock import FileLock, describe
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / SUBMISSION_LOCK)
+
+    def waiting(locked) -> None:
+        print(f"waiting for another launch command submitting into {folder} ({describe(locked.holder)})",
+              file=sys.stderr, flush=True)
+
+    lock.acquire_waiting(SUBMISSION_WAIT_S, on_wait=waiting)
+    lock.start_heartbeat()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class TrainJob:
     """The callable a SLURM job runs: train the run whose config lies in `run_dir`, resume if it can.
 
@@ -117,9 +149,8 @@ class TrainJob:
 
         cfg = load_config(Path(self.run_dir) / "config.yaml")
         info = dist_info_from_env()
-        if info.is_primary:
-            _record_job_id(Path(self.run_dir))
-        result = train(cfg, info)
+        # The job id is recorded once the run directory is this job's (a start refused by its lock writes nothing).
+        result = train(cfg, info, on_start=lambda: _record_job_id(Path(self.run_dir)))
         if result.get("interrupted") and result.get("signal") != "SIGTERM":
             # The checkpoint is saved; let submitit's handler (restored when training returned)
             # requeue the job on rank 0. Other ranks return and the requeued job starts them again.

@@ -20,6 +20,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from pipeline import exit_codes
 from pipeline.config_schema import (  # noqa: F401  (re-exported: callers import sections from here)
     CheckpointConfig,
     DataConfig,
@@ -43,6 +44,8 @@ _SECRET_KEY = re.compile(r"(api_?key|token|secret|password|passwd|credential)", 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file and the key."""
+
+    exit_code = exit_codes.USAGE
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import Mapping, MutableMapping, Optional, Sequence
+from typing import Callable, Mapping, MutableMapping, Optional, Sequence, TypeVar
+
+T = TypeVar("T")
 
 DEFAULT_PORT = 29500
 
@@ -253,6 +255,48 @@ def all_reduce_sum(values: "list[float]") -> "list[float]":
     tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+class RankFailed(RuntimeError):
+    """Raised on every rank by `on_every_rank` when another rank failed: its message, exit code and rank."""
+
+    def __init__(self, message: str, exit_code: int, rank: int) -> None:
+        super().__init__(message)
+        self.exit_code, self.rank = exit_code, rank
+
+
+def on_every_rank(work: Callable[[], T], gather: bool = False):
+    """Run `work` here; if it failed on any rank, fail on every rank. Returns this rank's result, or with `gather`
+    every rank's (in rank order; they must pickle).
+
+    A step that can fail on one rank only (a file it cannot write, a checkpoint it cannot read) would
+    otherwise leave the others waiting at their next collective until the process-group timeout, then
+    dying with a communication traceback of their own. Here every rank learns of the failure at once:
+    the failing rank raises its own error (with its traceback where it is unexpected), the others
+    `RankFailed` with its message and exit code, so every process of the job ends the same way.
+    Costs one all-gather, like a barrier: use it where a barrier was needed anyway."""
+    import torch.distributed as dist
+
+    from pipeline.exit_codes import exit_code_of
+
+    try:
+        result, error = work(), None
+    except Exception as e:  # noqa: BLE001 - shared with the other ranks, then raised again here
+        result, error = None, e
+    if not dist.is_initialized():
+        if error is not None:
+            raise error
+        return [result] if gather else result
+    outcome = (True, result if gather else None) if error is None else (False, (str(error), exit_code_of(error)))
+    outcomes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(outcomes, outcome)
+    if error is not None:
+        raise error
+    for rank, (ok, value) in enumerate(outcomes):
+        if not ok:
+            message, code = value
+            raise RankFailed(message, code, rank)
+    return [value for _, value in outcomes] if gather else result
 
 
 def _collective_device() -> str:

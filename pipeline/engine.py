@@ -4,11 +4,16 @@
     loss, correct = engine.train_step(images, labels)   # forward, backward, optimizer step
     engine.set_lr(schedule.lr(step))
     logits = engine.predict(images)             # eval mode, no grad
-    engine.save(staging_dir, extra, is_primary); extra = engine.load(checkpoint_dir, saved_world_size)
+    files = engine.save(staging_dir, extra, is_primary)    # {relative path: FileRecord} of this rank's files
+    extra = engine.load(checkpoint_dir, saved_world_size)
 
 DDP: autocast for bf16/fp16 and a gradient scaler for fp16. DeepSpeed: its own config is generated from
 the `engine` section (ZeRO stage, bf16/fp16) and it writes its own checkpoint format. Both: optional
 channels_last, torch.compile, SyncBN and activation checkpointing of every residual block.
+
+`save` does its collectives (BN buffers, DeepSpeed's own barriers) before any file write can fail, so a
+rank whose write fails (a full disk) raises only after the others have passed every collective of the
+save: `CheckpointStore.save` then agrees on the failure with one all-gather instead of a hang.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_prep.durable import FileRecord
 from pipeline.checkpoint import WorldSizeChangeError, load_state, save_state
 from pipeline.config_schema import EngineConfig, OptimConfig
+from pipeline.deepspeed_files import DurableCheckpointFiles
 from pipeline.dist import DistInfo
 from pipeline.optim import build_optimizer, set_lr
 
@@ -156,15 +163,16 @@ class DDPEngine:
     def set_lr(self, lr: float) -> None:
         set_lr(self.optimizer, lr)
 
-    def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool) -> None:
-        self.buffers.sync()
-        if is_primary:
-            save_state(staging / "state.pt", {
-                "model": self.module.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                **extra,
-            })
+    def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool) -> Dict[str, FileRecord]:
+        self.buffers.sync()  # collective: before the write, which may fail on this rank alone
+        if not is_primary:
+            return {}
+        return {"state.pt": save_state(staging / "state.pt", {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            **extra,
+        })}
 
     def load(self, checkpoint: Path, saved_world_size: int) -> Dict[str, Any]:
         # Weights, optimizer and scaler are whole on every rank: any world size can continue from them.
@@ -218,6 +226,10 @@ class DeepSpeedEngine:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, config=self.ds_config, dist_init_required=False
         )
+        self.files = DurableCheckpointFiles()
+        self.engine.checkpoint_engine = self.files  # every file DeepSpeed saves or loads goes through it
+        copy_scripts = self.engine._copy_recovery_script  # the one write it does itself (rank 0, ZeRO)
+        self.engine._copy_recovery_script = lambda path: self.files.deferring_errors(copy_scripts, path)
         self.module = self.engine.module
         self.input_dtype = _DTYPES[cfg.precision]
         self.buffers = BufferSync(self.module, info.distributed)
@@ -240,12 +252,15 @@ class DeepSpeedEngine:
     def set_lr(self, lr: float) -> None:
         set_lr(self.optimizer, lr)
 
-    def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool) -> None:
+    def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool) -> Dict[str, FileRecord]:
         self.buffers.sync()
-        # Every rank takes part: with ZeRO each holds a slice of the optimizer state.
+        # Every rank takes part: with ZeRO each holds a slice of the optimizer state. A failed write is kept by
+        # `self.files` until DeepSpeed has passed its barriers, then raised here.
         self.engine.save_checkpoint(str(staging), tag=DEEPSPEED_TAG, client_state={}, save_latest=False)
+        files = {str(Path(path).relative_to(staging)): record for path, record in self.files.take_written().items()}
         if is_primary:
-            save_state(staging / "state.pt", extra)
+            files["state.pt"] = save_state(staging / "state.pt", extra)
+        return files
 
     def load(self, checkpoint: Path, saved_world_size: int) -> Dict[str, Any]:
         world_size = self.engine.dp_world_size

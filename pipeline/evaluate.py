@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 
 from pipeline import dist
-from pipeline.checkpoint import CheckpointStore
+from pipeline.checkpoint import CheckpointDamaged, CheckpointStore
 from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.dist import DistInfo, dist_info_from_env
 from pipeline.evaluation import EvalProgress, LayerResponses, evaluate
@@ -48,13 +48,16 @@ def evaluate_run(run_dir: Path, protocol: str = "center", checkpoint: str = "las
         raise ValueError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     if layer_responses and protocol != "center":
         raise ValueError("layer responses are measured on the centre view: use --protocol center")
-    chosen = CheckpointStore(run_dir / "checkpoints").select(checkpoint)
+    store = CheckpointStore(run_dir / "checkpoints")
+    chosen = store.select(checkpoint)
     info = info or dist_info_from_env()
     device = resolve_device(cfg.run.device, info)
     use_task_cpus()
     if info.distributed:
         dist.init_process_group(info, device.type, cfg.engine.timeout_minutes)
     try:
+        # Its files are what training wrote (the primary compares them with the marker; every rank learns the verdict).
+        dist.on_every_rank(lambda: _check_intact(store, chosen) if info.is_primary else None)
         split = split or cfg.data.eval_split
         loader = build_loader(cfg.data, split, info, train=False, device=device, seed=cfg.run.seed,
                               protocol=protocol, scales=cfg.eval.scales, eval_resize=cfg.eval.resize)
@@ -78,6 +81,13 @@ def evaluate_run(run_dir: Path, protocol: str = "center", checkpoint: str = "las
         return record
     finally:
         dist.destroy_process_group()
+
+
+def _check_intact(store: CheckpointStore, chosen) -> None:
+    problem = store.verify(chosen)
+    if problem:
+        raise CheckpointDamaged(f"{chosen.path} is damaged and cannot be evaluated: {problem}; evaluate another "
+                                "checkpoint (--checkpoint last, best or a checkpoint directory)")
 
 
 def run_config(run_dir: Path) -> ExperimentConfig:
@@ -123,9 +133,10 @@ def main(argv: Optional[list] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         record = evaluate_run(Path(args.run_dir), args.protocol, args.checkpoint, args.split, args.layer_responses)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, FileNotFoundError, ValueError, CheckpointDamaged, dist.RankFailed) as e:
+        if dist_info_from_env().is_primary:
+            print(f"error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
     if dist_info_from_env().is_primary:
         print(f"{record['split']} {record['protocol']} error: top-1 {record['top1_error']:.2f}%, "
               f"top-5 {record['top5_error']:.2f}% ({record['samples']} samples, step {record['step']})")

@@ -3,7 +3,8 @@
     finished     results.json has training's "train" result
     submitted    not finished, and a SLURM job id is recorded (`slurm_job_id`): the files cannot tell a
                  queued job from a running or a failed one; `launch.status` asks SLURM's queue
-    running      metrics.jsonl was written within the last ACTIVE_WINDOW_S seconds (torchrun, one process)
+    running      its lock (`run.lock`) is held by a live process, or metrics.jsonl was written within the last
+                 ACTIVE_WINDOW_S seconds (torchrun, one process)
     stopped      a checkpoint or metrics exist, but nothing was written lately
     not started  none of these
 
@@ -22,6 +23,7 @@ from typing import Optional
 from pipeline.checkpoint import CheckpointStore
 from pipeline.metrics import METRICS_FILE, read_metrics
 from pipeline.results import read_results
+from pipeline.run_lock import lock_holder
 
 JOB_ID_FILE = "slurm_job_id"  # written by `launch.slurm` when it submits a run, read here
 # A run outside SLURM (torchrun, one process) counts as running while it logged this recently.
@@ -52,7 +54,8 @@ def read_run_state(run_dir: Path) -> RunState:
     metrics = read_metrics(run_dir)
     train_records = [m for m in metrics if "loss" in m]
     last = train_records[-1] if train_records else {}
-    latest = CheckpointStore(run_dir / "checkpoints").latest()
+    complete = CheckpointStore(run_dir / "checkpoints").complete(warn=False)  # (a save in progress is no news here)
+    latest = complete[-1] if complete else None
     step = max(int(last.get("step", 0)), latest.step if latest else 0)
     starts = [m["total_steps"] for m in metrics if m.get("event") == "start" and "total_steps" in m]
     job_file = run_dir / JOB_ID_FILE
@@ -63,7 +66,7 @@ def read_run_state(run_dir: Path) -> RunState:
         state = "finished"
     elif job_id:
         state = "submitted"
-    elif idle_s is not None and idle_s < ACTIVE_WINDOW_S:
+    elif lock_holder(run_dir) is not None or (idle_s is not None and idle_s < ACTIVE_WINDOW_S):
         state = "running"
     else:
         state = "stopped" if latest is not None or metrics else "not started"

@@ -21,26 +21,27 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-from pipeline import dist
-from pipeline.checkpoint import (CheckpointDirError, CheckpointStore, WorldSizeChangeError, load_state, save_state,
-                                 saved_world_size)
+from pipeline import dist, exit_codes
+from pipeline.checkpoint import CheckpointDirError, CheckpointStore, save_state
 from pipeline.config import ConfigError, ExperimentConfig, config_to_dict, load_config, loggable_config, save_config
 from pipeline.dist import DistInfo, dist_info_from_env
 from pipeline.evaluation import EvaluationInterrupted, LayerResponses, evaluate
 from pipeline.metrics import make_logger
 from pipeline.models import build_model
 from pipeline.results import update_results, write_layer_responses
-from pipeline.runtime import (StopSignal, peak_memory_mb, resolve_device, rng_state, seed_everything, set_rng_state,
-                              use_task_cpus)
+from pipeline.resume import resume_latest_intact
+from pipeline.run_lock import RunLock
+from pipeline.runtime import StopSignal, peak_memory_mb, resolve_device, rng_state, seed_everything, set_rng_state, \
+    use_task_cpus
 from pipeline.schedule import LRSchedule
 
 log = logging.getLogger("pipeline.train")
 
-EXIT_INTERRUPTED = 3  # stopped by a signal after saving a checkpoint: requeue and run again to resume
+EXIT_INTERRUPTED = exit_codes.INTERRUPTED  # stopped by a signal after saving a checkpoint: run again to resume
 
 
 @dataclass
@@ -56,81 +57,102 @@ def run_dir_of(cfg: ExperimentConfig) -> Path:
     return Path(cfg.run.out_dir) / cfg.run.name
 
 
-def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
-    """Train (or resume) the run `cfg` describes; returns the final results (or the interruption)."""
-    from pipeline.data import build_loader, dataset_num_classes
-    from pipeline.engine import build_engine
+def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None,
+          on_start: Optional[Callable[[], None]] = None) -> dict:
+    """Train (or resume) the run `cfg` describes; returns the final results (or the interruption).
 
+    The primary rank first takes the run directory's lock (`pipeline.run_lock`): a second training into the
+    same directory is refused there, before anything is written. `on_start` then runs on the primary rank
+    (a SLURM job records its id beside the run). Errors a user can fix end every rank the same way
+    (`dist.on_every_rank`): one error, an exit code from `pipeline.exit_codes`, no rank left waiting."""
     info = info or dist_info_from_env()
     device = resolve_device(cfg.run.device, info)
     use_task_cpus()
     if info.distributed or cfg.engine.name == "deepspeed":  # DeepSpeed needs a process group, even of one
         info = dist.with_free_port(info)
         dist.init_process_group(info, device.type, cfg.engine.timeout_minutes)
+    lock = RunLock(run_dir_of(cfg)) if info.is_primary else None
+    try:
+        dist.on_every_rank(lambda: _own_run_directory(lock, on_start))
+        return _train(cfg, info, device)
+    finally:
+        if lock is not None:
+            lock.release()
+        dist.destroy_process_group()
+
+
+def _own_run_directory(lock: Optional[RunLock], on_start: Optional[Callable[[], None]]) -> None:
+    if lock is None:
+        return
+
+    def take() -> None:
+        lock.run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # RunLocked when another live run holds it
+
+    _writing_run_dir(lock.run_dir, take)
+    lock.start_heartbeat()
+    if on_start is not None:
+        on_start()
+
+
+def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
+    from pipeline.engine import build_engine
+
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     run_dir = run_dir_of(cfg)
     store = CheckpointStore(run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_best)
-    store.check_writable(f".write-probe-{info.rank:05d}")  # every rank writes its own files into checkpoints
-    _record_placement(run_dir, info, device)
-
-    # Components, each built from its own section.
-    train_loader = build_loader(cfg.data, cfg.data.train_split, info, train=True, device=device, seed=cfg.run.seed)
-    eval_loader = build_loader(cfg.data, cfg.data.eval_split, info, train=False, device=device, seed=cfg.run.seed,
-                               eval_resize=cfg.eval.resize)
-    if cfg.model.num_classes is None:
-        cfg.model.num_classes = dataset_num_classes(cfg.data)
-    if info.is_primary:
-        save_config(cfg, run_dir / "config.yaml")
+    # What a user can get wrong (an unwritable directory, a missing or damaged dataset) fails on every rank alike.
+    train_loader, eval_loader = dist.on_every_rank(lambda: _prepare(cfg, info, device, store))
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, train_loader.steps_per_epoch, cfg.data.batch_size)
     micro_batch = cfg.data.batch_size // info.world_size
     engine = build_engine(cfg.engine, build_model(cfg.model), cfg.optim, schedule.lr(0), info, device, micro_batch)
 
-    # Resume from the latest complete checkpoint, if there is one.
+    # Resume from the newest intact checkpoint, if there is one.
     progress = Progress()
-    latest = store.latest()
+    resumed = resume_latest_intact(store, engine, info)
     resumed_from_world = None
-    if latest is not None:
-        saved_world = saved_world_size(latest.path)
-        extra = engine.load(latest.path, saved_world)
-        progress = Progress(**extra["progress"])
-        schedule.load_state_dict(extra["schedule"])
-        if saved_world == info.world_size:
-            _restore_rank_state(load_state(latest.path / f"rank-{info.rank:05d}.pt"), train_loader)
+    if resumed is not None:
+        progress = Progress(**resumed.extra["progress"])
+        schedule.load_state_dict(resumed.extra["schedule"])
+        if resumed.rank_state is not None:
+            _restore_rank_state(resumed.rank_state, train_loader)
         else:
-            resumed_from_world, saved_step = saved_world, progress.step
+            resumed_from_world, saved_step = resumed.saved_world_size, progress.step
             progress.step = _replay_epoch(train_loader, progress.epoch)
             log.warning("%s was saved by %d ranks at step %d; this run has %d: the data order of an epoch depends "
                         "on the world size, so epoch %d is replayed from its first step (%d) with the weights "
-                        "and optimizer state of step %d", latest.path, saved_world, saved_step, info.world_size,
-                        progress.epoch, progress.step, saved_step)
+                        "and optimizer state of step %d", resumed.checkpoint.path, resumed_from_world, saved_step,
+                        info.world_size, progress.epoch, progress.step, saved_step)
         log.warning("resuming %s from step %d (epoch %d)", run_dir, progress.step, progress.epoch)
-    logger = make_logger(info.is_primary, run_dir, cfg.logging, cfg.run.name, loggable_config(cfg), progress.step)
+    logger = dist.on_every_rank(lambda: make_logger(info.is_primary, run_dir, cfg.logging, cfg.run.name,
+                                                    loggable_config(cfg), progress.step))
     clock = _Clock(progress.elapsed_s)
 
     def save_checkpoint(metrics: Optional[dict] = None) -> None:
         progress.elapsed_s = clock.elapsed()
-        staging = store.begin(progress.step) if info.is_primary else store.staging_path(progress.step)
-        dist.barrier()  # the staging directory exists before any rank writes into it
-        save_state(staging / f"rank-{info.rank:05d}.pt", {"loader": train_loader.state_dict(), "rng": rng_state(),
-                                                          "world_size": info.world_size})
+        rank_state = {"loader": train_loader.state_dict(), "rng": rng_state(), "world_size": info.world_size}
         extra = {"progress": vars(progress).copy(), "schedule": schedule.state_dict(), "config": config_to_dict(cfg),
                  "rng": rng_state()}
-        engine.save(staging, extra, info.is_primary)
-        dist.barrier()  # every rank's files are written before the checkpoint is marked complete
-        if info.is_primary:
-            store.commit(staging, progress.step, metrics)
-        dist.barrier()
+
+        def write(staging: Path) -> dict:
+            files = engine.save(staging, extra, info.is_primary)  # its collectives first: see pipeline.engine
+            name = f"rank-{info.rank:05d}.pt"
+            return {**files, name: save_state(staging / name, rank_state)}
+
+        store.save(progress.step, info.is_primary, write, metrics)
 
     stop = StopSignal().install()
     total_steps = schedule.total_steps
     last_save = time.monotonic()
     logger.log({"event": "start", "total_steps": total_steps, "steps_per_epoch": train_loader.steps_per_epoch,
                 "world_size": info.world_size}, progress.step)
+    for skipped in resumed.skipped if resumed is not None else []:
+        logger.log({"event": f"warning: checkpoint {skipped} is damaged and was not used; resumed from "
+                             f"{resumed.checkpoint.path.name}"}, progress.step)
     if resumed_from_world is not None:
         logger.log({"event": f"world size changed from {resumed_from_world} to {info.world_size}: epoch "
                              f"{progress.epoch} replayed from step {progress.step}"}, progress.step)
     window = _Window()
-    result: dict = {}
     try:
         while progress.step < total_steps:
             epoch_done = True
@@ -197,16 +219,43 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None) -> dict:
         logger.log({"kind": "final", "epoch": progress.epoch, **final.as_dict("val_")}, progress.step)
         logger.summary(result)
         save_checkpoint({"val_top1_error": final.top1_error})
-        if info.is_primary:
-            update_results(run_dir, "train", result)
-            if stds is not None:
-                write_layer_responses(run_dir, {**stds, "samples": final.samples, "split": cfg.data.eval_split,
-                                                "step": progress.step})
+        dist.on_every_rank(lambda: _record_results(run_dir, result, stds, final.samples, cfg) if info.is_primary
+                           else None)
         return result
     finally:
         stop.uninstall()
-        logger.close()
-        dist.destroy_process_group()
+        logger.close()  # after the last save: W&B's teardown can fail (its service shares the job's signals)
+
+
+def _prepare(cfg: ExperimentConfig, info: DistInfo, device: torch.device, store: CheckpointStore) -> tuple:
+    """Check the run directory, record where this rank runs, open the dataset; the primary writes the config."""
+    from pipeline.data import build_loader, dataset_num_classes
+
+    run_dir = run_dir_of(cfg)
+    store.check_writable(f".write-probe-{info.rank:05d}")  # every rank writes its own files into checkpoints
+    _writing_run_dir(run_dir, lambda: _record_placement(run_dir, info, device))
+    train_loader = build_loader(cfg.data, cfg.data.train_split, info, train=True, device=device, seed=cfg.run.seed)
+    eval_loader = build_loader(cfg.data, cfg.data.eval_split, info, train=False, device=device, seed=cfg.run.seed,
+                               eval_resize=cfg.eval.resize)
+    if cfg.model.num_classes is None:
+        cfg.model.num_classes = dataset_num_classes(cfg.data)
+    if info.is_primary:
+        _writing_run_dir(run_dir, lambda: save_config(cfg, run_dir / "config.yaml"))
+    return train_loader, eval_loader
+
+
+def _writing_run_dir(run_dir: Path, write: Callable[[], None]) -> None:
+    try:
+        write()
+    except OSError as e:
+        raise CheckpointDirError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+
+
+def _record_results(run_dir: Path, result: dict, stds: Optional[dict], samples: int, cfg: ExperimentConfig) -> None:
+    update_results(run_dir, "train", result)
+    if stds is not None:
+        write_layer_responses(run_dir, {**stds, "samples": samples, "split": cfg.data.eval_split,
+                                        "step": result["step"]})
 
 
 def _evaluate_and_log(engine, eval_loader, schedule: LRSchedule, logger, progress: Progress) -> None:
@@ -295,29 +344,37 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.train",
         description="Train one run of the paper. Under torchrun or SLURM every rank runs this same command. "
-        "Running it again into the same run directory resumes from the latest complete checkpoint.",
+        "Running it again into the same run directory resumes from the latest intact checkpoint.",
+        epilog=exit_codes.describe_exit_codes(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="a YAML config, e.g. configs/cifar10/resnet20.yaml")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=0.05 data.root=/data/cifar10")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # A log handler that cannot write (a full disk: W&B's own debug log) must not print a traceback per record.
+    logging.raiseExceptions = False
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
+    primary = dist_info_from_env().is_primary
     try:
         result = train(cfg)
-    except (CheckpointDirError, WorldSizeChangeError, ConfigError) as e:  # one clear line, not a traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - what a user can fix is one line; anything else keeps its traceback
+        code = exit_codes.exit_code_of(e)
+        if code == exit_codes.FAILED:
+            raise
+        if primary:  # every rank ends with the same error (dist.on_every_rank): said once
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return code
     if result.get("interrupted"):
         return EXIT_INTERRUPTED
-    if dist_info_from_env().is_primary:
+    if primary:
         print(f"{result['split']} error: {result['top1_error']:.2f}% "
               f"(top-5 {result['top5_error']:.2f}%, {result['samples']} samples)")
         print(f"run directory: {run_dir_of(cfg).resolve()}")
-    return 0
+    return exit_codes.OK
 
 
 if __name__ == "__main__":

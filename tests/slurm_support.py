@@ -84,6 +84,7 @@ def wait_finished(run_dirs: Iterable[Path], timeout: float = 600) -> None:
         time.sleep(1)
 
 
-def job_logs(run_dir: Path) -> str:
+def job_logs(run_dir: Path, tail: int = 2500) -> str:
+    """The run's SLURM job logs (each file's last `tail` characters; 0: whole)."""
     logs = sorted(Path(run_dir).glob("slurm/*_log.*")) + sorted(Path(run_dir).parent.glob("_sweeps/*/*_log.*"))
-    return "".join(f"--- {p}\n{p.read_text()[-2500:]}\n" for p in logs)
+    return "".join(f"--- {p}\n{p.read_text()[-tail:]}\n" for p in logs)

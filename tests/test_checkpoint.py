@@ -1,5 +1,6 @@
 """Checkpoints: complete or ignored, rotation, data-only loading, and a writer killed mid-write."""
 
+import json
 import logging
 import os
 import signal
@@ -68,6 +69,47 @@ def test_writer_killed_mid_write_leaves_previous_checkpoint(tmp_path, caplog):
     assert latest.step == 100 and "did not finish" in caplog.text
     save(store, 300)  # the next save cleans nothing it should keep and works
     assert [c.step for c in store.complete()] == [100, 300]
+
+
+def test_a_save_records_every_file_and_verify_finds_what_changed(tmp_path):
+    store = CheckpointStore(tmp_path)
+
+    def write(staging):
+        (staging / "sub").mkdir()
+        return {"state.pt": save_state(staging / "state.pt", {"w": torch.arange(1000.0)}),
+                "sub/rank-00000.pt": save_state(staging / "sub" / "rank-00000.pt", {"r": torch.ones(10)})}
+
+    checkpoint = store.save(4, True, write, {"val_top1_error": 3.0})
+    marker = json.loads((checkpoint.path / "COMPLETE").read_text())
+    assert set(marker["files"]) == {"state.pt", "sub/rank-00000.pt"} and marker["val_top1_error"] == 3.0
+    latest = store.latest()
+    assert latest.step == 4 and store.verify(latest) == ""
+    state = latest.path / "state.pt"
+    state.write_bytes(state.read_bytes()[:-1] + b"x")  # same size, other bytes
+    assert store.verify(latest) == f"{state}: its sha256 is not that of the file written (the data was changed or damaged)"
+    state.write_bytes(b"short")
+    (latest.path / "sub" / "rank-00000.pt").unlink()
+    problems = store.verify(latest).split("; ")
+    assert problems[0].startswith(f"{state}: 5 bytes,") and problems[1] == f"{latest.path / 'sub' / 'rank-00000.pt'}: missing"
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint_and_says_so(tmp_path):
+    from pipeline.checkpoint import CheckpointWriteError
+
+    store = CheckpointStore(tmp_path)
+    save(store, 4)
+
+    def write(staging):
+        raise OSError(28, "No space left on device", str(staging / "state.pt"))
+
+    with pytest.raises(CheckpointWriteError) as failed:
+        store.save(8, True, write)
+    assert str(failed.value) == (
+        f"cannot write the checkpoint of step 8 in {tmp_path}: No space left on device "
+        f"({tmp_path / 'step-000000008.tmp' / 'state.pt'}); the latest complete checkpoint, "
+        f"{tmp_path / 'step-000000004'} (step 4), is kept: free space or fix the directory, then run the same "
+        "command to resume from it")
+    assert [c.step for c in store.complete()] == [4] and not (tmp_path / "step-000000008.tmp").exists()
 
 
 def test_state_loading_refuses_code(tmp_path):

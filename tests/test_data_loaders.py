@@ -387,3 +387,29 @@ def test_cpu_window_finish_flips_and_lights(imagenet):
     offset = (lit - plain).flatten(2)  # (N, 3, H*W)
     assert float(offset.std(dim=2).max()) < 1e-4  # constant over each image's channel
     assert float(offset.mean(dim=2).abs().max()) > 0.01  # and not zero
+
+
+# A rank with the torch backend's workers: the job's SIGTERM (sent by another process, as SLURM does) leaves them
+# working; the rank's own end of them (multiprocessing's at exit) still ends them, without hanging or an error.
+_WORKERS_UNDER_SIGTERM = """
+import os, subprocess, sys, torch
+from pipeline.runtime import ignore_stop_signals
+loader = torch.utils.data.DataLoader(list(range(1000)), batch_size=2, num_workers=2, persistent_workers=True,
+                                     worker_init_fn=ignore_stop_signals)
+batches = iter(loader)
+next(batches)
+workers = [str(w.pid) for w in batches._workers]
+subprocess.run(["kill", "-TERM", *workers], check=True)  # another process's SIGTERM, as slurmstepd sends
+import time; time.sleep(0.5)
+print(int(next(batches)[0]), int(next(batches)[0]), flush=True)
+"""
+
+
+def test_torch_loader_workers_outlive_the_jobs_sigterm_and_end_with_their_rank():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _WORKERS_UNDER_SIGTERM], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and proc.stdout.split() == ["2", "4"], proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "killed by signal" not in proc.stderr, proc.stderr

@@ -215,20 +215,47 @@ def test_file_names_that_are_not_utf8_are_processed_or_listed(tmp_path: Path) ->
     assert os.fsencode(rows[0]["path"]) == folder + b"/caf\xe9 bad.JPEG"
 
 
-def test_hidden_and_appledouble_files_are_counted_and_listed(tmp_path: Path) -> None:
+def test_hidden_nested_and_dangling_files_are_counted_and_listed(tmp_path: Path) -> None:
     src, out = tmp_path / "src", tmp_path / "out"
     _tiny_imagenet(src)
     cls = _first_class(src)
     hidden = [cls / f"._{cls.name}_1.JPEG", cls / ".DS_Store", src / "val" / "._ILSVRC2012_val_00000001.JPEG"]
     for p in hidden:
         p.write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    # A real image one folder too deep, and links whose targets are gone: found, not written, each listed.
+    nested = cls / "copy" / "deeper" / f"{cls.name}_copy.JPEG"
+    nested.parent.mkdir(parents=True)
+    shutil.copy(sorted(cls.glob("*.JPEG"))[-1], nested)
+    dangling = [cls / "gone.JPEG", src / "val" / "ILSVRC2012_val_00000002_gone.JPEG"]
+    for link in dangling:
+        link.symlink_to(tmp_path / "no-such-file.JPEG")
     assert prep("imagenet", "--src", src, "--out", out, "--workers", "1") == 0
     m = load_manifest(out)
-    assert (m.splits["train"].found, m.splits["val"].found) == (2 * 2 + 6 + 2, 2 * 1 + 2 + 1)
+    assert (m.splits["train"].found, m.splits["val"].found) == (2 * 2 + 6 + 2 + 1 + 1, 2 * 1 + 2 + 1 + 1)
     _check_invariant(out)
     reasons = {r["path"]: r["reason"] for r in _read_jsonl(out / "rejected.jsonl")}
     assert "AppleDouble" in reasons[str(hidden[0])] and "AppleDouble" in reasons[str(hidden[2])]
     assert "dot-file" in reasons[str(hidden[1])]
+    assert "copy/, a sub-folder of its class folder" in reasons[str(nested)]
+    assert all("dangling symbolic link" in reasons[str(link)] for link in dangling)
+
+
+def test_merge_refuses_a_manifest_of_a_version_it_does_not_know(tmp_path: Path, capsys) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    _tiny_imagenet(src)
+    assert prep("imagenet", "--src", src, "--out", out, "--workers", "1") == 0
+    manifest = out / "manifest.json"
+    newer = {**json.loads(manifest.read_text()), "version": 99}
+    manifest.write_text(json.dumps(newer))
+    capsys.readouterr()
+    from data_prep.__main__ import main
+
+    assert main(["merge", str(out)]) == 2
+    assert prep("imagenet", "--src", src, "--out", out, "--workers", "1") == 2  # nor is it prepared into
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all(line.startswith(f"error: {manifest}: format") and "version 99" in line
+                                    for line in errors)
+    assert json.loads(manifest.read_text()) == newer  # untouched
 
 
 def test_empty_imagenet_class_folder_is_an_error_naming_it(tmp_path: Path, capsys) -> None:

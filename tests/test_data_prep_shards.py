@@ -97,10 +97,10 @@ def test_tasks_write_disjoint_parts_and_merge(src: Path, tmp_path: Path) -> None
 
 
 def _write_often(path: Path, times: int) -> None:
-    from data_prep.shards import atomic_write
+    from data_prep.durable import write_file
 
     for i in range(times):
-        atomic_write(path, f"{os.getpid()} {i}".encode())
+        write_file(path, f"{os.getpid()} {i}".encode())
 
 
 def test_array_tasks_writing_the_same_file_together_do_not_collide(tmp_path: Path) -> None:

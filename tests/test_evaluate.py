@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from launch.local import torchrun_command
-from pipeline.checkpoint import CheckpointStore
+from pipeline.checkpoint import CheckpointDamaged, CheckpointStore
 from pipeline.config_schema import DataConfig
 from pipeline.data import build_loader
 from pipeline.dist import DistInfo
@@ -164,6 +164,12 @@ def test_two_rank_evaluation_counts_every_sample_once(digits_dataset, tmp_path):
     double = json.loads((run_dir / "layer_responses.json").read_text())
     assert double["layers"] == single_responses["layers"]
     assert double["std"] == pytest.approx(single_responses["std"], rel=1e-9)
+
+    # A checkpoint whose file was damaged after it was written is named, not evaluated.
+    state = run_dir / "checkpoints" / f"step-{16:09d}" / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    with pytest.raises(CheckpointDamaged, match=f"{state}: 1000 bytes"):
+        evaluate_run(run_dir, "center", "last")
 
 
 def test_evaluate_names_what_is_missing(tmp_path):

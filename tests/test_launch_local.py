@@ -1,4 +1,5 @@
-"""`python -m launch local` and Ctrl-C, for real: the ranks save and stop, a second Ctrl-C kills them, none is left."""
+"""`python -m launch local` for real: Ctrl-C makes the ranks save and stop, a second Ctrl-C kills them, none is
+left; a second start into the same run directory is refused while the first runs. W&B is offline, as users run."""
 
 import json
 import os
@@ -11,8 +12,10 @@ from typing import Callable, List
 
 import pytest
 
+from pipeline.exit_codes import LOCKED
 from pipeline.metrics import read_metrics
 from pipeline.train import EXIT_INTERRUPTED
+from pipeline.wandb_offline import offline_runs
 from tests.train_support import DEMO_CONFIG, REPO, env, small_run
 
 pytestmark = pytest.mark.slow
@@ -69,7 +72,7 @@ def training_steps(run_dir: Path) -> Callable[[], bool]:
 
 def overrides_of(digits_dataset: Path, out: Path, *extra: str) -> List[str]:
     # Far more steps than any test waits for: only a signal ends this run.
-    return small_run(digits_dataset, out, "logging.wandb_mode=disabled", "schedule.total=100000",
+    return small_run(digits_dataset, out, "logging.wandb_mode=offline", "schedule.total=100000",
                      "schedule.milestones=[90000]", "checkpoint.every_steps=0", *extra)
 
 
@@ -79,6 +82,19 @@ def test_ctrl_c_saves_a_checkpoint_stops_every_rank_and_the_run_resumes(digits_d
     proc = launch_local(overrides, tmp_path / "launch.log")
     try:
         wait_for(training_steps(run_dir), "training step", proc)
+        # The same command again, while the first trains: refused with one line naming it, writing nothing.
+        holder = json.loads((run_dir / "run.lock").read_text())
+        config_before = (run_dir / "config.yaml").read_bytes()
+        second = subprocess.run([sys.executable, "-m", "launch", "local", DEMO_CONFIG, *overrides, "--nproc", "2"],
+                                cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+        assert second.returncode == LOCKED, second.stderr[-4000:]
+        assert "Traceback" not in second.stderr and second.stdout == ""
+        errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and f"pid {holder['pid']}" in errors[0] and "already being trained" in errors[0]
+        assert second.stderr.strip() == errors[0], second.stderr  # nothing else either: no agent log, no rank's
+        assert (run_dir / "config.yaml").read_bytes() == config_before
+        assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1  # no W&B run of its own
+        assert proc.poll() is None  # the first one trains on
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
         code = proc.wait(timeout=180)
         log = (tmp_path / "launch.log").read_text()
@@ -104,6 +120,10 @@ def test_ctrl_c_saves_a_checkpoint_stops_every_rank_and_the_run_resumes(digits_d
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert f"from step {step}" in again.stderr
     assert json.loads((run_dir / "results.json").read_text())["train"]["step"] == step + 4
+    # One training wrote this directory at a time: every step logged once, in order, one W&B run.
+    steps = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
+    assert steps == list(range(2, step + 5, 2))
+    assert len({r.run_id for r in offline_runs(run_dir)}) == 1 and not (run_dir / "run.lock").exists()
 
 
 def test_a_second_ctrl_c_kills_every_rank_at_once(digits_dataset, tmp_path):

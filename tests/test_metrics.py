@@ -1,5 +1,7 @@
 """Metrics: JSONL mirror, offline W&B read back from its files, one run id across restarts, no secrets."""
 
+from pathlib import Path
+
 from pipeline.config import load_config, loggable_config
 from pipeline.config_schema import LoggingConfig
 from pipeline.metrics import NullLogger, make_logger, read_metrics
@@ -31,6 +33,37 @@ def test_resumed_run_continues_one_wandb_run_with_increasing_steps(tmp_path):
     local = read_metrics(tmp_path)
     assert [r["step"] for r in local] == list(range(1, 9))
     assert [r["lr"] for r in local] == [0.1] * 3 + [0.01] * 5  # the record follows the resumed trajectory
+
+
+def test_records_lost_with_a_killed_wandb_service_are_sent_again_by_the_next_start(tmp_path, capfd):
+    """SLURM's SIGTERM ends W&B's service with the job: one warning, training's records kept, nothing lost in W&B."""
+    import os
+    import signal
+    import time
+
+    from launch.local import child_processes
+
+    cfg = load_config(None, ["logging.wandb_mode=offline"])
+    first = make_logger(True, tmp_path, cfg.logging, "demo", loggable_config(cfg))
+    first.log({"loss": 1.0}, step=1, console=False)
+    services = [pid for pid in child_processes(os.getpid()) if b"wandb-core" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(services) == 1
+    os.kill(services[0], signal.SIGTERM)
+    while Path(f"/proc/{services[0]}").exists() and Path(f"/proc/{services[0]}/stat").read_text().split()[2] != "Z":
+        time.sleep(0.01)  # gone (or a zombie): W&B's next call fails
+    for step in (2, 3):
+        first.log({"loss": 1.0 / step}, step=step, console=False)
+    first.close()  # no exception, and no traceback at exit from W&B's own hooks
+    err = capfd.readouterr().err
+    assert err.count("warning: W&B stopped working at step 2") == 1 and "Traceback" not in err
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == [1, 2, 3]
+
+    second = make_logger(True, tmp_path, cfg.logging, "demo", loggable_config(cfg), resume_step=3)
+    second.log({"loss": 0.25}, step=4, console=False)
+    second.close()
+    runs = offline_runs(tmp_path)
+    assert len({r.run_id for r in runs if r.run_id}) == 1
+    assert [row["_step"] for row in runs[-1].history if "loss" in row] == [1, 2, 3, 4]  # sent again, then live
 
 
 def test_non_primary_ranks_log_nothing(tmp_path):

@@ -74,8 +74,18 @@ def test_reproduce_trains_evaluates_and_reports_a_table_with_no_further_command(
     assert "afterany:eval[0]:eval[1]:eval[2]" in dry and str(runs / "reports" / "digits_tencrop.md") in dry
     assert not runs.exists()  # a dry run writes nothing
 
-    out = launch(*args)
+    # Called twice at the same moment (a user's second terminal, a script run twice): every job is submitted once.
+    calls = [subprocess.Popen([sys.executable, "-m", "launch", *args], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [call.communicate(timeout=300) for call in calls]
+    assert all(call.returncode == 0 for call in calls), outputs
+    submitted = [out for out, err in outputs if "submitted a job array" in out]
+    assert len(submitted) == 1, outputs
+    out = submitted[0]
     assert "submitted a job array of 3 tasks" in out and "submitted 3 jobs" in out, out
+    second = next(out for out, err in outputs if out is not submitted[0])
+    assert "submitted" not in second and "nothing to submit: the rest is in the queue" in second, second
+    assert all(f"skip {name}, seed 0: " in second for name in ROWS), second  # it waited, then found them queued
     long_run = runs / "cifar_resnet8-seed0"
     training = (long_run / "slurm_job_id").read_text().strip()
     evaluation = (long_run / "slurm_eval_tencrop_job_id").read_text().strip()

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from pipeline.metrics import read_metrics
+from pipeline.wandb_offline import offline_runs
 from tests.slurm_support import (job_logs, job_state, launch, queue_state, require_minicluster, submit, wait_finished,
                                  wait_for)
 from tests.train_support import DEMO_CONFIG, small_run, train
@@ -40,21 +41,36 @@ def test_job_with_too_short_time_limit_times_out_requeues_and_finishes(digits_da
     assert 0 < stop < 1500 and f"resuming {run_dir} from step {stop}" in job_logs(run_dir)
 
 
-def test_cancelled_job_saves_a_checkpoint_and_stays_cancelled(digits_dataset, tmp_path):
-    """`scancel` sends SIGTERM: save, and end; requeueing would bring back a job its user cancelled."""
+def test_sigterm_to_every_process_and_scancel_each_save_and_the_run_resumes(digits_dataset, tmp_path):
+    """SLURM's SIGTERM reaches every process of the job step, W&B's service among them (W&B offline, as users run):
+    `scancel --signal=TERM` (what a preemption sends) and `scancel` each end with a checkpoint at the signalled
+    step; neither job requeues itself (a cancelled job stays cancelled), and submitting the run again resumes."""
     require_minicluster()
     run_dir = tmp_path / "t"
-    overrides = small_run(digits_dataset, tmp_path, "schedule.total=400", "schedule.milestones=[300]",
-                          "checkpoint.check_every_steps=2", "logging.wandb_mode=disabled")
-    job = submit(run_dir, overrides, *CPU_JOB, "--time", "10")
-    wait_for((run_dir / "checkpoints" / "step-000000008" / "COMPLETE").exists, "first checkpoint", run_dir)
-    subprocess.run(["scancel", job], check=True)
-    wait_for(lambda: queue_state(job) == "", "the cancelled job to leave the queue", run_dir)
-    assert job_state(job) == "CANCELLED", job_logs(run_dir)
-    stopped = [m for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGTERM"]
-    assert len(stopped) == 1, job_logs(run_dir)
-    assert (run_dir / "checkpoints" / f"step-{stopped[0]['step']:09d}" / "COMPLETE").exists()  # nothing lost
-    assert not (run_dir / "results.json").exists()
+    overrides = small_run(digits_dataset, tmp_path, "schedule.total=160", "schedule.milestones=[150]",
+                          "checkpoint.check_every_steps=2", "logging.wandb_mode=offline")
+    stops = lambda: [m["step"] for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGTERM"]
+    for k, (how, final_state) in enumerate(((["--signal=TERM"], "COMPLETED"), ([], "CANCELLED"))):
+        job = submit(run_dir, overrides, *CPU_JOB, "--time", "10")
+        checkpoints_before = len(list((run_dir / "checkpoints").glob("step-*/COMPLETE")))
+        wait_for(lambda: len(list((run_dir / "checkpoints").glob("step-*/COMPLETE"))) > checkpoints_before,
+                 "a checkpoint of this start", run_dir)
+        subprocess.run(["scancel", *how, job], check=True)
+        wait_for(lambda: queue_state(job) == "", "the signalled job to leave the queue", run_dir)
+        assert job_state(job) == final_state, job_logs(run_dir)
+        assert len(stops()) == k + 1, job_logs(run_dir)
+        assert (run_dir / "checkpoints" / f"step-{stops()[-1]:09d}" / "COMPLETE").exists()  # nothing lost
+        assert not (run_dir / "results.json").exists()
+    submit(run_dir, overrides, *CPU_JOB, "--time", "10")
+    wait_finished([run_dir])
+    logs = job_logs(run_dir, tail=0)
+    assert all(f"resuming {run_dir} from step {step}" in logs for step in stops()), logs
+    assert "Traceback" not in logs and json.loads((run_dir / "results.json").read_text())["train"]["step"] == 160
+    # One W&B run over the three starts. The signalled starts' W&B services died with them, before writing what they
+    # held; the last start sent W&B those records again from metrics.jsonl: every step is there, once, in order.
+    runs = offline_runs(run_dir)
+    assert len({r.run_id for r in runs if r.run_id}) == 1
+    assert [row["_step"] for row in runs[-1].history if "loss" in row] == list(range(2, 161, 2))
 
 
 def test_sweep_runs_as_one_job_array_and_skips_finished_runs(digits_dataset, tmp_path):

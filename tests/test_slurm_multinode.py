@@ -1,12 +1,16 @@
 """Multi-node jobs for real: `launch submit` of 2 nodes x 2 tasks on the 2-node minicluster.
 
 Cells: DDP, DeepSpeed ZeRO-1 and ZeRO-2 each finish with every rank on the node SLURM put it on; DDP
-and ZeRO-1 signalled mid-run (`scancel --signal=USR2`) requeue on both nodes, resume and end bitwise
-equal to the uninterrupted job; a job signalled during its final evaluation requeues and still ends
-with its results. Jobs run through submitit's sbatch/srun; ranks meet at the first node of the job.
+and ZeRO-1 requeued mid-run by `scontrol requeue` (SLURM's SIGTERM to every process of the job, W&B's
+service included, with W&B offline as users run it) save on both nodes, take their run directory's lock
+back from their earlier start, resume and end bitwise equal to the uninterrupted job; a job signalled
+(USR2) during its final evaluation requeues and still ends with its results. Jobs run through
+submitit's sbatch/srun; ranks meet at the first node of the job.
 """
 
 import json
+import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import torch
 from pipeline.engine import load_weights
 from pipeline.metrics import read_metrics
 from pipeline.wandb_offline import offline_runs
-from tests.slurm_support import job_logs, require_minicluster, submit, wait_finished, wait_for
+from tests.slurm_support import job_logs, queue_state, require_minicluster, submit, wait_finished, wait_for
 from tests.train_support import small_run
 
 pytestmark = pytest.mark.slow
@@ -69,23 +73,36 @@ def test_two_node_job_finishes_with_each_rank_on_its_slurm_node(uninterrupted, e
 
 
 @pytest.mark.parametrize("engine", ["ddp", "zero1"])
-def test_two_node_job_signalled_mid_run_requeues_and_ends_bitwise_equal(uninterrupted, digits_dataset, tmp_path,
-                                                                        engine):
+def test_two_node_job_requeued_mid_run_saves_resumes_and_ends_bitwise_equal(uninterrupted, digits_dataset, tmp_path,
+                                                                           engine):
     run_dir = tmp_path / "t"
     job = submit(run_dir, overrides(digits_dataset, tmp_path, engine), *TWO_NODES)
     marker = run_dir / "checkpoints" / f"step-{CHECKPOINT_EVERY:09d}" / "COMPLETE"
     wait_for(marker.exists, "first checkpoint", run_dir)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # every task on both nodes
+    subprocess.run(["scontrol", "requeue", job], check=True)  # SIGTERM to every process of the job, on both nodes
+    stopped = lambda: any("stopped by SIGTERM" in str(m.get("event")) for m in read_metrics(run_dir))
+    wait_for(lambda: stopped() and queue_state(job) == "PENDING", "the save and the requeue", run_dir)
+    # As if the first start had died holding the lock (a node lost): a live pid on this host, this job's id.
+    # Only the requeued start of this same job may take it back.
+    lock = {"host": socket.gethostname(), "pid": os.getpid(), "start": "earlier", "argv": ["the first start"],
+            "slurm_job_id": job, "slurm_restarts": 0}
+    (run_dir / "run.lock").write_text(json.dumps(lock))
     wait_finished([run_dir])
 
     metrics = read_metrics(run_dir)
-    stopped = [m for m in metrics if "stopped by SIGUSR2" in str(m.get("event"))]
-    # Usually a few steps after the checkpoint; on a slow scancel, at the last step or in the final evaluation.
-    assert len(stopped) == 1 and CHECKPOINT_EVERY <= stopped[0]["step"] <= TOTAL, job_logs(run_dir)
-    assert f"resuming {run_dir} from step {stopped[0]['step']}" in job_logs(run_dir)
+    stops = [m for m in metrics if "stopped by SIGTERM" in str(m.get("event"))]
+    # Usually a few steps after the checkpoint; on a slow requeue, at the last step or in the final evaluation.
+    assert len(stops) == 1 and CHECKPOINT_EVERY <= stops[0]["step"] <= TOTAL, job_logs(run_dir)
+    logs = job_logs(run_dir, tail=0)
+    assert f"resuming {run_dir} from step {stops[0]['step']}" in logs
+    assert "taking over the stale lock" in logs and f"earlier start of this SLURM job {job}" in logs
+    assert "Traceback" not in logs, logs
     assert [m["step"] for m in metrics if "loss" in m] == list(range(2, TOTAL + 1, 2))  # each step once
+    # One W&B run across the requeue; what the first start's W&B service held when SLURM ended it was sent again by
+    # the requeued start: its file holds every step, once, in order.
     runs = offline_runs(run_dir)
-    assert len(runs) == 2 and len({r.run_id for r in runs}) == 1  # one W&B run across the requeue
+    assert len({r.run_id for r in runs if r.run_id}) == 1
+    assert [row["_step"] for row in runs[-1].history if "loss" in row] == list(range(2, TOTAL + 1, 2))
 
     whole, resumed = final_weights(uninterrupted[engine]), final_weights(run_dir)
     assert whole.keys() == resumed.keys()

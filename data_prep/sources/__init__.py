@@ -1,9 +1,10 @@
 """Input sources: each turns a raw dataset tree into classes and per-split lists of `Item`s.
 
 Listing is cheap (directory scans, stat for sizes, label files); images are read later by the shard workers.
-Every regular file under a class folder is an input: anything unusable - hidden files (macOS AppleDouble
-`._*`, `.DS_Store`) included - is rejected by the workers and listed, never skipped silently, so that
-written + rejected = found holds for what is on disk.
+Every regular file in a class folder is an input: anything unusable - hidden files (macOS AppleDouble
+`._*`, `.DS_Store`) included - is rejected by the workers and listed, never skipped silently. So are the
+things that are no input at all: files in sub-folders of a class folder (class folders are read flat),
+dangling links and special files. Thus written + rejected = found holds for what is on disk.
 """
 
 from __future__ import annotations
@@ -52,14 +53,34 @@ def hidden_file_problem(name: str) -> str:
 
 
 def list_files(folder: Path) -> List[Listed]:
-    """Every regular file directly in `folder`, sorted by name; hidden ones carry their problem."""
+    """Everything in `folder` that could be taken for an input, sorted by path: its regular files (hidden ones
+    carry their problem) and, carrying theirs, dangling links, special files and every file in a sub-folder
+    (class folders are read flat), so that each is either written or listed with its reason."""
     out = []
     with os.scandir(folder) as it:
         for e in it:
             if e.is_file():
                 out.append(Listed(e.path, e.stat().st_size, hidden_file_problem(e.name)))
+            elif e.is_dir():
+                out += _nested_files(Path(e.path), Path(folder))
+            elif e.is_symlink():
+                out.append(Listed(e.path, 0, f"dangling symbolic link: its target {os.readlink(e.path)} does not exist"))
+            else:
+                out.append(Listed(e.path, 0, "not a regular file (a pipe, socket or device)"))
     out.sort()
     return out
+
+
+def _nested_files(sub: Path, folder: Path) -> List[Listed]:
+    """Every file (and link) under a sub-folder of a class folder, each rejected with the reason."""
+    problem = (f"in {sub.relative_to(folder)}/, a sub-folder of its class folder: class folders are read flat "
+               f"(move it into {folder} to include it)")
+    found = []
+    for root, dirs, files in os.walk(sub):  # links to folders are not followed: listed below, not entered
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            path = os.path.join(root, name)
+            found.append(Listed(path, os.lstat(path).st_size, problem))
+    return found
 
 
 def class_dirs(root: Path) -> List[str]:
@@ -84,4 +105,5 @@ def list_class_tree(root: Path, class_index: Dict[str, int]) -> Tuple[List[Item]
 
 
 def empty_folder_message(folder: Path, split: str) -> str:
-    return f"{folder}: empty class folder (no image files; hidden files do not count): no {split} samples of this class"
+    return (f"{folder}: empty class folder (no image files in it; hidden files and sub-folders do not count): "
+            f"no {split} samples of this class")

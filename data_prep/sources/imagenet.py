@@ -125,13 +125,14 @@ def load_imagenet(src: Path, devkit: Optional[Path] = None) -> SourceData:
         else:
             labels = _flat_val_labels(src, devkit, meta)
             items = []
-            for path, size, hidden in list_files(val):
+            for path, size, known_problem in list_files(val):
                 m = _VAL_NUMBER.search(Path(path).name)
                 wnid = labels.get(int(m.group(1))) if m else None
-                if hidden:  # `._ILSVRC2012_val_00000001.JPEG` matches the number but is no image
-                    items.append(Item(-1, path, size, problem=hidden))
+                # `._ILSVRC2012_val_00000001.JPEG` matches the number but is no image; nor is a dangling link
+                if known_problem:
+                    items.append(Item(-1, path, size, problem=known_problem))
                 elif wnid is None or wnid not in index:
-                    problem = f"no label for this file in the ground truth" if wnid is None else \
+                    problem = "no label for this file in the ground truth" if wnid is None else \
                         f"ground-truth class {wnid} has no train/ folder"
                     items.append(Item(-1, path, size, problem=problem))
                 else:

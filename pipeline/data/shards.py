@@ -21,10 +21,13 @@ from data_prep.index import IndexError_, parse_index
 from data_prep.manifest import FORMAT as MANIFEST_FORMAT
 from data_prep.manifest import MANIFEST_NAME
 from data_prep.manifest import VERSION as MANIFEST_VERSION
+from pipeline import exit_codes
 
 
 class DatasetError(RuntimeError):
     """A prepared dataset that cannot be read; the message names the file."""
+
+    exit_code = exit_codes.DATA
 
 
 @dataclass(frozen=True)

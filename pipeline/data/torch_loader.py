@@ -25,6 +25,7 @@ from PIL import Image
 from pipeline.data.augment import Geometry, sample_window, shorter_side_size, tencrop_boxes
 from pipeline.data.base import Loader, rank_range
 from pipeline.data.shards import SampleRef, Split
+from pipeline.runtime import ignore_stop_signals
 
 
 def epoch_order(refs_per_shard: Sequence[int], seed: int, epoch: int, rank: int, world_size: int,
@@ -169,6 +170,7 @@ class TorchLoader(Loader):
             self._dataloader = torch.utils.data.DataLoader(
                 _SampleReader(self.split, self.table, self.geometry, self.seed), batch_sampler=self._sampler,
                 num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
+                worker_init_fn=ignore_stop_signals,  # SLURM's SIGTERM reaches them too: the rank decides
                 prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
         return self._dataloader
 

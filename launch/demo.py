@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from launch.local import torchrun_command
+
 DEMO_TABLES = Path(__file__).resolve().parents[1] / "configs" / "demo" / "tables"
 REPORTS = ("digits.yaml", "digits_curves.yaml", "digits_responses.yaml")
 
@@ -36,7 +38,7 @@ def _run(*args: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo", help="directory for the demo's data and runs (default: demo)")
     parser.add_argument("--nproc", type=int, default=2, help="training processes (default: 2)")
@@ -62,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     _run("-m", "launch", "local", str(run.config_path), *run.overrides, "--nproc", str(args.nproc))
 
     _step(f"4. Evaluating the best checkpoint in {args.nproc} processes, with Fig. 7's layer responses")
-    from launch.local import torchrun_command
-
     evaluate = torchrun_command("pipeline.evaluate", [str(run_dir), "--checkpoint", "best", "--layer-responses"],
                                 args.nproc)
     print("$ python " + " ".join(evaluate[1:]), flush=True)

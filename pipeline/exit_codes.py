@@ -1,0 +1,46 @@
+"""The exit codes of `pipeline.train` (and of `launch local`, which returns its ranks' code), one per kind of end.
+
+A code other than 0 and 1 comes with one `error:` line on stderr that names the file or directory and what to do;
+every rank exits with the same code, and only the primary rank prints the line. Light on purpose (no torch):
+`launch` reads these to tell a stop from a failure.
+"""
+
+from __future__ import annotations
+
+OK = 0
+FAILED = 1  # an unexpected error: its traceback is printed (please report it)
+USAGE = 2  # a bad config, command line, or a checkpoint this world size cannot continue
+INTERRUPTED = 3  # stopped by a signal after saving a checkpoint: the same command (or the requeued job) resumes
+LOCKED = 4  # another live run holds the run directory (its lock names the host, pid and SLURM job)
+DATA = 5  # the prepared dataset is missing, damaged, or of a manifest version this code does not know
+WRITE = 6  # the run directory cannot be written (a full disk, a read-only or unwritable directory)
+CHECKPOINT = 7  # every checkpoint of the run is damaged: none to resume from (each is named)
+
+MEANINGS = {
+    OK: "finished",
+    FAILED: "an unexpected error (a traceback; please report it)",
+    USAGE: "a bad config or command line (or a checkpoint this number of ranks cannot continue)",
+    INTERRUPTED: "stopped by a signal after saving a checkpoint: run the same command again to resume",
+    LOCKED: "another live run holds the run directory (the error names it): wait for it, or stop it",
+    DATA: "the dataset is missing, damaged or of an unknown manifest version (the error names the file)",
+    WRITE: "the run directory cannot be written (disk full, read-only, permissions): the last complete "
+           "checkpoint is kept; fix it and run the same command to resume",
+    CHECKPOINT: "no checkpoint of the run is intact (the error names each damaged file and what to delete)",
+}
+
+
+def describe_exit_codes() -> str:
+    """The table above as help text."""
+    return "exit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in MEANINGS.items())
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The exit code for an error: its own `exit_code` where it has one, else by kind; FAILED for the unexpected."""
+    code = getattr(error, "exit_code", None)
+    if isinstance(code, int):
+        return code
+    from data_prep.manifest import ManifestError  # a dataset written by another data_prep version
+
+    if isinstance(error, ManifestError):
+        return DATA
+    return FAILED
