@@ -1,11 +1,10 @@
 """What a user can cause or fix ends a run with one `error:` line and a documented exit code, on every rank alike.
 
-For real, under `launch local` with W&B offline (what users run): a checkpoint directory that cannot be written
-(1 rank), a missing shard (2 ranks) and a manifest of an unknown version (1 rank), before the first step; mid-run, a disk that
-fills up during a save (a small tmpfs) and a checkpoint directory made immutable (`chattr +i`), in 2 ranks. Each
-prints one
-line naming the path (and the latest complete checkpoint, which stays the latest), no rank prints a traceback,
-and once the cause is gone the same command resumes.
+For real, under `launch local` with W&B offline (what users run): before the first step, a checkpoint directory
+that cannot be written (1 rank), a missing shard (2 ranks) and a manifest of an unknown version (1 rank); mid-run
+in 2 ranks, a disk that fills up during a save (a small tmpfs) and a checkpoint directory made immutable
+(`chattr +i`). Each prints one line naming the path (and the latest complete checkpoint, which stays the
+latest), no rank prints a traceback, and once the cause is gone the same command resumes.
 """
 
 from __future__ import annotations
