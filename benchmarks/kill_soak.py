@@ -1,6 +1,6 @@
 """Kill soak: interrupt a training run K times at random steps, resume after each, compare bitwise.
 
-    python benchmarks/kill_soak.py [--engines ddp:20,deepspeed:10] [--nproc 2] [--seed 0] [--data DIR]
+    python benchmarks/kill_soak.py [--engines ddp:20,deepspeed:10] [--nproc 2] [--seed 0] [--data DIR] [--keep DIR]
 
 For each engine, one small run (ResNet-8 on the digits, 2 processes over gloo, a checkpoint every 4
 steps, W&B offline as users run it) is trained uninterrupted, then again while being interrupted K times.
@@ -27,6 +27,7 @@ benchmarks/results/kill_soak.md (each interruption: action, step, exit code, the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -255,10 +256,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seeds the choice of actions, steps and ranks")
     parser.add_argument("--data", type=Path, help="prepared digits shards (default: built in a temporary dir)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "kill_soak.md")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep the runs and their logs in DIR/runs (default: a temporary directory, removed)")
     args = parser.parse_args()
     plan = [(name, int(k)) for name, k in (pair.split(":") for pair in args.engines.split(","))]
     rng = random.Random(args.seed)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() if args.keep is None else contextlib.nullcontext(args.keep) as tmp:
         tmp = Path(tmp)
         data = args.data
         if data is None:

@@ -103,7 +103,8 @@ def test_resnet1202_with_activation_checkpointing_is_killed_and_resumed_bitwise(
                 "engine.activation_checkpointing=true", "data.batch_size=4", "data.eval_batch_size=10",
                 "data.num_threads=1", "schedule.total=4", "eval.every_steps=0", "checkpoint.every_steps=2",
                 "checkpoint.every_minutes=0", "checkpoint.keep_last=10", "logging.every_steps=1",
-                "logging.wandb_mode=disabled"]
+                "logging.wandb_mode=disabled"]  # W&B off: this test is about the 1202-layer net's recomputation across
+    # a kill; kills and resumes with W&B offline (the default) are the kill soak's and the SLURM tests'.
 
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     train(NPROC_1202, overrides(whole), config=RESNET1202)

@@ -182,6 +182,7 @@ def test_bf16_kill_and_resume_is_bitwise_identical(whole_run, digits_dataset, tm
     """SIGKILLed mid-epoch after checkpoint 16, resumed: step 40 equals the uninterrupted run's, bit for bit
     (weights, and the optimizer state with DeepSpeed's fp32 master weights)."""
     whole, _ = whole_run(cell)
+    # W&B off: this test is about bf16 state across a kill; kills with W&B offline (the default) are the kill soak's.
     overrides = small_run(digits_dataset, tmp_path, "logging.wandb_mode=disabled", *CELLS[cell])
     broken = tmp_path / "t"
     train_and_kill(2, overrides, broken, after_checkpoint=16)

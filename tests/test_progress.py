@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 def resumed_run(digits_dataset, tmp_path_factory):
     """A 40-step run killed after its checkpoint of step 16 and resumed to the end (one process)."""
     out = tmp_path_factory.mktemp("progress")
+    # W&B off: this is about the elapsed time kept in checkpoints; kills with W&B offline are the kill soak's.
     overrides = small_run(digits_dataset, out, "logging.wandb_mode=disabled", "data.eval_batch_size=40")
     train_and_kill(1, overrides, out / "t", after_checkpoint=16)
     log = train(1, overrides)

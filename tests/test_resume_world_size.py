@@ -22,6 +22,8 @@ SAVED_AT = 40  # mid-epoch 1: the digits give 31 steps of 48 per epoch
 
 
 def _overrides(data: Path, out: Path, *engine: str) -> list:
+    # W&B off: these tests are about the data order and optimizer state across world sizes; resumes with W&B
+    # offline (the default) are the kill soak's and the SLURM tests'.
     return small_run(data, out, "data.batch_size=48", "data.eval_batch_size=48",
                      f"schedule.total={TOTAL}", "schedule.milestones=[60]",
                      "logging.wandb_mode=disabled", *engine)

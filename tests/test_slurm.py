@@ -30,7 +30,7 @@ def test_job_with_too_short_time_limit_times_out_requeues_and_finishes(digits_da
     # slow the machine is: the test waits on events, not on a number of allocations.
     overrides = small_run(digits_dataset, tmp_path, "schedule.total=1500", "schedule.milestones=[1200]",
                           "logging.every_steps=50", "checkpoint.every_steps=100", "checkpoint.check_every_steps=2",
-                          "logging.wandb_mode=disabled")
+                          "logging.wandb_mode=offline")
     job = submit(run_dir, overrides, *CPU_JOB, "--time", "1", "--signal-delay-s", "15", "--max-requeues", "5")
     timed_out = lambda: any(m.get("event") == "stopped by SIGUSR2" for m in read_metrics(run_dir))
     wait_for(timed_out, "stop at the time limit", run_dir, timeout=600)

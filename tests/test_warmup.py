@@ -107,6 +107,7 @@ CHECKPOINT_AFTER_END = 24
 
 
 def _overrides(data: Path, out: Path) -> list:
+    # W&B off: this is about the warm-up's end kept across a kill; kills with W&B offline are the kill soak's.
     return small_run(data, out, "logging.wandb_mode=disabled", "schedule.total=32", "schedule.milestones=[]",
                      "schedule.warmup=until_train_error", f"schedule.warmup_until_error={THRESHOLD}",
                      "schedule.warmup_iterations=1000", "schedule.warmup_lr=0.02")
