@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import resource
 import signal
 import sys
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -117,13 +118,26 @@ class StopSignal:
         print(f"received {self.received}: checkpointing at the next step", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """SIGTERM held back from this thread while it starts helper processes, which are born with it blocked (a
+    signal meanwhile is delivered once the block ends): SLURM's SIGTERM cannot reach a worker in the moment
+    before `ignore_stop_signals` has run in it."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def ignore_stop_signals(*_: Any) -> None:
     """For a rank's helper processes (data-loading workers): stop signals from anyone but their rank are ignored.
 
     SLURM signals every process of the job, and a worker that died of it would fail the batch its rank
     needs to reach the checkpoint; the workers end with their rank instead, after it has saved. Their rank
     still ends them with SIGTERM (the loader's shutdown, or multiprocessing's at exit): SIGTERM is blocked
-    and a thread of the worker reads who sent it, ending the worker only when it was its parent.
+    (from birth, when started under `stop_signals_held`) and a thread of the worker reads who sent it, ending
+    the worker only when it was its parent.
     """
     import threading
 

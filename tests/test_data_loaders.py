@@ -389,27 +389,30 @@ def test_cpu_window_finish_flips_and_lights(imagenet):
     assert float(offset.mean(dim=2).abs().max()) > 0.01  # and not zero
 
 
-# A rank with the torch backend's workers: the job's SIGTERM (sent by another process, as SLURM does) leaves them
-# working; the rank's own end of them (multiprocessing's at exit) still ends them, without hanging or an error.
+# A rank reading with the torch backend's 2 workers: the job's SIGTERM (sent by another process, as slurmstepd does)
+# leaves them working; the rank's own end of them (multiprocessing's at exit) still ends them, without a hang or an
+# error.
 _WORKERS_UNDER_SIGTERM = """
-import os, subprocess, sys, torch
-from pipeline.runtime import ignore_stop_signals
-loader = torch.utils.data.DataLoader(list(range(1000)), batch_size=2, num_workers=2, persistent_workers=True,
-                                     worker_init_fn=ignore_stop_signals)
-batches = iter(loader)
+import os, subprocess, sys
+from launch.local import child_processes
+from pipeline.config_schema import DataConfig
+from pipeline.data import build_loader
+from pipeline.dist import DistInfo
+cfg = DataConfig(root=sys.argv[1], backend="torch", augmentation="cifar", image_size=32, batch_size=2, num_threads=2)
+batches = iter(build_loader(cfg, "train", DistInfo(), train=True, seed=0))
 next(batches)
-workers = [str(w.pid) for w in batches._workers]
-subprocess.run(["kill", "-TERM", *workers], check=True)  # another process's SIGTERM, as slurmstepd sends
-import time; time.sleep(0.5)
-print(int(next(batches)[0]), int(next(batches)[0]), flush=True)
+workers = [str(pid) for pid in child_processes(os.getpid())]
+assert len(workers) == 2, workers
+subprocess.run(["kill", "-TERM", *workers], check=True)
+print(sum(len(labels) for _, labels in batches), flush=True)  # the rest of the epoch, read by the same workers
 """
 
 
-def test_torch_loader_workers_outlive_the_jobs_sigterm_and_end_with_their_rank():
+def test_torch_loader_workers_outlive_the_jobs_sigterm_and_end_with_their_rank(cifar):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", _WORKERS_UNDER_SIGTERM], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[1])
-    assert proc.returncode == 0 and proc.stdout.split() == ["2", "4"], proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "-c", _WORKERS_UNDER_SIGTERM, str(cifar)], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and proc.stdout.split() == ["8"], proc.stdout + proc.stderr  # 11 samples: 5 x 2, less 2
     assert "Traceback" not in proc.stderr and "killed by signal" not in proc.stderr, proc.stderr

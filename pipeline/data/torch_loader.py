@@ -25,7 +25,7 @@ from PIL import Image
 from pipeline.data.augment import Geometry, sample_window, shorter_side_size, tencrop_boxes
 from pipeline.data.base import Loader, rank_range
 from pipeline.data.shards import SampleRef, Split
-from pipeline.runtime import ignore_stop_signals
+from pipeline.runtime import ignore_stop_signals, stop_signals_held
 
 
 def epoch_order(refs_per_shard: Sequence[int], seed: int, epoch: int, rank: int, world_size: int,
@@ -161,7 +161,9 @@ class TorchLoader(Loader):
             starts = list(range(0, len(order), b))
         self._sampler.batches = [[(epoch, int(g)) for g in order[k:k + b]] for k in starts]
         if self._sampler.batches:
-            yield from self._loader()
+            with stop_signals_held():  # the workers start here (once: they persist) with SIGTERM blocked
+                batches = iter(self._loader())
+            yield from batches
 
     def _loader(self) -> torch.utils.data.DataLoader:
         # Built once: persistent workers start once per run, not once per epoch.
