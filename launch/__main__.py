@@ -46,11 +46,12 @@ def _resources(args: argparse.Namespace, cfg):
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from launch.slurm import make_executor, prepare_run, sbatch_script, submit
+    from launch.slurm import make_executor, prepare_run, print_gpu_shares, sbatch_script, submit
     from pipeline.config import config_to_yaml, load_config
 
     cfg = load_config(args.config, args.overrides)  # refuse a bad config before anything is written
     resources = _resources(args, cfg)
+    print_gpu_shares({cfg.run.name: cfg}, resources)
     if args.dry_run:
         from pipeline.train import run_dir_of
 
@@ -91,7 +92,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from launch.slurm import prepare_planned_run, submission_lock, submit_array
+    from launch.slurm import prepare_planned_run, print_gpu_shares, submission_lock, submit_array
     from launch.status import run_status
     from pipeline.tables import planned_runs, unique_runs
 
@@ -109,6 +110,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"nothing to submit: all {len(runs)} runs of {args.table} are finished or in the queue")
             return 0
         resources = _resources(args, todo[0].cfg)
+        print_gpu_shares({f"{run.label}, seed {run.seed}": run.cfg for run in todo}, resources)
         if args.dry_run:
             for run in todo:
                 print(f"would submit {run.run_dir} ({run.label}, seed {run.seed})")

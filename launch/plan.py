@@ -14,6 +14,8 @@ here (the output says so). The arithmetic, whose assumptions are also printed un
   images costing in proportion to their pixels; a `responses` table adds a centre pass for the layer
   responses; a centre table needs nothing more than training's final evaluation);
 - GPU-hours = images / per-GPU images/s / 3600; a run on G GPUs takes its GPU-hours / G (linear scaling);
+- img/GPU: each GPU's share of a run's global batch; a row below the share its recipe was made for
+  (`data.recipe_batch_per_gpu`) gets a note saying what that changes and the ways out;
 - a model the profile lacks is scaled by multiply-adds per image from the nearest measured net of its
   family, else from the reference ResNet-50, and its row says so;
 - table wall time = the makespan of the runs (each: training, then its evaluation) placed longest first onto
@@ -31,6 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from launch.profile import REFERENCE, load_profile
 from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.gpu_share import gpu_share
 from pipeline.tables import load_table, planned_runs, unique_runs
 
 PAPER_SPLITS: Dict[str, Tuple[str, Dict[str, int]]] = {
@@ -67,6 +70,8 @@ class RunCost:
     rate: Rate
     time_limit_s: float = math.inf
     max_requeues: int = 0
+    images_per_gpu: float = 0.0  # of the global batch
+    below_recipe: Optional[str] = None  # the warning when a GPU gets fewer images than the recipe was made for
 
     @property
     def gpu_s_train(self) -> float:
@@ -297,13 +302,14 @@ def plan_table(table_path: str | Path, profile: dict, reference: dict, resources
         extra_views[cfg.model.name] = views
         resources = resources_of(cfg)
         gpus = resources.nodes * resources.ntasks_per_node
+        share = gpu_share(cfg, gpus)
         costs[run.run_dir] = RunCost(
             row=run.row, label=run.label, model=cfg.model.name, seed=run.seed, gpus=gpus, train_steps=total,
             train_images=total * cfg.data.batch_size,
             train_eval_views=float(training_evaluations(cfg, total, per_epoch) * eval_size),
             protocol_views=views * eval_size, rate=rates.for_run(cfg, gpus),
             time_limit_s=60.0 * resources.time_minutes if resources.time_minutes else math.inf,
-            max_requeues=resources.max_requeues)
+            max_requeues=resources.max_requeues, images_per_gpu=share.images, below_recipe=share.below_recipe())
 
     rows: List[RowCost] = []
     for index, row in enumerate(table.rows):
@@ -382,15 +388,16 @@ def format_plan(plan: TablePlan) -> str:
         numbers = [notes.setdefault(text, len(notes) + 1) for text in dict.fromkeys(texts)]
         return "[" + ",".join(map(str, numbers)) + "]" if numbers else ""
 
-    header = ["row", "model", "runs", "GPUs", "train steps", "img/s/GPU", "GPU-h train", "GPU-h eval", "wall/run",
+    header = ["row", "model", "runs", "GPUs", "img/GPU", "train steps", "img/s/GPU", "GPU-h train", "GPU-h eval", "wall/run",
               "notes"]
     table: List[List[str]] = []
     for row in plan.rows:
         if not row.runs:
-            table.append([row.label, row.model, "0", "-", "-", "-", "-", "-", "-",
+            table.append([row.label, row.model, "0", "-", "-", "-", "-", "-", "-", "-",
                           refs([f"{row.label}: the same run(s) as row {row.same_as}, counted there"])])
             continue
         texts = [n for run in row.runs for n in run.rate.notes]
+        texts += [f"{row.label}: {run.below_recipe}" for run in row.runs if run.below_recipe]
         for run in row.runs:
             if run.requeues > run.max_requeues:
                 texts.append(f"{row.label}: a training job of {_duration(run.training_job_s)} outlives its "
@@ -398,16 +405,17 @@ def format_plan(plan: TablePlan) -> str:
                              f"{run.max_requeues} requeues (slurm.max_requeues; --time, --max-requeues)")
         walls = sorted({_duration(run.wall_s) for run in row.runs})
         table.append([row.label, row.model, str(len(row.runs)), _set(run.gpus for run in row.runs),
+                      _set(f"{run.images_per_gpu:g}" for run in row.runs),
                       _set(f"{run.train_steps:,}" for run in row.runs), _set(_rate(run.rate.train) for run in row.runs),
                       _hours(sum(run.gpu_s_train for run in row.runs)),
                       _hours(sum(run.gpu_s_eval for run in row.runs)), " / ".join(walls), refs(texts)])
     runs = plan.runs
     total_train = sum(run.gpu_s_train for run in runs)
     total_eval = sum(run.gpu_s_eval for run in runs)
-    table.append(["total", "", str(len(runs)), "", "", "", _hours(total_train), _hours(total_eval),
+    table.append(["total", "", str(len(runs)), "", "", "", "", _hours(total_train), _hours(total_eval),
                   _duration(plan.makespan_s), f"makespan, <= {plan.array_parallelism} jobs at once"])
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
-    right = {2, 3, 4, 5, 6, 7, 8}
+    right = {2, 3, 4, 5, 6, 7, 8, 9}
 
     def line(cells: List[str]) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))

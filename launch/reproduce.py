@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from launch.slurm import (JOB_ID_FILE, JobResources, make_executor, prepare_planned_run, resources_from_flags,
-                          submission_lock)
+from launch.slurm import (JOB_ID_FILE, JobResources, make_executor, prepare_planned_run, print_gpu_shares,
+                          resources_from_flags, submission_lock)
 from pipeline.results import protocol_result, read_layer_responses, read_results
 from pipeline.tables import PlannedRun, load_table, planned_runs, unique_runs
 
@@ -293,10 +293,11 @@ def _reproduce(args: argparse.Namespace, table, table_path: Path, runs_dir: Path
         return 0
     if args.local:
         return run_chain_locally(steps, evaluation, table_path, runs_dir, args.nproc)
-    if not shutil.which("sbatch"):
+    if not args.dry_run and not shutil.which("sbatch"):  # a dry run only prints: it needs no SLURM
         print("error: no SLURM here (sbatch not found); run the chain on this machine with --local --nproc N")
         return 2
     resources = resources_from_flags(args, runs[0].cfg.slurm)
+    print_gpu_shares({s.name: s.run.cfg for s in steps if s.train == "submit"}, resources)
     if submit_chain(steps, evaluation, table_path, runs_dir, resources, args.array_parallelism, args.dry_run):
         return 0
     if any(s.train == "queued" or s.evaluate == "queued" for s in steps) or _report_job_queued(runs_dir, table_path):

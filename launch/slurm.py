@@ -61,6 +61,30 @@ class JobResources:
     def ntasks_per_node(self) -> int:
         return self.tasks_per_node or max(1, self.gpus_per_node)
 
+    @property
+    def gpus(self) -> int:
+        """Ranks of one job: one per GPU (on CPU, per task)."""
+        return self.nodes * self.ntasks_per_node
+
+
+def print_gpu_shares(runs: Dict[str, ExperimentConfig], resources: JobResources) -> None:
+    """What each GPU of each job gets of its run's batch, and a warning for runs spread too thin (on stderr:
+    stdout may be a dry run's sbatch script). `runs`: run name -> config; runs that share a batch are said once."""
+    from pipeline.gpu_share import gpu_share
+
+    by_share: Dict[str, List[str]] = {}
+    warnings: Dict[str, List[str]] = {}
+    for name, cfg in runs.items():
+        share = gpu_share(cfg, resources.gpus)
+        by_share.setdefault(share.describe(), []).append(name)
+        if share.below_recipe():
+            warnings.setdefault(share.below_recipe(), []).append(name)
+    for text, names in by_share.items():
+        print(f"per GPU: {text}" + (f" ({len(names)} runs)" if len(runs) > 1 else ""), file=sys.stderr)
+    for text, names in warnings.items():
+        who = f"{names[0]}" if len(names) == 1 else f"{len(names)} runs ({', '.join(names)})"
+        print(f"warning: {who}: {text}", file=sys.stderr)
+
 
 def resources_from_flags(flags: Any, slurm: SlurmConfig) -> JobResources:
     """The resources of a job: the config's `slurm` section, overridden by the command line's resource flags

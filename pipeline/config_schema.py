@@ -44,10 +44,16 @@ class ModelConfig:
     bottleneck_stride: str = "1x1"
     # Zero-init the last BN of each residual block so every block starts as the identity.
     zero_init_residual: bool = False
+    # BN's training statistics over groups of this many images of each GPU's batch ("ghost BN"), each group
+    # normalised as a batch of its own; 0: over the GPU's whole batch. Keeps the paper's BN batch (32) when
+    # a GPU gets more images than that (the large-batch preset). Evaluation uses the running statistics.
+    bn_group_size: int = 0
 
     def __post_init__(self) -> None:
         _one_of("model", "shortcut", self.shortcut, ("default", "A", "B", "C"))
         _one_of("model", "bottleneck_stride", self.bottleneck_stride, ("1x1", "3x3"))
+        if self.bn_group_size < 0:
+            raise ValueError(f"model.bn_group_size must be 0 (off) or a number of images, not {self.bn_group_size}")
 
 
 @dataclass
@@ -59,6 +65,10 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "test"
     batch_size: int = 128  # global mini-batch (the paper's figure), split across ranks
+    # Images per GPU the recipe was made for, and so the batch each BN statistic is taken over: the paper's
+    # CIFAR recipe ran 128 on 2 GPUs (64 each), its ImageNet recipe 256 on 8 (32 each). Fewer per GPU is
+    # warned about (`pipeline.gpu_share`); the report lists another BN batch as a departure from the paper.
+    recipe_batch_per_gpu: int = 64
     eval_batch_size: int = 256
     augmentation: str = "cifar"  # paper | rrc | cifar | none
     image_size: int = 32  # training crop side
@@ -149,12 +159,19 @@ class EngineConfig:
     compile: bool = False
     sync_bn: bool = False
     activation_checkpointing: bool = False  # recompute blocks in backward (the 1202-layer net)
+    # The dtype gradients are averaged in across ranks. fp32 (also under bf16: autocast computes in bf16,
+    # weights, BN and gradients stay fp32) is what one GPU would compute; bf16 halves the traffic and rounds
+    # every gradient to 8 bits of mantissa (needs engine.precision=bf16).
+    reduce_dtype: str = "fp32"
     timeout_minutes: float = 30.0  # process-group timeout: a dead rank ends the job instead of hanging it
 
     def __post_init__(self) -> None:
         _one_of("engine", "name", self.name, ("ddp", "deepspeed"))
         _one_of("engine", "precision", self.precision, ("fp32", "bf16", "fp16"))
         _one_of("engine", "zero_stage", self.zero_stage, (0, 1, 2))
+        _one_of("engine", "reduce_dtype", self.reduce_dtype, ("fp32", "bf16"))
+        if self.reduce_dtype == "bf16" and self.precision != "bf16":
+            raise ValueError(f"engine.reduce_dtype=bf16 needs engine.precision=bf16, not {self.precision}")
 
 
 @dataclass

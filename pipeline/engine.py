@@ -7,9 +7,13 @@
     files = engine.save(staging_dir, extra, is_primary)    # {relative path: FileRecord} of this rank's files
     extra = engine.load(checkpoint_dir, saved_world_size)
 
-DDP: autocast for bf16/fp16 and a gradient scaler for fp16. DeepSpeed: its own config is generated from
-the `engine` section (ZeRO stage, bf16/fp16) and it writes its own checkpoint format. Both: optional
-channels_last, torch.compile, SyncBN and activation checkpointing of every residual block.
+One recipe under both engines: weights, BN and the optimizer in fp32, bf16 through autocast (convolutions
+and the classifier in bf16), gradients averaged in fp32 unless `engine.reduce_dtype=bf16`. DDP: autocast, a
+gradient scaler for fp16, gradients reduced in 25 MB buckets during backward. DeepSpeed: its config is
+generated from the `engine` section (ZeRO stage, DeepSpeed's `torch_autocast` mode for bf16, its own fp16
+mode, ZeRO's reduction overlapped with backward) and it writes its own checkpoint format. Both: optional
+torch.compile, SyncBN and activation checkpointing of every residual block; channels_last (DeepSpeed: the
+inputs only).
 
 `save` does its collectives (BN buffers, DeepSpeed's own barriers) before any file write can fail, so a
 rank whose write fails (a full disk) raises only after the others have passed every collective of the
@@ -95,10 +99,12 @@ def _bn_statistics_kept(module: nn.Module):
 class BufferSync:
     """Gives every rank rank 0's buffers (BN running statistics) before evaluation and saving.
 
-    Gradients are averaged, buffers are not: each rank's running statistics follow its own batches
-    (DDP broadcasts rank 0's before each training forward, then every rank updates them again; DeepSpeed
-    never does). Without this, ranks would evaluate slightly different models, and the checkpoint,
-    which holds rank 0's, would score differently from the evaluation at the end of training.
+    Gradients are averaged, buffers are not: each rank's running statistics follow its own batches. In
+    training BN normalises with the batch's own statistics, so no rank reads its running statistics there;
+    they matter in evaluation and in the checkpoint, and this gives every rank rank 0's just before those.
+    Without it, ranks would evaluate slightly different models, and the checkpoint, which holds rank 0's,
+    would score differently from the evaluation at the end of training. (Rank 0's own statistics never
+    depend on another rank's, so this is what DDP's broadcast before every forward ended with as well.)
     """
 
     def __init__(self, module: nn.Module, distributed: bool) -> None:
@@ -132,7 +138,13 @@ class DDPEngine:
         wrapped: nn.Module = self.module
         if info.distributed:
             ids = [device.index] if device.type == "cuda" else None
-            wrapped = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+            # No broadcast of BN buffers before every forward (`BufferSync` does it where they are read), and
+            # gradients that live in DDP's buckets instead of being copied there.
+            ddp = nn.parallel.DistributedDataParallel(self.module, device_ids=ids, broadcast_buffers=False,
+                                                      gradient_as_bucket_view=True)
+            if cfg.reduce_dtype == "bf16":
+                ddp.register_comm_hook(None, _bf16_reduce)
+            wrapped = ddp
         self.forward = torch.compile(wrapped) if cfg.compile else wrapped
         self.buffers = BufferSync(self.module, info.distributed)
         self._buckets_settled = not info.distributed
@@ -226,12 +238,15 @@ class DeepSpeedEngine:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, config=self.ds_config, dist_init_required=False
         )
+        if cfg.compile:
+            self.engine.compile()  # torch.compile of the module, inside DeepSpeed's forward and hooks
         self.files = DurableCheckpointFiles()
         self.engine.checkpoint_engine = self.files  # every file DeepSpeed saves or loads goes through it
         copy_scripts = self.engine._copy_recovery_script  # the one write it does itself (rank 0, ZeRO)
         self.engine._copy_recovery_script = lambda path: self.files.deferring_errors(copy_scripts, path)
         self.module = self.engine.module
-        self.input_dtype = _DTYPES[cfg.precision]
+        # DeepSpeed's fp16 mode casts the module, not its inputs; under bf16 autocast casts what it computes.
+        self.input_dtype = torch.float16 if cfg.precision == "fp16" else None
         self.buffers = BufferSync(self.module, info.distributed)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -279,7 +294,7 @@ class DeepSpeedEngine:
 
     def _format(self, images: torch.Tensor) -> torch.Tensor:
         if self.input_dtype is not None:
-            images = images.to(self.input_dtype)  # DeepSpeed casts the module, not its inputs
+            images = images.to(self.input_dtype)
         return images.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else images
 
 
@@ -294,25 +309,63 @@ def load_weights(checkpoint: Path) -> Dict[str, torch.Tensor]:
     raise FileNotFoundError(f"{checkpoint}: no model weights (neither state.pt with 'model' nor {deepspeed_file.name})")
 
 
+def _bf16_reduce(state: Any, bucket):  # no return annotation: DDP would check it, and here it is a string
+    """A DDP communication hook: a bucket of gradients averaged in bf16 (half the traffic), written back in fp32.
+
+    torch's own `bf16_compress_hook` does the same but is refused on anything but NCCL/XCCL; this one also
+    runs over gloo, so the CPU tests exercise the path a GPU job takes."""
+    import torch.distributed as dist
+
+    buffer = bucket.buffer()
+    compressed = buffer.to(torch.bfloat16).div_(dist.get_world_size())
+    reduced = dist.all_reduce(compressed, async_op=True).get_future()
+
+    def write_back(future) -> torch.Tensor:
+        buffer.copy_(future.value()[0])
+        return buffer
+
+    return reduced.then(write_back)
+
+
 def _hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.detach().argmax(dim=1) == labels).sum()
 
 
+# Elements per ZeRO reduce/all-gather bucket: 20 MB of fp32 (DDP's buckets are 25 MB), a few buckets for a
+# 25-60M parameter ResNet, so reduction overlaps backward. DeepSpeed's default (5e8) exceeds the whole net.
+ZERO_BUCKET_ELEMENTS = 5_000_000
+
+
 def deepspeed_config(cfg: EngineConfig, micro_batch: int, world_size: int) -> Dict[str, Any]:
     """DeepSpeed's JSON config, derived from the `engine` section (no separate file to keep in sync)."""
-    # DeepSpeed casts the parameters to bf16/fp16 but keeps buffers as they are unless told; BN's kernels
-    # need its running statistics in its weights' dtype (on CPU a bf16 net with fp32 statistics fails).
-    low_precision = {"data_types": {"buffer_dtype": cfg.precision}} if cfg.precision != "fp32" else {}
+    precision: Dict[str, Any] = {}
+    if cfg.precision == "bf16":
+        # DeepSpeed's `bf16` mode would cast the weights and BN (with `buffer_dtype`, its running statistics)
+        # to bf16 and reduce bf16 gradients. Its `torch_autocast` mode is DDP's recipe: fp32 weights, BN and
+        # optimizer, bf16 compute; gradients are reduced in fp32 unless `reduce_dtype=bf16`: ZeRO 1/2 then
+        # reduce the layers named "lower precision safe" (DeepSpeed's default list) in bf16, ZeRO 0 whatever
+        # `communication_data_type` says.
+        safe = [] if cfg.reduce_dtype == "fp32" else ["torch.nn.modules.conv.Conv2d", "torch.nn.modules.linear.Linear"]
+        precision = {"torch_autocast": {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": safe}}
+        if cfg.reduce_dtype == "bf16" and not cfg.zero_stage:
+            precision["communication_data_type"] = "bf16"
+    elif cfg.precision == "fp16":
+        # DeepSpeed's fp16 mode (dynamic loss scaling): the module in fp16, BN's statistics with it (its
+        # kernels need them in the weights' dtype).
+        precision = {"fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 16},
+                     "data_types": {"buffer_dtype": "fp16"}}
+    zero: Dict[str, Any] = {"stage": cfg.zero_stage}
+    if cfg.zero_stage:
+        zero.update(overlap_comm=True, reduce_bucket_size=ZERO_BUCKET_ELEMENTS,
+                    allgather_bucket_size=ZERO_BUCKET_ELEMENTS)
     return {
-        **low_precision,
+        **precision,
         "train_micro_batch_size_per_gpu": micro_batch,
         "train_batch_size": micro_batch * world_size,
         "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": zero,
         # ZeRO partitions any torch optimizer's state; DeepSpeed asks to confirm for ones it has not listed.
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": cfg.precision == "bf16"},
-        "fp16": {"enabled": cfg.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
         "gradient_clipping": 0.0,
         "steps_per_print": 10**9,  # our logger reports progress
         "wall_clock_breakdown": False,

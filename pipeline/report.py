@@ -144,7 +144,16 @@ def _departures(run: PlannedRun) -> List[str]:
         cfg = load_config(saved) if saved.exists() else run.cfg
     except ConfigError as e:
         raise ReportError(f"{saved}: the run's config does not load: {e}") from None
-    return recipe_departures(run.paper_cfg or run.cfg, cfg)
+    return recipe_departures(run.paper_cfg or run.cfg, cfg, _gpus(run.run_dir, cfg))
+
+
+def _gpus(run_dir: Path, cfg) -> int:
+    """The GPUs (ranks) a run trained on: its latest start's, else what its config asks SLURM for."""
+    starts = [r for r in read_metrics(run_dir) if r.get("event") == "start" and "world_size" in r]
+    if starts:
+        return int(starts[-1]["world_size"])
+    slurm = cfg.slurm
+    return slurm.nodes * (slurm.tasks_per_node or max(1, slurm.gpus_per_node))
 
 
 def _read_values(reading: RunReading, table: TableConfig) -> None:

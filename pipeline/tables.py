@@ -37,8 +37,8 @@ METRICS = {"table": ("top1_error", "top5_error"),
 # Keys that say where and how fast a run goes, not what it learns: never a departure from the paper.
 # The seed is another sample of the same recipe, not a departure from it.
 NOT_RECIPE = ("run.name", "run.out_dir", "run.seed", "run.device", "run.deterministic", "logging.", "slurm.",
-              "checkpoint.", "data.root", "data.backend", "data.num_threads", "data.shuffle_buffer",
-              "data.hw_decoder_load", "data.eval_batch_size", "eval.every_epochs", "eval.every_steps",
+              "checkpoint.", "data.root", "data.recipe_batch_per_gpu", "data.backend", "data.num_threads",
+              "data.shuffle_buffer", "data.hw_decoder_load", "data.eval_batch_size", "eval.every_epochs", "eval.every_steps",
               "eval.layer_responses", "engine.name", "engine.zero_stage", "engine.compile", "engine.channels_last",
               "engine.activation_checkpointing", "engine.timeout_minutes")
 
@@ -164,17 +164,26 @@ def unique_runs(runs: List[PlannedRun]) -> List[PlannedRun]:
     return list(seen.values())
 
 
-def recipe_departures(paper: ExperimentConfig, run: ExperimentConfig) -> List[str]:
+def recipe_departures(paper: ExperimentConfig, run: ExperimentConfig, gpus: Optional[int] = None) -> List[str]:
     """What `run` changes in the paper's recipe `paper`, one `key: paper's → run's` item per key.
 
     Every key counts except where and how fast the run goes (`NOT_RECIPE`). The peak learning rate, which
-    the linear scaling rule derives from optim.lr and the global batch, is listed as well when it differs.
+    the linear scaling rule derives from optim.lr and the global batch, is listed as well when it differs,
+    and so is the BN batch (the images each BN statistic is taken over), which follows from the run's
+    number of GPUs (`gpus`, where known) against the recipe's images per GPU.
     """
+    from pipeline.gpu_share import gpu_share
+
     ours, theirs = _flat(config_to_dict(run)), _flat(config_to_dict(paper))
     changed = [key for key in theirs if not key.startswith(NOT_RECIPE) and ours.get(key) != theirs[key]]
     items = [f"{key}: {_show(theirs[key])} → {_show(ours.get(key))}" for key in changed]
     if _peak_lr(run) != _peak_lr(paper):
         items.append(f"peak lr: {_show(_peak_lr(paper))} → {_show(_peak_lr(run))}")
+    if gpus is not None:
+        recipe = paper.data.recipe_batch_per_gpu  # the paper's batch per GPU is its BN batch
+        share = gpu_share(run, gpus)
+        if share.bn_batch != recipe:
+            items.append(f"BN batch: {recipe} → {share.bn_batch:g} ({share.global_batch} images on {share.gpus} GPUs)")
     return items
 
 

@@ -30,6 +30,7 @@ from pipeline.checkpoint import CheckpointDirError, CheckpointStore, save_state
 from pipeline.config import ConfigError, ExperimentConfig, config_to_dict, load_config, loggable_config, save_config
 from pipeline.dist import DistInfo, dist_info_from_env
 from pipeline.evaluation import EvaluationInterrupted, LayerResponses, evaluate
+from pipeline.gpu_share import check_bn_groups, gpu_share
 from pipeline.metrics import make_logger
 from pipeline.models import build_model
 from pipeline.results import update_results, write_layer_responses
@@ -144,8 +145,12 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
     stop = StopSignal().install()
     total_steps = schedule.total_steps
     last_save = time.monotonic()
+    share = gpu_share(cfg, info.world_size)
     logger.log({"event": "start", "total_steps": total_steps, "steps_per_epoch": train_loader.steps_per_epoch,
-                "world_size": info.world_size}, progress.step)
+                "world_size": info.world_size, "images_per_gpu": share.images, "bn_batch": share.bn_batch},
+               progress.step)
+    if share.below_recipe():
+        logger.log({"event": f"warning: {share.below_recipe()}"}, progress.step)
     for skipped in resumed.skipped if resumed is not None else []:
         logger.log({"event": f"warning: checkpoint {skipped} is damaged and was not used; resumed from "
                              f"{resumed.checkpoint.path.name}"}, progress.step)
@@ -232,6 +237,7 @@ def _prepare(cfg: ExperimentConfig, info: DistInfo, device: torch.device, store:
     from pipeline.data import build_loader, dataset_num_classes
 
     run_dir = run_dir_of(cfg)
+    check_bn_groups(cfg, info.world_size)
     store.check_writable(f".write-probe-{info.rank:05d}")  # every rank writes its own files into checkpoints
     _writing_run_dir(run_dir, lambda: _record_placement(run_dir, info, device))
     train_loader = build_loader(cfg.data, cfg.data.train_split, info, train=True, device=device, seed=cfg.run.seed)

@@ -23,17 +23,18 @@ TOTAL_STEPS = 1000
 
 def write_run(run: PlannedRun, *, steps: int = TOTAL_STEPS, final_error: float = 10.0, start_error: float = 80.0,
               evaluations: Optional[Dict[str, Dict[str, float]]] = None, responses: Optional[List[float]] = None,
-              active: bool = False) -> None:
+              active: bool = False, world_size: int = 1) -> None:
     """A run that reached `steps` of TOTAL_STEPS; finished (with results.json) when steps == TOTAL_STEPS.
 
     The error curves fall exponentially from `start_error` to exactly `final_error` (training error 2 points lower).
     `evaluations`: protocol -> metrics, written under results.json's "eval". `active`: the metrics file was
-    just written (a run in progress); otherwise it is dated an hour ago (a stopped run).
+    just written (a run in progress); otherwise it is dated an hour ago (a stopped run). `world_size`: the
+    ranks its start record says it trained on.
     """
     run_dir = run.run_dir
     save_config(run.cfg, run_dir / "config.yaml")
     logger = make_logger(True, run_dir, LoggingConfig(wandb_mode="disabled"), run.cfg.run.name, {})
-    logger.log({"event": "start", "total_steps": TOTAL_STEPS, "steps_per_epoch": 100, "world_size": 1}, 0,
+    logger.log({"event": "start", "total_steps": TOTAL_STEPS, "steps_per_epoch": 100, "world_size": world_size}, 0,
                console=False)
 
     def error(step: int) -> float:  # start_error at step 0, exactly final_error at the last step

@@ -1,15 +1,16 @@
-"""Mixed precision trained for real: bf16 with both engines (it learns, it resumes bitwise), fp16 with DDP's scaler.
+"""Mixed precision trained for real: bf16 with both engines (one recipe: it learns, it resumes bitwise, and
+DeepSpeed trains DDP's numerics), fp16 with DDP's scaler.
 
 Every cell runs `pipeline.train` under torchrun (2 ranks, gloo, CPU autocast) and proves that the lower
 precision was used, not only configured: the ranks are started through this file (`python -m
 tests.test_mixed_precision <train args>`), which records the dtypes every layer computed in and held its
 weights in during the training forward passes, then runs `pipeline.train` unchanged. A test that would
-pass in fp32 proves nothing, so each asserts those dtypes and what the checkpoint holds (DDP: fp32 weights
-beside the grad scaler's state; DeepSpeed: a bf16 module with its optimizer wrapper's fp32 master weights).
+pass in fp32 proves nothing, so each asserts those dtypes and what the checkpoint holds (fp32 weights, BN
+and optimizer state; DDP's grad scaler state).
 
-Cells: ddp-bf16 (autocast, fp32 weights), deepspeed-bf16-zero1 (DeepSpeed casts the module to bf16; its
-ZeRO-1 wrapper keeps fp32 master weights split over the ranks; the loader delivers bf16 images), ddp-fp16 (autocast and torch.amp.GradScaler, on the
-device types where the scaler runs).
+Cells: ddp-bf16 (autocast, fp32 weights), deepspeed-bf16-zero0 and -zero1 (DeepSpeed's torch_autocast mode:
+the same autocast, fp32 weights and BN, gradients reduced in fp32; ZeRO-1 splits the optimizer state over the
+ranks), ddp-fp16 (autocast and torch.amp.GradScaler, on the device types where the scaler runs).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ PROBE_DIR = "MIXED_PRECISION_PROBE_DIR"  # where each probed rank writes `rank-<
 # Each cell's overrides on top of `small_run` (40 steps of ResNet-8 on the digits, a checkpoint every 8).
 CELLS: Dict[str, Sequence[str]] = {
     "ddp-bf16": ("engine.name=ddp", "engine.precision=bf16"),
-    "deepspeed-bf16-zero1": ("engine.name=deepspeed", "engine.zero_stage=1", "engine.precision=bf16",
-                             "data.output_dtype=bfloat16"),
+    "deepspeed-bf16-zero0": ("engine.name=deepspeed", "engine.zero_stage=0", "engine.precision=bf16"),
+    "deepspeed-bf16-zero1": ("engine.name=deepspeed", "engine.zero_stage=1", "engine.precision=bf16"),
     "ddp-fp16": ("engine.name=ddp", "engine.precision=fp16"),
 }
 BF16, FP16, FP32 = str(torch.bfloat16), str(torch.float16), str(torch.float32)
@@ -90,8 +91,8 @@ def assert_computed_in(probes: List[dict], dtype: str, weights: str) -> None:
     for rank, probe in enumerate(probes):
         for kind in ("Conv2d", "Linear"):
             assert probe[kind] == {"output": [dtype], "weight": [weights]}, (rank, kind, probe)
-        # BN: autocast runs it in fp32 on fp32 weights; DeepSpeed's bf16 module runs it in bf16.
-        assert probe["BatchNorm2d"]["weight"] == [weights], (rank, probe)
+        # BN (the CIFAR configs' BatchNorm2d in groups of 64): autocast runs it on fp32 weights, under either engine.
+        assert probe["GhostBatchNorm2d"]["weight"] == [weights], (rank, probe)
 
 
 # --- the runs ------------------------------------------------------------------------------------------
@@ -100,15 +101,16 @@ def assert_computed_in(probes: List[dict], dtype: str, weights: str) -> None:
 def whole_run(digits_dataset, tmp_path_factory):
     """`whole_run(cell)`: the cell's uninterrupted 40-step run, trained once (probed) and shared by its tests.
 
-    Returns (run directory, probe records of the 2 ranks).
+    Returns (run directory, probe records of the 2 ranks). Each rank gets 32 of the digits' 64 images a step;
+    the runs say that their recipe was made for 64 per GPU, so that their start is one that warns.
     """
     runs: dict = {}
 
     def get(cell: str):
         if cell not in runs:
             out = tmp_path_factory.mktemp(cell)
-            probes = train_probed(2, small_run(digits_dataset, out, "logging.wandb_mode=disabled", *CELLS[cell]),
-                                  out / "probe")
+            probes = train_probed(2, small_run(digits_dataset, out, "logging.wandb_mode=disabled", *CELLS[cell],
+                                               "data.recipe_batch_per_gpu=64"), out / "probe")
             runs[cell] = (out / "t", probes)
         return runs[cell]
 
@@ -148,7 +150,7 @@ def assert_bitwise_equal(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor],
 
 # --- bf16: both engines learn and resume bitwise -----------------------------------------------------------
 
-@pytest.mark.parametrize("cell", ["ddp-bf16", "deepspeed-bf16-zero1"])
+@pytest.mark.parametrize("cell", ["ddp-bf16", "deepspeed-bf16-zero0", "deepspeed-bf16-zero1"])
 def test_bf16_learns(whole_run, cell):
     run_dir, probes = whole_run(cell)
     curve = losses(run_dir)
@@ -156,25 +158,45 @@ def test_bf16_learns(whole_run, cell):
     assert sum(curve[-5:]) / 5 < 0.95 * sum(curve[:5]) / 5, f"{cell}: the loss did not fall: {curve}"
 
     final = checkpoint(run_dir, 40)
+    # Autocast under both engines: bf16 compute from fp32 weights, which the checkpoint holds (BN's running
+    # statistics included).
+    assert_computed_in(probes, BF16, weights=FP32)
+    assert {t.dtype for t in load_weights(final).values() if t.is_floating_point()} == {torch.float32}
     if cell.startswith("ddp"):
-        # Autocast: bf16 compute from fp32 weights, which the checkpoint holds; no scaler is needed for bf16.
-        assert_computed_in(probes, BF16, weights=FP32)
         state = torch.load(final / "state.pt", weights_only=False)
-        assert {t.dtype for t in state["model"].values() if t.is_floating_point()} == {torch.float32}
         assert state["scaler"] == {}  # disabled: bf16 has fp32's range
-    else:
-        # DeepSpeed casts the module (weights and BN statistics) to bf16 and steps fp32 master weights.
-        assert_computed_in(probes, BF16, weights=BF16)
-        assert {t.dtype for t in load_weights(final).values() if t.is_floating_point()} == {torch.bfloat16}
+    elif cell.endswith("zero1"):
+        # ZeRO 1: each rank's file holds its slice of the fp32 weights' optimizer state.
         wrapper = deepspeed_optimizer_state(final)
-        # ZeRO 1: each rank's file holds its slice of the fp32 copy.
         assert sorted(p.name for p in (final / DEEPSPEED_TAG).glob("*_optim_states.pt")) == [
-            f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)]
+            f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)]
         assert [s["partition_count"] for s in wrapper] == [[2], [2]]
-        masters = [t for s in wrapper for t in s["single_partition_of_fp32_groups"]]
-        # fp32 copies of every parameter (ZeRO's flat partitions may hold some padding as well).
+        slices = [t for s in wrapper for t in s["single_partition_of_fp32_groups"]]
+        # Every parameter (ZeRO's flat partitions may hold some padding as well).
         parameters = sum(p.numel() for p in build_model("cifar_resnet8", num_classes=10).parameters())
-        assert {t.dtype for t in masters} == {torch.float32} and sum(t.numel() for t in masters) >= parameters
+        assert {t.dtype for t in slices} == {torch.float32} and sum(t.numel() for t in slices) >= parameters
+    # The start says what each rank gets of the batch, and that it is below the recipe's 64.
+    start = next(m for m in read_metrics(run_dir) if m.get("event") == "start")
+    assert (start["images_per_gpu"], start["bn_batch"]) == (32, 32)
+    assert any(m.get("event", "").startswith("warning: data.batch_size 64 over 2 GPUs is 32 images per GPU, "
+                                             "below the 64") for m in read_metrics(run_dir))
+
+
+def test_deepspeed_bf16_trains_ddps_numerics(whole_run):
+    """The same weights and data under DDP and DeepSpeed (ZeRO 0 and 1) in bf16: BN's weights and statistics
+    fp32 in every checkpoint, and the weights after 16 and 40 steps bit-equal (tolerance 0: on 2 ranks the
+    average of two fp32 gradients does not depend on the order of the reduction; with more ranks it would,
+    by rounding)."""
+    ddp = whole_run("ddp-bf16")[0]
+    for cell in ("deepspeed-bf16-zero0", "deepspeed-bf16-zero1"):
+        deepspeed = whole_run(cell)[0]
+        for step in (16, 40):
+            a, b = load_weights(checkpoint(ddp, step)), load_weights(checkpoint(deepspeed, step))
+            assert a.keys() == b.keys()
+            # BN's weights, biases and running statistics among them.
+            assert {t.dtype for t in (*a.values(), *b.values()) if t.is_floating_point()} == {torch.float32}
+            worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+            assert worst == 0.0, f"{cell} at step {step}: weights differ from DDP's by up to {worst}"
 
 
 @pytest.mark.parametrize("cell", ["ddp-bf16", "deepspeed-bf16-zero1"])

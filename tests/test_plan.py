@@ -44,11 +44,12 @@ def test_plan_prints_each_row_and_the_total_from_the_reference_figures(table, la
     total = row_line(out, "total")
     assert total[1] == str(runs) and float(total[2].replace(",", "")) > 0 and "makespan" in total[-1]
     assert "GPU-hours:" in out and "assumptions:" in out and "scaled by FLOPs" in out
+    assert "is below" not in out and "below the" not in out  # the configs' own resources keep their recipe's share
     if table == "table3":  # 120 epochs of floor(1,281,167 / 256) = 5,004 steps (the paper's "60e4 iterations")
-        assert row_line(out, "ResNet-50")[4] == "600,480"
+        assert row_line(out, "ResNet-50")[4:6] == ["32", "600,480"]  # 256 images over 8 GPUs
         assert "tencrop evaluation" in out
     else:  # 64k iterations; ResNet-110 has five seeds
-        assert row_line(out, "ResNet-110")[2] == "5" and row_line(out, "ResNet-110")[4] == "64,000"
+        assert row_line(out, "ResNet-110")[2] == "5" and row_line(out, "ResNet-110")[4:6] == ["128", "64,000"]
 
 
 def write_table(tmp_path: Path) -> Path:
@@ -115,8 +116,8 @@ def test_plan_arithmetic_on_a_given_profile(tmp_path):
                        "--gpus-per-node", "2", "--array-parallelism", "2")
     assert proc.returncode == 0, proc.stderr
     assert "measured by `launch bench` on 2 x Test GPU" in proc.stdout
-    assert row_line(proc.stdout, "R20")[:9] == ["R20", "cifar_resnet20", "3", "2", "1,000", "1,000", "0.08",
-                                                "0.0063", "54 s"]
+    assert row_line(proc.stdout, "R20")[:10] == ["R20", "cifar_resnet20", "3", "2", "50", "1,000", "1,000", "0.08",
+                                                 "0.0063", "54 s"]
     assert row_line(proc.stdout, "total")[:6] == ["total", "4", "0.11", "0.01", "1.9 min",
                                                   "makespan, <= 2 jobs at once"]
     # One job at a time: the sum of the runs; as many as there are runs: the longest.

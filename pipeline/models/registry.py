@@ -84,13 +84,18 @@ def get_spec(name: str) -> ModelSpec:
 
 def build_model(cfg: "ModelConfig") -> "nn.Module":
     """Build the network a `model` config section describes."""
-    return build(
+    net = build(
         cfg.name,
         num_classes=cfg.num_classes,
         shortcut=cfg.shortcut,
         bottleneck_stride=cfg.bottleneck_stride,
         zero_init_residual=cfg.zero_init_residual,
     )
+    if cfg.bn_group_size:
+        from pipeline.models.ghost_bn import use_ghost_batchnorm
+
+        use_ghost_batchnorm(net, cfg.bn_group_size)
+    return net
 
 
 def build(

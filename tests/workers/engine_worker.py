@@ -16,9 +16,10 @@ from pipeline.engine import build_engine
 from pipeline.models import build
 
 
-def main(out: str, engine_name: str, precision: str) -> None:
+def main(out: str, engine_name: str, precision: str, reduce_dtype: str = "fp32") -> None:
     info = dist_info_from_env()
-    cfg = load_config(None, [f"engine.name={engine_name}", f"engine.precision={precision}"])
+    cfg = load_config(None, [f"engine.name={engine_name}", f"engine.precision={precision}",
+                             f"engine.reduce_dtype={reduce_dtype}"])
     dist.init_process_group(info, "cpu", timeout_minutes=5)
     torch.manual_seed(0)  # same init on every rank (DDP also broadcasts rank 0's)
     model = build("cifar_resnet8", num_classes=2)
