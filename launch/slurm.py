@@ -77,8 +77,9 @@ def print_gpu_shares(runs: Dict[str, ExperimentConfig], resources: JobResources)
     for name, cfg in runs.items():
         share = gpu_share(cfg, resources.gpus)
         by_share.setdefault(share.describe(), []).append(name)
-        if share.below_recipe():
-            warnings.setdefault(share.below_recipe(), []).append(name)
+        thin = share.below_recipe()
+        if thin:
+            warnings.setdefault(thin, []).append(name)
     for text, names in by_share.items():
         print(f"per GPU: {text}" + (f" ({len(names)} runs)" if len(runs) > 1 else ""), file=sys.stderr)
     for text, names in warnings.items():

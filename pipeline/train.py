@@ -149,8 +149,9 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
     logger.log({"event": "start", "total_steps": total_steps, "steps_per_epoch": train_loader.steps_per_epoch,
                 "world_size": info.world_size, "images_per_gpu": share.images, "bn_batch": share.bn_batch},
                progress.step)
-    if share.below_recipe():
-        logger.log({"event": f"warning: {share.below_recipe()}"}, progress.step)
+    thin = share.below_recipe()
+    if thin:
+        logger.log({"event": f"warning: {thin}"}, progress.step)
     for skipped in resumed.skipped if resumed is not None else []:
         logger.log({"event": f"warning: checkpoint {skipped} is damaged and was not used; resumed from "
                              f"{resumed.checkpoint.path.name}"}, progress.step)

@@ -109,6 +109,7 @@ def whole_run(digits_dataset, tmp_path_factory):
     def get(cell: str):
         if cell not in runs:
             out = tmp_path_factory.mktemp(cell)
+            # W&B off: these runs are about numerics (no stop, resume or failure); the kill soak runs W&B offline.
             probes = train_probed(2, small_run(digits_dataset, out, "logging.wandb_mode=disabled", *CELLS[cell],
                                                "data.recipe_batch_per_gpu=64"), out / "probe")
             runs[cell] = (out / "t", probes)
