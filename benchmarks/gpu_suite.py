@@ -203,7 +203,7 @@ def train_overrides(row: Row, s: Setting, gpu: bool) -> List[str]:
         scale = lambda px: str(round(s.image * px / 224))  # noqa: E731
         out += ["data.augmentation=paper", "data.eval_split=val", "model.num_classes=1000",
                 f"data.image_size={s.image}", f"data.resize_min={scale(256)}", f"data.resize_max={scale(480)}",
-                f"eval.resize={scale(256)}", "data.eval_batch_size=64"]
+                f"eval.resize={scale(256)}", "data.eval_batch_per_gpu=64"]
     return out
 
 

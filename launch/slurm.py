@@ -112,6 +112,9 @@ def make_executor(folder: Path, resources: JobResources, job_name: str, array_pa
         signal_delay_s=resources.signal_delay_s,
         array_parallelism=array_parallelism,
         additional_parameters=dict(resources.additional),
+        # A task that fails (a rank whose collective timed out waiting for a hung one: engine.hang_timeout_minutes)
+        # ends the job step, the hung task included, instead of leaving it holding the job's GPUs until the limit.
+        srun_args=["--kill-on-bad-exit=1"],
     )
     if resources.gpus_per_node > 0:
         params["gpus_per_node"] = resources.gpus_per_node

@@ -20,6 +20,7 @@ raise `CheckpointWriteError`, naming the directory and the latest complete check
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -28,7 +29,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -140,16 +141,44 @@ class CheckpointStore:
         (relative path -> size and sha256). A rank that fails makes every rank raise CheckpointWriteError
         (or `dist.RankFailed` with its message): the staging directory is removed, the latest complete
         checkpoint stays the latest."""
-        from pipeline.dist import RankFailed, on_every_rank
+        from pipeline.dist import on_every_rank
 
         staging = self.staging_path(step)
-        try:
+        with self._removed_on_failure(staging, is_primary):
             on_every_rank(lambda: self._explained(step, lambda: self.begin(step) if is_primary else None))
-            written = on_every_rank(lambda: self._explained(step, lambda: write(staging)), gather=True)
-            files = {name: record for records in written for name, record in records.items()}
+        return self.complete_save(step, is_primary, lambda: write(staging), meta)
+
+    def complete_save(self, step: int, is_primary: bool, written: Callable[[], Dict[str, FileRecord]],
+                      meta: Optional[Dict[str, Any]] = None) -> Checkpoint:
+        """Gather every rank's file records (`written()`, which may wait for this rank's writer), then the primary
+        marks the checkpoint complete (collective). Failures as in `save`."""
+        from pipeline.dist import on_every_rank
+
+        staging = self.staging_path(step)
+        with self._removed_on_failure(staging, is_primary):
+            records = on_every_rank(lambda: self._explained(step, written), gather=True)
+            files = {name: record for rank_records in records for name, record in rank_records.items()}
             on_every_rank(lambda: self._explained(
                 step, lambda: self.commit(staging, step, meta, files) if is_primary else None))
-            return Checkpoint(self.root / _dirname(step), step, meta or {})
+        return Checkpoint(self.root / _dirname(step), step, meta or {})
+
+    def remove_unfinished(self) -> List[Path]:
+        """Remove the staging directories a killed start left (never loaded: see `complete`); returns them.
+
+        Called by the primary before training starts, so that a background save, whose ranks each make its
+        staging directory, never writes beside another start's files."""
+        unfinished = sorted(self.root.glob("step-*.tmp")) if self.root.exists() else []
+        for path in unfinished:
+            log.warning("removing %s: a checkpoint whose writing did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
+        return unfinished
+
+    @contextlib.contextmanager
+    def _removed_on_failure(self, staging: Path, is_primary: bool) -> Iterator[None]:
+        from pipeline.dist import RankFailed
+
+        try:
+            yield
         except (CheckpointWriteError, RankFailed):
             if is_primary:
                 shutil.rmtree(staging, ignore_errors=True)  # what was written of it: give the space back

@@ -12,6 +12,7 @@ the key and what was wrong, and resolves `base:` chains.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any, Iterable, List, Sequence
@@ -40,6 +41,14 @@ COMMAND_LINE = "the command line"
 
 # Keys whose values never go to a log or W&B, wherever they appear.
 _SECRET_KEY = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+
+
+# Keys that were renamed: (section, old key) -> (new key, why). A file or override with the old key still loads
+# (run directories keep their config.yaml), with one warning.
+_RENAMED = {("data", "eval_batch_size"): ("eval_batch_per_gpu", "the evaluation batch is now per GPU, so that it does "
+                                          "not shrink as GPUs are added")}
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -123,7 +132,7 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _merge(merged: DictConfig, data: dict, origin: str) -> DictConfig:
-    data = {k: v for k, v in data.items() if k != BASE_KEY}
+    data = _renamed({k: v for k, v in data.items() if k != BASE_KEY}, origin)
     try:
         result = OmegaConf.merge(merged, data)
     except OmegaConfBaseException as e:
@@ -131,6 +140,18 @@ def _merge(merged: DictConfig, data: dict, origin: str) -> DictConfig:
     # Validate choices now so a bad value is blamed on the file that set it.
     _to_object(result, origin)
     return result  # type: ignore[return-value]
+
+
+def _renamed(data: dict, origin: str) -> dict:
+    """`data` with renamed keys under their new names, each said once."""
+    for (section, old), (new, why) in _RENAMED.items():
+        values = data.get(section)
+        if isinstance(values, dict) and old in values:
+            renamed = {k: v for k, v in values.items() if k != old}
+            renamed.setdefault(new, values[old])
+            data = {**data, section: renamed}
+            log.warning("%s: %s.%s is now %s.%s (%s)", origin, section, old, section, new, why)
+    return data
 
 
 def _to_object(merged: DictConfig, origin: str) -> ExperimentConfig:

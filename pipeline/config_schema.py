@@ -69,7 +69,7 @@ class DataConfig:
     # CIFAR recipe ran 128 on 2 GPUs (64 each), its ImageNet recipe 256 on 8 (32 each). Fewer per GPU is
     # warned about (`pipeline.gpu_share`); the report lists another BN batch as a departure from the paper.
     recipe_batch_per_gpu: int = 64
-    eval_batch_size: int = 256
+    eval_batch_per_gpu: int = 128  # images per GPU per evaluation batch, whatever the number of GPUs
     augmentation: str = "cifar"  # paper | rrc | cifar | none
     image_size: int = 32  # training crop side
     # The paper's ImageNet scale augmentation: shorter side drawn from [min, max].
@@ -163,13 +163,20 @@ class EngineConfig:
     # weights, BN and gradients stay fp32) is what one GPU would compute; bf16 halves the traffic and rounds
     # every gradient to 8 bits of mantissa (needs engine.precision=bf16).
     reduce_dtype: str = "fp32"
-    timeout_minutes: float = 30.0  # process-group timeout: a dead rank ends the job instead of hanging it
+    # How long a collective may wait for a rank before the job ends (`pipeline.dist.watch_for_hangs`): during
+    # start-up and the first step (compilation, cuDNN's benchmarks, a resume's load), `timeout_minutes`; once
+    # a step has run, `hang_timeout_minutes`, so that a hung or killed rank frees the job's GPUs soon.
+    timeout_minutes: float = 30.0
+    hang_timeout_minutes: float = 10.0
 
     def __post_init__(self) -> None:
         _one_of("engine", "name", self.name, ("ddp", "deepspeed"))
         _one_of("engine", "precision", self.precision, ("fp32", "bf16", "fp16"))
         _one_of("engine", "zero_stage", self.zero_stage, (0, 1, 2))
         _one_of("engine", "reduce_dtype", self.reduce_dtype, ("fp32", "bf16"))
+        for key in ("timeout_minutes", "hang_timeout_minutes"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"engine.{key} must be positive, not {getattr(self, key)}")
         if self.reduce_dtype == "bf16" and self.precision != "bf16":
             raise ValueError(f"engine.reduce_dtype=bf16 needs engine.precision=bf16, not {self.precision}")
 

@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Iterator, Optional
 
-from data_prep.durable import FileRecord
-from pipeline.checkpoint import load_state, save_state
+from pipeline.background_save import FileWriter
+from pipeline.checkpoint import load_state
+from pipeline.dist import from_primary
 
 
 class DurableCheckpointFiles:
     """DeepSpeed's checkpoint file I/O, through ours (a DeepSpeed `CheckpointEngine`, installed on the engine).
 
-    Saving: each file is serialised in memory, written whole and flushed to disk (`save_state`), and its size
-    and sha256 are kept for the COMPLETE marker. A write that fails is remembered, not raised: DeepSpeed's
-    save passes barriers after its writes, and a rank raising out of it would leave the others waiting
-    there; `take_written` raises it once DeepSpeed has returned. Loading: data only (`weights_only`), with
-    the few plain classes DeepSpeed pickles into its ZeRO files allowed by name, and an error naming the
-    file, where DeepSpeed's own engine unpickles anything.
+    Saving: each file goes to the save's `FileWriter` (`writing_to`): written whole and flushed to disk, at once
+    or from a snapshot by the writer's thread, its size and sha256 kept for the COMPLETE marker. A failure is
+    kept, not raised: DeepSpeed's save passes barriers after its writes, and a rank raising out of it would leave
+    the others waiting there; the writer raises it once DeepSpeed has returned. Loading: data only
+    (`weights_only`), with the few plain classes DeepSpeed pickles into its ZeRO files allowed by name, and an
+    error naming the file, where DeepSpeed's own engine unpickles anything; the model states file, which every
+    rank reads, is read by the primary and broadcast.
     """
 
     name = "resnet-repro durable files"
 
     def __init__(self) -> None:
-        self._written: Dict[str, FileRecord] = {}
-        self._error: OSError | None = None
+        self._writer: Optional[FileWriter] = None
+
+    @contextlib.contextmanager
+    def writing_to(self, writer: FileWriter) -> Iterator[None]:
+        """DeepSpeed's files of one save go to `writer`."""
+        self._writer = writer
+        try:
+            yield
+        finally:
+            self._writer = None
 
     def create(self, info: Any) -> None:
         pass
@@ -36,33 +47,30 @@ class DurableCheckpointFiles:
         try:
             Path(path).mkdir(parents=True, exist_ok=exist_ok)
         except OSError as e:
-            self._error = self._error or e
+            self._current_writer().fail(e)
 
     def save(self, state_dict: Any, path: str) -> None:
-        if self._error is not None:
-            return  # the first failure stands; writing more would only fill the disk further
-        try:
-            self._written[path] = save_state(Path(path), state_dict)
-        except OSError as e:
-            self._error = e
+        self._current_writer().submit(Path(path), state_dict)
 
     def load(self, path: str, map_location: Any = None) -> Any:
-        return load_state(Path(path), allowed=_deepspeed_pickled_classes())
+        read = lambda: load_state(Path(path), allowed=_deepspeed_pickled_classes())  # noqa: E731
+        if Path(path).name.endswith("_model_states.pt"):
+            # The weights, the same file for every rank (each rank loads it at the same point of DeepSpeed's
+            # load): read by the primary and broadcast. Each rank's ZeRO slice stays its own read.
+            return from_primary(read)
+        return read()
 
     def deferring_errors(self, work, *args: Any) -> None:
         """`work(*args)`, a write DeepSpeed does by itself (copying its recovery scripts), its OSError kept likewise."""
         try:
             work(*args)
         except OSError as e:
-            self._error = self._error or e
+            self._current_writer().fail(e)
 
-    def take_written(self) -> Dict[str, FileRecord]:
-        """The files written since the last call (absolute path -> record); raises the first write error."""
-        written, error = self._written, self._error
-        self._written, self._error = {}, None
-        if error is not None:
-            raise error
-        return written
+    def _current_writer(self) -> FileWriter:
+        if self._writer is None:
+            raise RuntimeError("DeepSpeed saved a checkpoint file outside DeepSpeedEngine.save")
+        return self._writer
 
     # The rest of DeepSpeed's CheckpointEngine interface, as its base class answers it.
     def is_data_parallel_writer(self, dp_rank: int) -> bool:

@@ -16,9 +16,14 @@ import socket
 from dataclasses import dataclass
 from typing import Callable, Mapping, MutableMapping, Optional, Sequence, TypeVar
 
+from pipeline import exit_codes
+
 T = TypeVar("T")
 
 DEFAULT_PORT = 29500
+# Linux hands out ephemeral (outgoing) ports from 32768-60999: a rendezvous port there can be taken by any
+# connection on the node a moment before the job binds it. Job ports come from just below that range.
+JOB_PORTS = range(20000, 32768)
 
 
 @dataclass(frozen=True)
@@ -92,14 +97,18 @@ def _from_slurm(env: Mapping[str, str]) -> DistInfo:
         local_rank=int(env.get("SLURM_LOCALID", 0)),
         world_size=world_size,
         master_addr=env.get("MASTER_ADDR") or job_hosts(env.get("SLURM_JOB_NODELIST", ""))[0],
-        # A port derived from the job id: two jobs sharing a node do not collide, and every task of
-        # the job (and of its requeued run) agrees on it without talking.
-        master_port=int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000),
+        master_port=int(env.get("MASTER_PORT") or job_port(int(env.get("SLURM_JOB_ID", "0")))),
         source="slurm",
         node_rank=int(env.get("SLURM_NODEID", 0)),
         local_world_size=_tasks_on_this_node(env, world_size, nodes),
         node_name=env.get("SLURMD_NODENAME") or socket.gethostname(),
     )
+
+
+def job_port(job_id: int) -> int:
+    """The rendezvous port of a SLURM job: derived from its id, so jobs sharing a node (consecutive ids) do not
+    collide and every task of the job, requeued or not, agrees on it without talking; never ephemeral."""
+    return JOB_PORTS[job_id % len(JOB_PORTS)]
 
 
 def _tasks_on_this_node(env: Mapping[str, str], world_size: int, nodes: int) -> int:
@@ -194,6 +203,7 @@ def init_process_group(info: DistInfo, device_type: str, timeout_minutes: float)
     if dist.is_initialized():
         return
     export_env(info)
+    _timeout.update(minutes=timeout_minutes, hangs_watched=False)
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(
         backend=backend,
@@ -202,6 +212,46 @@ def init_process_group(info: DistInfo, device_type: str, timeout_minutes: float)
         world_size=info.world_size,
         timeout=datetime.timedelta(minutes=timeout_minutes),
     )
+
+
+_timeout = {"minutes": 0.0, "hangs_watched": False}  # what a collective of this process waits at most, now
+
+
+def watch_for_hangs(timeout_minutes: float) -> None:
+    """From now on, a collective that waits `timeout_minutes` for another rank fails (on every process group:
+    DeepSpeed makes its own), ending this rank; the launcher (torchrun's agent, srun with --kill-on-bad-exit)
+    then ends the rest, the hung one included. Training calls it after its first step: what may legitimately
+    keep one rank busy while the others wait (compilation, a checkpoint load) is over, and a step, an
+    evaluation's end or a save's gather waits seconds. Raises nothing; a no-op without a process group."""
+    import datetime
+
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d
+
+    if not dist.is_initialized():
+        return
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    _timeout.update(minutes=timeout_minutes, hangs_watched=True)
+    # `_set_pg_timeout` is torch's own (private) setter; the groups are every one this process belongs to.
+    for group in list(distributed_c10d._world.pg_map):
+        distributed_c10d._set_pg_timeout(timeout, group)
+
+
+class RankHung(RuntimeError):
+    """A collective waited past the hang timeout: another rank hung (or died without its connection closing)."""
+
+    exit_code = exit_codes.HUNG
+
+
+def hang_error(error: BaseException) -> Optional[RankHung]:
+    """`error` said as a RankHung when it is a collective's timeout (gloo and NCCL word it differently), else None."""
+    text = str(error)
+    if not isinstance(error, RuntimeError) or not any(w in text for w in ("Timed out", "timed out", "Timeout")):
+        return None
+    which = "engine.hang_timeout_minutes" if _timeout["hangs_watched"] else "engine.timeout_minutes, at start-up"
+    return RankHung(f"a collective waited {_timeout['minutes']:g} min ({which}) for another rank, "
+                    "which hung or died: every process of the job is ended so that it frees its GPUs; run the same "
+                    "command (or requeue the job) to resume from the latest checkpoint")
 
 
 # How long the end of a run leaves communication threads to finish (see destroy_process_group).
@@ -297,6 +347,36 @@ def on_every_rank(work: Callable[[], T], gather: bool = False):
             message, code = value
             raise RankFailed(message, code, rank)
     return [value for _, value in outcomes] if gather else result
+
+
+def from_primary(work: Callable[[], T]) -> T:
+    """`work()` on the primary rank only, its result (or its failure) given to every rank with one broadcast.
+
+    For what one rank per job can do for all (validating a dataset's thousand index files): the others read
+    nothing. A failure ends every rank as in `on_every_rank` (the primary raises its own error, the others
+    `RankFailed` with its message and exit code). The result must pickle."""
+    import torch.distributed as dist
+
+    from pipeline.exit_codes import exit_code_of
+
+    if not dist.is_initialized():
+        return work()
+    error: Optional[Exception] = None
+    outcome: object = None
+    if dist.get_rank() == 0:
+        try:
+            outcome = (True, work())
+        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then raised again here
+            error, outcome = e, (False, (str(e), exit_code_of(e)))
+    shared = [outcome]
+    dist.broadcast_object_list(shared, src=0)
+    if error is not None:
+        raise error
+    ok, value = shared[0]  # type: ignore[misc]
+    if not ok:
+        message, code = value
+        raise RankFailed(message, code, 0)
+    return value
 
 
 def _collective_device() -> str:

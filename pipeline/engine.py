@@ -4,7 +4,7 @@
     loss, correct = engine.train_step(images, labels)   # forward, backward, optimizer step
     engine.set_lr(schedule.lr(step))
     logits = engine.predict(images)             # eval mode, no grad
-    files = engine.save(staging_dir, extra, is_primary)    # {relative path: FileRecord} of this rank's files
+    engine.save(staging_dir, extra, is_primary, writer)   # this rank's files, submitted to a FileWriter
     extra = engine.load(checkpoint_dir, saved_world_size)
 
 One recipe under both engines: weights, BN and the optimizer in fp32, bf16 through autocast (convolutions
@@ -15,9 +15,10 @@ mode, ZeRO's reduction overlapped with backward) and it writes its own checkpoin
 torch.compile, SyncBN and activation checkpointing of every residual block; channels_last (DeepSpeed: the
 inputs only).
 
-`save` does its collectives (BN buffers, DeepSpeed's own barriers) before any file write can fail, so a
-rank whose write fails (a full disk) raises only after the others have passed every collective of the
-save: `CheckpointStore.save` then agrees on the failure with one all-gather instead of a hang.
+`save` does its collectives (BN buffers, DeepSpeed's own barriers) and hands its files to a
+`background_save.FileWriter`, which writes them at once or snapshots them for its thread, and keeps a
+failure (a full disk) for the save to raise on every rank together (`CheckpointStore.complete_save`: one
+all-gather instead of a hang).
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_prep.durable import FileRecord
-from pipeline.checkpoint import WorldSizeChangeError, load_state, save_state
+from pipeline.background_save import FileWriter
+from pipeline.checkpoint import WorldSizeChangeError, load_state
 from pipeline.config_schema import EngineConfig, OptimConfig
 from pipeline.deepspeed_files import DurableCheckpointFiles
-from pipeline.dist import DistInfo
+from pipeline.dist import DistInfo, from_primary
 from pipeline.optim import build_optimizer, set_lr
 
 DEEPSPEED_TAG = "deepspeed"  # the subdirectory DeepSpeed writes its files into, inside our checkpoint
@@ -175,20 +176,20 @@ class DDPEngine:
     def set_lr(self, lr: float) -> None:
         set_lr(self.optimizer, lr)
 
-    def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool) -> Dict[str, FileRecord]:
+    def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool, writer: FileWriter) -> None:
         self.buffers.sync()  # collective: before the write, which may fail on this rank alone
-        if not is_primary:
-            return {}
-        return {"state.pt": save_state(staging / "state.pt", {
-            "model": self.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            **extra,
-        })}
+        if is_primary:
+            writer.submit("state.pt", {
+                "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                **extra,
+            })
 
     def load(self, checkpoint: Path, saved_world_size: int) -> Dict[str, Any]:
-        # Weights, optimizer and scaler are whole on every rank: any world size can continue from them.
-        state = load_state(checkpoint / "state.pt")
+        # Weights, optimizer and scaler are whole on every rank: any world size can continue from them. Read once,
+        # by the primary, and broadcast: 64 ranks reading the same 500 MB from a shared file system would not be.
+        state = from_primary(lambda: load_state(checkpoint / "state.pt"))
         self.module.load_state_dict(state.pop("model"))
         self.optimizer.load_state_dict(state.pop("optimizer"))
         self.scaler.load_state_dict(state.pop("scaler"))
@@ -267,15 +268,14 @@ class DeepSpeedEngine:
     def set_lr(self, lr: float) -> None:
         set_lr(self.optimizer, lr)
 
-    def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool) -> Dict[str, FileRecord]:
+    def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool, writer: FileWriter) -> None:
         self.buffers.sync()
-        # Every rank takes part: with ZeRO each holds a slice of the optimizer state. A failed write is kept by
-        # `self.files` until DeepSpeed has passed its barriers, then raised here.
-        self.engine.save_checkpoint(str(staging), tag=DEEPSPEED_TAG, client_state={}, save_latest=False)
-        files = {str(Path(path).relative_to(staging)): record for path, record in self.files.take_written().items()}
+        # Every rank takes part: with ZeRO each holds a slice of the optimizer state. DeepSpeed's files go to
+        # `writer` through `self.files`; a failure is kept by the writer, never raised inside DeepSpeed's barriers.
+        with self.files.writing_to(writer):
+            self.engine.save_checkpoint(str(staging), tag=DEEPSPEED_TAG, client_state={}, save_latest=False)
         if is_primary:
-            files["state.pt"] = save_state(staging / "state.pt", extra)
-        return files
+            writer.submit("state.pt", extra)
 
     def load(self, checkpoint: Path, saved_world_size: int) -> Dict[str, Any]:
         world_size = self.engine.dp_world_size
@@ -290,7 +290,7 @@ class DeepSpeedEngine:
         path, _ = self.engine.load_checkpoint(str(checkpoint), tag=DEEPSPEED_TAG, load_module_strict=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint in {checkpoint}")
-        return load_state(checkpoint / "state.pt")
+        return from_primary(lambda: load_state(checkpoint / "state.pt"))
 
     def _format(self, images: torch.Tensor) -> torch.Tensor:
         if self.input_dtype is not None:

@@ -62,7 +62,7 @@ def evaluate_run(run_dir: Path, protocol: str = "center", checkpoint: str = "las
         loader = build_loader(cfg.data, split, info, train=False, device=device, seed=cfg.run.seed,
                               protocol=protocol, scales=cfg.eval.scales, eval_resize=cfg.eval.resize)
         model = build_model(cfg.model)
-        model.load_state_dict(load_weights(chosen.path))
+        model.load_state_dict(dist.from_primary(lambda: load_weights(chosen.path)))  # read once, for every rank
         model = model.to(device).eval()
         responses = LayerResponses(model) if layer_responses else contextlib.nullcontext()
         # Progress on the primary rank's stderr (each rank holds about as many batches): a bar on a terminal,

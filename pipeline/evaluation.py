@@ -32,12 +32,13 @@ class EvalResult:
         return {f"{prefix}{k}": v for k, v in asdict(self).items()}
 
 
-def count_correct(scores: torch.Tensor, labels: torch.Tensor) -> Tuple[int, int]:
-    """How many of the batch have the label first, and within the top five."""
+def count_correct(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(top-1 hits, top-5 hits) of the batch, as a tensor on the scores' device: reading it would wait for the
+    device, so the caller sums these where they are and reads the total once."""
     k = min(5, scores.shape[1])
     top = scores.topk(k, dim=1).indices
     hits = top.eq(labels.view(-1, 1).to(top.device))
-    return int(hits[:, 0].sum()), int(hits.any(dim=1).sum())
+    return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()])
 
 
 def view_scores(predict: Callable[[torch.Tensor], torch.Tensor], images: Views) -> torch.Tensor:
@@ -64,18 +65,24 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[
     that stops leaves its loop at once, and since ranks may hold different numbers of batches, the ranks
     learn it from the one reduction they already do at the end; then every rank raises
     `EvaluationInterrupted`. So a signal cuts an evaluation short without a collective per batch.
-    `progress` is told each batch's sample count once it is scored (an `EvalProgress`).
+    `progress` is told each batch's sample count once it is queued (an `EvalProgress`).
+
+    No batch waits for the device: the hits are summed where they are computed and read once, after the
+    last batch, so a GPU is never idle between batches while the host reads a count.
     """
-    samples = top1 = top5 = 0
+    samples = 0
+    hits: Optional[torch.Tensor] = None  # (top-1, top-5), on the device
     stopped = False
     for images, labels in batches:
         if should_stop is not None and should_stop():
             stopped = True
             break
-        c1, c5 = count_correct(view_scores(predict, images), labels)
-        samples, top1, top5 = samples + labels.numel(), top1 + c1, top5 + c5
+        batch_hits = count_correct(view_scores(predict, images), labels)
+        hits = batch_hits if hits is None else hits + batch_hits
+        samples += labels.numel()
         if progress is not None:
             progress(labels.numel())
+    top1, top5 = hits.tolist() if hits is not None else (0, 0)  # the one host sync
     samples_f, top1_f, top5_f, stopped_ranks = all_reduce_sum([samples, top1, top5, float(stopped)])
     if stopped_ranks:
         raise EvaluationInterrupted(f"evaluation stopped by a signal on {int(stopped_ranks)} rank(s)")

@@ -15,6 +15,7 @@ LOCKED = 4  # another live run holds the run directory (its lock names the host,
 DATA = 5  # the prepared dataset is missing, damaged, or of a manifest version this code does not know
 WRITE = 6  # the run directory cannot be written (a full disk, a read-only or unwritable directory)
 CHECKPOINT = 7  # every checkpoint of the run is damaged: none to resume from (each is named)
+HUNG = 8  # another rank stopped answering for engine.hang_timeout_minutes: the job ended, the same command resumes
 
 MEANINGS = {
     OK: "finished",
@@ -26,6 +27,8 @@ MEANINGS = {
     WRITE: "the run directory cannot be written (disk full, read-only, permissions): the last complete "
            "checkpoint is kept; fix it and run the same command to resume",
     CHECKPOINT: "no checkpoint of the run is intact (the error names each damaged file and what to delete)",
+    HUNG: "a rank stopped answering for engine.hang_timeout_minutes (hung or died): the job was ended; run the "
+          "same command to resume",
 }
 
 

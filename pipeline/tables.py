@@ -38,9 +38,10 @@ METRICS = {"table": ("top1_error", "top5_error"),
 # The seed is another sample of the same recipe, not a departure from it.
 NOT_RECIPE = ("run.name", "run.out_dir", "run.seed", "run.device", "run.deterministic", "logging.", "slurm.",
               "checkpoint.", "data.root", "data.recipe_batch_per_gpu", "data.backend", "data.num_threads",
-              "data.shuffle_buffer", "data.hw_decoder_load", "data.eval_batch_size", "eval.every_epochs", "eval.every_steps",
-              "eval.layer_responses", "engine.name", "engine.zero_stage", "engine.compile", "engine.channels_last",
-              "engine.activation_checkpointing", "engine.timeout_minutes")
+              "data.shuffle_buffer", "data.hw_decoder_load", "data.eval_batch_per_gpu", "eval.every_epochs",
+              "eval.every_steps", "eval.layer_responses", "engine.name", "engine.zero_stage", "engine.compile",
+              "engine.channels_last", "engine.activation_checkpointing", "engine.timeout_minutes",
+              "engine.hang_timeout_minutes")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from typing import Callable, Optional
 import torch
 
 from pipeline import dist, exit_codes
-from pipeline.checkpoint import CheckpointDirError, CheckpointStore, save_state
+from pipeline.background_save import CheckpointSaves, FileWriter
+from pipeline.checkpoint import CheckpointDirError, CheckpointStore
 from pipeline.config import ConfigError, ExperimentConfig, config_to_dict, load_config, loggable_config, save_config
 from pipeline.dist import DistInfo, dist_info_from_env
 from pipeline.evaluation import EvaluationInterrupted, LayerResponses, evaluate
@@ -103,7 +105,10 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
     run_dir = run_dir_of(cfg)
     store = CheckpointStore(run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_best)
     # What a user can get wrong (an unwritable directory, a missing or damaged dataset) fails on every rank alike.
-    train_loader, eval_loader = dist.on_every_rank(lambda: _prepare(cfg, info, device, store))
+    # Two steps: opening the data has collectives of its own (one rank validates it for all), which every rank
+    # must reach, so nothing that can fail on one rank alone may come before them in the same step.
+    dist.on_every_rank(lambda: _check_run_directory(cfg, info, device, store))
+    train_loader, eval_loader = dist.on_every_rank(lambda: _open_data(cfg, info, device))
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, train_loader.steps_per_epoch, cfg.data.batch_size)
     micro_batch = cfg.data.batch_size // info.world_size
     engine = build_engine(cfg.engine, build_model(cfg.model), cfg.optim, schedule.lr(0), info, device, micro_batch)
@@ -129,18 +134,20 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
                                                     loggable_config(cfg), progress.step))
     clock = _Clock(progress.elapsed_s)
 
-    def save_checkpoint(metrics: Optional[dict] = None) -> None:
+    saves = CheckpointSaves(store, info.is_primary)
+
+    def save_checkpoint(metrics: Optional[dict] = None, background: bool = False) -> None:
+        """A periodic save is written in the background while training goes on; a stop's and the last are not."""
         progress.elapsed_s = clock.elapsed()
         rank_state = {"loader": train_loader.state_dict(), "rng": rng_state(), "world_size": info.world_size}
         extra = {"progress": vars(progress).copy(), "schedule": schedule.state_dict(), "config": config_to_dict(cfg),
                  "rng": rng_state()}
 
-        def write(staging: Path) -> dict:
-            files = engine.save(staging, extra, info.is_primary)  # its collectives first: see pipeline.engine
-            name = f"rank-{info.rank:05d}.pt"
-            return {**files, name: save_state(staging / name, rank_state)}
+        def queue_files(staging: Path, writer: FileWriter) -> None:
+            engine.save(staging, extra, info.is_primary, writer)  # its collectives first: see pipeline.engine
+            writer.submit(f"rank-{info.rank:05d}.pt", rank_state)
 
-        store.save(progress.step, info.is_primary, write, metrics)
+        saves.save(progress.step, queue_files, metrics, background)
 
     stop = StopSignal().install()
     total_steps = schedule.total_steps
@@ -159,6 +166,7 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
         logger.log({"event": f"world size changed from {resumed_from_world} to {info.world_size}: epoch "
                              f"{progress.epoch} replayed from step {progress.step}"}, progress.step)
     window = _Window()
+    first_step = progress.step
     try:
         while progress.step < total_steps:
             epoch_done = True
@@ -184,13 +192,19 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
                 # Step-based saves fall on the same step everywhere; a signal or the clock is one rank's own
                 # and needs a collective to agree on (a consistent checkpoint needs every rank), so it is
                 # only asked every `check_every_steps` steps, never in between: no host sync per step.
+                # The same check asks whether every rank has written its files of a background save.
                 steps_due = cfg.checkpoint.every_steps and progress.step % cfg.checkpoint.every_steps == 0
                 stopping = minutes_due = False
                 if progress.step % cfg.checkpoint.check_every_steps == 0:
-                    stopping, minutes_due = dist.any_rank([stop.received is not None, _minutes_due(cfg, last_save)])
+                    stopping, minutes_due, writing = dist.any_rank(
+                        [stop.received is not None, _minutes_due(cfg, last_save), saves.writing])
+                    if saves.pending is not None and not writing:
+                        saves.finish()
                 if stopping or steps_due or minutes_due:
-                    save_checkpoint()
+                    save_checkpoint(background=not stopping)
                     last_save = time.monotonic()
+                if progress.step == first_step + 1:
+                    dist.watch_for_hangs(cfg.engine.hang_timeout_minutes)  # the slow first step is over
                 if stopping:
                     logger.log({"event": f"stopped by {stop.received or 'a signal on another rank'}"}, progress.step)
                     return {"interrupted": True, "step": progress.step, "signal": stop.received}
@@ -203,7 +217,7 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
                 if cfg.eval.every_epochs and progress.epoch % cfg.eval.every_epochs == 0:
                     _evaluate_and_log(engine, eval_loader, schedule, logger, progress)
                 if cfg.checkpoint.at_epoch_end and progress.step < total_steps:
-                    save_checkpoint()
+                    save_checkpoint(background=True)
                     last_save = time.monotonic()
 
         # A signal now would otherwise go unheard: the loop that checks for it is over. The evaluation stops
@@ -229,23 +243,31 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
                            else None)
         return result
     finally:
+        saves.close()
         stop.uninstall()
         logger.close()  # after the last save: W&B's teardown can fail (its service shares the job's signals)
 
 
-def _prepare(cfg: ExperimentConfig, info: DistInfo, device: torch.device, store: CheckpointStore) -> tuple:
-    """Check the run directory, record where this rank runs, open the dataset; the primary writes the config."""
-    from pipeline.data import build_loader, dataset_num_classes
-
+def _check_run_directory(cfg: ExperimentConfig, info: DistInfo, device: torch.device, store: CheckpointStore) -> None:
+    """Check the run directory and record where this rank runs."""
     run_dir = run_dir_of(cfg)
     check_bn_groups(cfg, info.world_size)
     store.check_writable(f".write-probe-{info.rank:05d}")  # every rank writes its own files into checkpoints
+    if info.is_primary:
+        store.remove_unfinished()  # before any rank can start a save (`pipeline.background_save`)
     _writing_run_dir(run_dir, lambda: _record_placement(run_dir, info, device))
+
+
+def _open_data(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> tuple:
+    """Open the dataset (validated once, by the primary); the primary then writes the resolved config."""
+    from pipeline.data import build_loader, dataset_num_classes
+
+    run_dir = run_dir_of(cfg)
     train_loader = build_loader(cfg.data, cfg.data.train_split, info, train=True, device=device, seed=cfg.run.seed)
     eval_loader = build_loader(cfg.data, cfg.data.eval_split, info, train=False, device=device, seed=cfg.run.seed,
                                eval_resize=cfg.eval.resize)
     if cfg.model.num_classes is None:
-        cfg.model.num_classes = dataset_num_classes(cfg.data)
+        cfg.model.num_classes = dist.from_primary(lambda: dataset_num_classes(cfg.data))
     if info.is_primary:
         _writing_run_dir(run_dir, lambda: save_config(cfg, run_dir / "config.yaml"))
     return train_loader, eval_loader
@@ -283,7 +305,7 @@ def _record_placement(run_dir: Path, info: DistInfo, device: torch.device) -> No
 
     folder = run_dir / "ranks"
     folder.mkdir(parents=True, exist_ok=True)
-    record = {**info.describe(), "device": str(device), "time": time.time()}
+    record = {**info.describe(), "device": str(device), "pid": os.getpid(), "time": time.time()}
     (folder / f"rank-{info.rank:05d}.json").write_text(json.dumps(record, sort_keys=True) + "\n")
 
 
@@ -369,11 +391,12 @@ def main(argv: Optional[list] = None) -> int:
     try:
         result = train(cfg)
     except Exception as e:  # noqa: BLE001 - what a user can fix is one line; anything else keeps its traceback
-        code = exit_codes.exit_code_of(e)
+        hung = dist.hang_error(e)
+        code = exit_codes.exit_code_of(hung or e)
         if code == exit_codes.FAILED:
             raise
-        if primary:  # every rank ends with the same error (dist.on_every_rank): said once
-            print(f"error: {e}", file=sys.stderr, flush=True)
+        if primary or hung:  # every rank ends with the same error (dist.on_every_rank): said once; a hang by
+            print(f"error: {hung or e}", file=sys.stderr, flush=True)  # whichever rank saw it
         return code
     if result.get("interrupted"):
         return EXIT_INTERRUPTED

@@ -70,7 +70,7 @@ def test_resnet152_trains_on_imagenet_shards_with_2_ranks(imagenet_shards, tmp_p
     overrides = [f"data.root={imagenet_shards}", f"run.out_dir={tmp_path}", "run.name=t", "run.deterministic=true",
                  f"engine.name={engine}", *(["engine.zero_stage=1"] if engine == "deepspeed" else []),
                  "data.image_size=64", "data.resize_min=72", "data.resize_max=96", "eval.resize=72",
-                 "data.batch_size=4", "data.eval_batch_size=4", "data.num_threads=1",
+                 "data.batch_size=4", "data.eval_batch_per_gpu=4", "data.num_threads=1",
                  "schedule.unit=iteration", "schedule.total=2", "schedule.milestones=[100]",
                  "eval.every_epochs=0", "checkpoint.every_minutes=0", "logging.every_steps=1",
                  "logging.wandb_mode=disabled"]
@@ -100,7 +100,7 @@ def test_resnet1202_with_activation_checkpointing_is_killed_and_resumed_bitwise(
     """ResNet-1202, blocks recomputed in backward, SIGKILLed after its step-2 checkpoint, resumed to step 4."""
     def overrides(out: Path) -> list:
         return [f"data.root={small_cifar_shards}", f"run.out_dir={out}", "run.name=t", "run.deterministic=true",
-                "engine.activation_checkpointing=true", "data.batch_size=4", "data.eval_batch_size=10",
+                "engine.activation_checkpointing=true", "data.batch_size=4", "data.eval_batch_per_gpu=10",
                 "data.num_threads=1", "schedule.total=4", "eval.every_steps=0", "checkpoint.every_steps=2",
                 "checkpoint.every_minutes=0", "checkpoint.keep_last=10", "logging.every_steps=1",
                 "logging.wandb_mode=disabled"]  # W&B off: this test is about the 1202-layer net's recomputation across

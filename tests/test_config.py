@@ -132,3 +132,18 @@ def test_paper_recipes_in_configs():
     assert (r34c.model.name, r34c.model.shortcut, r34c.data.batch_size) == ("resnet34", "C", 256)
     r50 = load_config(REPO / "configs/imagenet/resnet50.yaml")
     assert (r50.model.shortcut, r50.model.bottleneck_stride, r50.data.augmentation) == ("B", "1x1", "paper")
+
+
+def test_a_renamed_key_still_loads_under_its_new_name_with_a_warning(tmp_path, caplog):
+    """Run directories keep the config.yaml they were trained with: the evaluation batch was global, now per GPU."""
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  eval_batch_size: 40\n")
+    assert load_config(old).data.eval_batch_per_gpu == 40
+    assert load_config(None, ["data.eval_batch_size=24"]).data.eval_batch_per_gpu == 24
+    assert "data.eval_batch_size is now data.eval_batch_per_gpu" in caplog.text
+
+
+@pytest.mark.parametrize("key", ["timeout_minutes", "hang_timeout_minutes"])
+def test_process_group_timeouts_must_be_positive(key):
+    with pytest.raises(ConfigError, match=f"engine.{key} must be positive"):
+        load_config(None, [f"engine.{key}=0"])

@@ -6,16 +6,19 @@ import io
 import json
 import logging
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from launch.local import torchrun_command
 from pipeline.config_schema import DataConfig
 from pipeline.data import DatasetError, build_loader, dataset_num_classes
 from pipeline.dist import DistInfo
 from tests.data_loader_fixtures import BACKENDS, HAS_DALI, make_dataset
+from tests.train_support import REPO, env
 
 TRAIN_SHARDS = [7, 6, 5]  # 18 samples: shard counts that split unevenly over 2 or 4 ranks
 TEST_SHARDS = [5, 4]
@@ -36,14 +39,14 @@ def cifar(tmp_path_factory) -> Path:
 
 def imagenet_cfg(root: Path, backend: str, **kw) -> DataConfig:
     base = dict(root=str(root), backend=backend, augmentation="paper", image_size=48, resize_min=56,
-                resize_max=96, batch_size=4, eval_batch_size=4, num_threads=1, shuffle_buffer=6)
+                resize_max=96, batch_size=4, eval_batch_per_gpu=4, num_threads=1, shuffle_buffer=6)
     base.update(kw)
     return DataConfig(**base)
 
 
 def cifar_cfg(root: Path, backend: str, **kw) -> DataConfig:
     base = dict(root=str(root), backend=backend, augmentation="cifar", image_size=32, batch_size=4,
-                eval_batch_size=4, num_threads=1, shuffle_buffer=4)
+                eval_batch_per_gpu=4, num_threads=1, shuffle_buffer=4)
     base.update(kw)
     return DataConfig(**base)
 
@@ -194,7 +197,7 @@ def test_ranks_disjoint_equal_steps_and_reshuffled(imagenet, backend, world):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_evaluation_counts_every_sample_once(imagenet, backend, world):
-    cfg = imagenet_cfg(imagenet, backend, eval_batch_size=2 * world)
+    cfg = imagenet_cfg(imagenet, backend, eval_batch_per_gpu=2 * world)
     labels = []
     for r in range(world):
         loader = build_loader(cfg, "test", rank(r, world))
@@ -255,6 +258,22 @@ def test_synthetic_backend(tmp_path):
     loader = build_loader(cfg, "train", rank(0, 2))
     x, y = next(iter(loader))
     assert x.shape == (4, 3, 32, 32) and y.dtype == torch.int64 and len(loader) == 50_000 // 8
+
+
+def test_a_rank_that_does_not_validate_reads_the_same_at_start_for_16_or_1024_shards(tmp_path):
+    """Training's start on 2 ranks (torch backend): the primary validates every shard's index and builds the sample
+    table for all; the other rank's files opened and bytes read under the dataset do not grow with the shards."""
+    few, many = tmp_path / "few", tmp_path / "many"  # the same 2,048 training samples in 16 or 1,024 shards
+    make_dataset(few, "cifar", {"train": [128] * 16, "test": [8]}, num_classes=4)
+    make_dataset(many, "cifar", {"train": [2] * 1024, "test": [8]}, num_classes=4)
+    out = tmp_path / "reads"
+    out.mkdir()
+    proc = subprocess.run(torchrun_command("tests.workers.startup_reads", [str(out), str(few), str(many)], 2),
+                          capture_output=True, text=True, cwd=REPO, env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    primary, other = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert other[str(many)] == other[str(few)], other  # neither the manifest nor any index: nothing per shard
+    assert primary[str(many)]["files"] > 1024 > primary[str(few)]["files"]  # the validating rank reads them all
 
 
 def test_label_bytes_decode():
@@ -357,7 +376,7 @@ def test_loaders_read_data_prep_synth_output(tmp_path, kind):
         if backend == "dali" and not HAS_DALI:
             continue
         make = imagenet_cfg if kind == "imagenet" else cifar_cfg
-        cfg = make(tmp_path, backend, batch_size=2, eval_batch_size=2)
+        cfg = make(tmp_path, backend, batch_size=2, eval_batch_per_gpu=2)
         for split in manifest["splits"]:
             loader = build_loader(cfg, split, rank(0, 1), train=False)
             assert sum(len(y) for _, y in loader) == manifest["splits"][split]["num_samples"]

@@ -33,7 +33,7 @@ def imagenet(tmp_path_factory) -> Path:
 
 def cfg(root: Path, **kw) -> DataConfig:
     base = dict(root=str(root), backend="dali", augmentation="paper", image_size=224, batch_size=8,
-                eval_batch_size=8, num_threads=2, shuffle_buffer=16)
+                eval_batch_per_gpu=8, num_threads=2, shuffle_buffer=16)
     base.update(kw)
     return DataConfig(**base)
 

@@ -6,7 +6,9 @@ minicluster (`srun -N2 --ntasks-per-node=2 env`), and what its batch script had.
 
 import pytest
 
-from pipeline.dist import DistInfo, cuda_device_index, dist_info_from_env, export_env, first_host, job_hosts
+import numpy as np
+
+from pipeline.dist import DistInfo, cuda_device_index, dist_info_from_env, export_env, first_host, job_hosts, job_port
 
 SRUN_TASK_3 = {"SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
                "SLURMD_NODENAME": "n2", "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": "123",
@@ -35,6 +37,13 @@ def test_srun_task_of_a_two_node_job():
     assert (info.rank, info.local_rank, info.world_size, info.source) == (3, 1, 4, "slurm")
     assert (info.node_rank, info.local_world_size, info.node_name) == (1, 2, "n2")
     assert (info.master_addr, info.master_port) == ("n1", 20123)  # first node; port from the job id
+
+
+def test_job_ports_are_never_ephemeral_and_neighbouring_jobs_differ():
+    ports = np.array([job_port(job_id) for job_id in range(1_000_001)])
+    assert not ((ports >= 32768) & (ports <= 60999)).any()  # Linux's ephemeral range (ip_local_port_range)
+    assert ports.min() >= 1024 and ports.max() < 65536
+    assert (ports[1:] != ports[:-1]).all() and len(set(ports[:10_000])) == 10_000  # jobs submitted together
 
 
 def test_uneven_tasks_per_node():

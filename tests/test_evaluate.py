@@ -16,11 +16,14 @@ from launch.local import torchrun_command
 from pipeline.checkpoint import CheckpointDamaged, CheckpointStore
 from pipeline.config_schema import DataConfig
 from pipeline.data import build_loader
+from pipeline.data.base import rank_range
 from pipeline.dist import DistInfo
+import pipeline.evaluate
 from pipeline.evaluate import evaluate_run
 from pipeline.evaluation import LayerResponses, evaluate, view_scores
 from pipeline.models import build
 from tests.data_loader_fixtures import make_dataset, stored_images
+from tests.workers.counting_evaluate import counting
 from tests.train_support import REPO, env, small_run, train
 
 MEAN, STD = np.array([120.0, 115.0, 100.0]), np.array([60.0, 58.0, 59.0])  # make_dataset's manifest stats
@@ -59,7 +62,7 @@ def _model() -> torch.nn.Module:
 
 def _data(root: Path) -> DataConfig:
     return DataConfig(root=str(root), backend="torch", augmentation="paper", image_size=48, resize_min=56,
-                      resize_max=96, batch_size=4, eval_batch_size=2, num_threads=1)
+                      resize_max=96, batch_size=4, eval_batch_per_gpu=2, num_threads=1)
 
 
 @torch.no_grad()
@@ -123,7 +126,7 @@ def test_layer_responses_follow_each_3x3_layer_in_order():
 def test_cifar_data_refuses_a_multi_view_protocol(tmp_path):
     root = make_dataset(tmp_path / "cifar", "cifar", {"train": [4], "test": [3]}, num_classes=3)
     data = DataConfig(root=str(root), backend="torch", augmentation="cifar", image_size=32, batch_size=2,
-                      eval_batch_size=2, num_threads=1)
+                      eval_batch_per_gpu=2, num_threads=1)
     with pytest.raises(ValueError, match="tencrop protocol needs ImageNet-style images"):
         build_loader(data, "test", DistInfo(), train=False, protocol="tencrop")
 
@@ -142,28 +145,44 @@ def test_checkpoint_choices_are_checked(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_rank_evaluation_counts_every_sample_once(digits_dataset, tmp_path):
-    """297 test digits over 2 ranks (149 + 148): the same counts, errors and layer responses as 1 rank."""
+def test_evaluation_is_exact_over_one_two_and_three_ranks_without_a_host_sync_per_batch(digits_dataset, tmp_path,
+                                                                                         monkeypatch):
+    """297 test digits over 1, 2 and 3 ranks (149 + 148, 99 x 3): the same counts, errors and layer responses; and
+    the evaluation reads nothing from the device per batch (counted): the hits stay where they are computed."""
     train(2, small_run(digits_dataset, tmp_path, "logging.wandb_mode=disabled", "schedule.total=16",
-                       "schedule.milestones=[12]", "data.eval_batch_size=40"))
+                       "schedule.milestones=[12]", "data.eval_batch_per_gpu=40"))
     run_dir = tmp_path / "t"
+    seen: dict = {}
+    monkeypatch.setattr(pipeline.evaluate, "evaluate", counting(seen))
     one = evaluate_run(run_dir, "center", "last", layer_responses=True)
     single_responses = json.loads((run_dir / "layer_responses.json").read_text())
+    # 8 batches of 40 on one rank, and the evaluation reads the device once in all: its hits, at the end.
+    assert seen["batches"] == 8 and seen["syncs"] == {"tolist": 1}, seen
 
-    proc = subprocess.run(torchrun_command("pipeline.evaluate", [str(run_dir), "--layer-responses"], 2),
-                          capture_output=True, text=True, cwd=REPO, env=env(), timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    two = json.loads((run_dir / "results.json").read_text())["eval"]["center"]
-    assert two["world_size"] == 2 and one["world_size"] == 1
-    for key in ("samples", "top1_error", "top5_error", "step"):
-        assert two[key] == one[key], key
-    assert two["samples"] == 297
+    for nproc in (2, 3):
+        counts = tmp_path / f"counts-{nproc}"
+        counts.mkdir()
+        proc = subprocess.run(torchrun_command("tests.workers.counting_evaluate",
+                                               [str(counts), str(run_dir), "--layer-responses"], nproc),
+                              capture_output=True, text=True, cwd=REPO, env=env(), timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        more = json.loads((run_dir / "results.json").read_text())["eval"]["center"]
+        assert more["world_size"] == nproc and one["world_size"] == 1
+        for key in ("samples", "top1_error", "top5_error", "step"):
+            assert more[key] == one[key], (nproc, key)
+        assert more["samples"] == 297
+        responses = json.loads((run_dir / "layer_responses.json").read_text())
+        assert responses["layers"] == single_responses["layers"]
+        assert responses["std"] == pytest.approx(single_responses["std"], rel=1e-9)
+        for rank in range(nproc):
+            seen = json.loads((counts / f"rank{rank}.json").read_text())
+            # Every rank's part is several batches (per GPU: 40 each), still read once, plus the sum over ranks.
+            lo, hi = rank_range(297, rank, nproc)
+            assert seen["batches"] == -(-(hi - lo) // 40) >= 3
+            assert seen["syncs"] == {"tolist": 2}, seen
     # Training (2 DDP ranks) ended with an evaluation of the same weights, BN statistics included.
     trained = json.loads((run_dir / "results.json").read_text())["train"]
     assert trained["top1_error"] == one["top1_error"]
-    double = json.loads((run_dir / "layer_responses.json").read_text())
-    assert double["layers"] == single_responses["layers"]
-    assert double["std"] == pytest.approx(single_responses["std"], rel=1e-9)
 
     # A checkpoint whose file was damaged after it was written is named, not evaluated.
     state = run_dir / "checkpoints" / f"step-{16:09d}" / "state.pt"

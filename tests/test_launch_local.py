@@ -12,7 +12,8 @@ from typing import Callable, List
 
 import pytest
 
-from pipeline.exit_codes import LOCKED
+from pipeline.checkpoint import CheckpointStore
+from pipeline.exit_codes import HUNG, LOCKED
 from pipeline.metrics import read_metrics
 from pipeline.train import EXIT_INTERRUPTED
 from pipeline.wandb_offline import offline_runs
@@ -145,3 +146,43 @@ def test_a_second_ctrl_c_kills_every_rank_at_once(digits_dataset, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert not any("stopped by" in str(m.get("event")) for m in read_metrics(run_dir))
+
+
+def test_a_rank_stopped_by_sigstop_ends_the_run_within_the_hang_timeout_and_the_next_start_resumes(digits_dataset,
+                                                                                                  tmp_path):
+    """A hung rank (SIGSTOP: alive, silent) mid-training: the other's next collective gives up after
+    engine.hang_timeout_minutes, it exits with HUNG and one line, the launcher ends the stopped one (after torch's
+    30-s grace), nothing is left; the same command resumes from the last checkpoint. W&B offline, as by default."""
+    out, run_dir = tmp_path / "runs", tmp_path / "runs" / "t"
+    hang_timeout_s = 12
+    overrides = overrides_of(digits_dataset, out, f"engine.hang_timeout_minutes={hang_timeout_s / 60}",
+                             "checkpoint.every_steps=8")
+    log = tmp_path / "launch.log"
+    proc = launch_local(overrides, log)
+    try:
+        first = run_dir / "checkpoints" / f"step-{8:09d}" / "COMPLETE"
+        wait_for(first.exists, "first checkpoint", proc)
+        hung = json.loads((run_dir / "ranks" / "rank-00001.json").read_text())["pid"]
+        os.kill(hung, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        code = proc.wait(timeout=600)
+        took = time.monotonic() - stopped_at
+        text = log.read_text()
+        assert code == HUNG, text[-4000:]
+        assert_none_left(str(out))
+    finally:
+        kill_leftovers(str(out))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"waited {hang_timeout_s / 60:g} min (engine.hang_timeout_minutes)" in errors[0], text
+    # The hang timeout, then torch's agent gives the stopped rank 30 s to end on SIGTERM before its SIGKILL; the
+    # rest is this machine's slack (a timing bound on purpose: the failure it guards against is the 30-min default).
+    assert took < hang_timeout_s + 30 + 60, took
+
+    complete = CheckpointStore(run_dir / "checkpoints").latest()
+    again = subprocess.run([sys.executable, "-m", "launch", "local", DEMO_CONFIG, *overrides,
+                            f"schedule.total={complete.step + 4}", "--nproc", "2"],
+                           cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert f"from step {complete.step}" in again.stderr

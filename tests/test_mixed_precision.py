@@ -15,11 +15,14 @@ ranks), ddp-fp16 (autocast and torch.amp.GradScaler, on the device types where t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -28,17 +31,19 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 import torch
 
-from launch.local import torchrun_command
+from launch.local import process_tree, torchrun_command
+from pipeline.checkpoint import CheckpointStore
 from pipeline.dist import DistInfo
 from pipeline.engine import DEEPSPEED_TAG, load_weights
 from pipeline.metrics import read_metrics
 from pipeline.models import build as build_model
 from pipeline.runtime import resolve_device
-from tests.train_support import DEMO_CONFIG, REPO, env, final_weights, small_run, train, train_and_kill
+from tests.train_support import DEMO_CONFIG, REPO, env, final_weights, small_run, train
 
 pytestmark = pytest.mark.slow
 
 PROBE_DIR = "MIXED_PRECISION_PROBE_DIR"  # where each probed rank writes `rank-<r>.json`
+HELD_SAVE = "MIXED_PRECISION_HELD_SAVE"  # <folder>:<step>: that checkpoint's background write is held
 
 # Each cell's overrides on top of `small_run` (40 steps of ResNet-8 on the digits, a checkpoint every 8).
 CELLS: Dict[str, Sequence[str]] = {
@@ -54,9 +59,15 @@ BF16, FP16, FP32 = str(torch.bfloat16), str(torch.float16), str(torch.float32)
 
 def _probe_main(argv: List[str]) -> int:
     """Run `pipeline.train` with a global forward hook that records, per layer type, the dtypes of the
-    outputs and weights of every training forward pass (grad enabled; evaluation is left out)."""
+    outputs and weights of every training forward pass (grad enabled; evaluation is left out).
+
+    With `HELD_SAVE=<folder>:<step>` the background writer of that step's checkpoint stops before its first file,
+    after writing `<folder>/held-rank<r>` (see `train_and_kill_during_save`)."""
     from torch import nn
     from pipeline.train import main
+
+    if os.environ.get(HELD_SAVE):
+        _hold_the_save(*os.environ[HELD_SAVE].rsplit(":", 1))
 
     seen: Dict[str, Dict[str, set]] = defaultdict(lambda: defaultdict(set))
 
@@ -75,6 +86,49 @@ def _probe_main(argv: List[str]) -> int:
         out.mkdir(parents=True, exist_ok=True)
         record_ = {kind: {k: sorted(v) for k, v in d.items()} for kind, d in seen.items()}
         (out / f"rank-{int(os.environ.get('RANK', '0'))}.json").write_text(json.dumps(record_, sort_keys=True))
+
+
+def _hold_the_save(folder: str, step: str) -> None:
+    """The writer thread of checkpoint `step` waits forever (training goes on); it says so by a file."""
+    import threading
+
+    from pipeline import background_save
+
+    write = background_save.save_state
+
+    def held(path: Path, state) -> object:
+        if f"step-{int(step):09d}.tmp" in str(path):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / f"held-rank{os.environ['RANK']}").touch()
+            threading.Event().wait()
+        return write(path, state)
+
+    background_save.save_state = held
+
+
+def train_and_kill_during_save(nproc: int, overrides: Sequence[str], run_dir: Path, held_step: int,
+                               trained_past: int) -> None:
+    """Train with the background write of checkpoint `held_step` held on every rank, and SIGKILL every process once
+    training has logged step `trained_past`: a node lost while its checkpoint was being written."""
+    gate = run_dir.parent / "held"
+    cmd = torchrun_command("tests.test_mixed_precision", [DEMO_CONFIG, *overrides], nproc)
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**env(), PROBE_DIR: str(run_dir.parent / "probe"),
+                                                HELD_SAVE: f"{gate}:{held_step}"},
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+
+    def logged_step() -> int:
+        return max([m["step"] for m in read_metrics(run_dir) if "loss" in m], default=0) \
+            if (run_dir / "metrics.jsonl").exists() else 0
+
+    while not (all((gate / f"held-rank{r}").exists() for r in range(nproc)) and logged_step() >= trained_past):
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline, "training did not go on past the held checkpoint in time"
+        time.sleep(0.05)
+    for pid in [*process_tree(proc.pid)[1:], proc.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
 
 
 def train_probed(nproc: int, overrides: Sequence[str], probe_dir: Path) -> List[dict]:
@@ -201,17 +255,23 @@ def test_deepspeed_bf16_trains_ddps_numerics(whole_run):
 
 
 @pytest.mark.parametrize("cell", ["ddp-bf16", "deepspeed-bf16-zero1"])
-def test_bf16_kill_and_resume_is_bitwise_identical(whole_run, digits_dataset, tmp_path, cell):
-    """SIGKILLed mid-epoch after checkpoint 16, resumed: step 40 equals the uninterrupted run's, bit for bit
-    (weights, and the optimizer state with DeepSpeed's fp32 master weights)."""
+def test_bf16_killed_while_a_checkpoint_is_written_resumes_bitwise_identical(whole_run, digits_dataset, tmp_path,
+                                                                            cell):
+    """Checkpoints are written in the background: the write of step 24's is held on every rank while training goes on
+    past it, then every process is SIGKILLed (at step 28 or later). Step 24 was never marked complete, so 23 (the first
+    epoch's end) is the latest; resumed from it, step 40 equals the uninterrupted run's, bit for bit (weights, and the optimizer state
+    with DeepSpeed's fp32 master weights)."""
     whole, _ = whole_run(cell)
-    # W&B off: this test is about bf16 state across a kill; kills with W&B offline (the default) are the kill soak's.
+    # W&B off: this test is about the saved state across a kill; kills with W&B offline (the default) are the kill
+    # soak's, whose kills land during background writes too.
     overrides = small_run(digits_dataset, tmp_path, "logging.wandb_mode=disabled", *CELLS[cell])
     broken = tmp_path / "t"
-    train_and_kill(2, overrides, broken, after_checkpoint=16)
-    assert not checkpoint(broken, 40).exists()
+    train_and_kill_during_save(2, overrides, broken, held_step=24, trained_past=28)
+    store = CheckpointStore(broken / "checkpoints")
+    assert (broken / "checkpoints" / f"step-{24:09d}.tmp").is_dir() and not checkpoint(broken, 24).exists()
+    assert [c.step for c in store.complete()] == [8, 16, 23]
     log = train(2, overrides)
-    assert "resuming" in log
+    assert "resuming" in log and "from step 23" in log
     if cell.startswith("ddp"):
         assert_bitwise_equal(final_weights(whole, 40), final_weights(broken, 40), "weights")
         a, b = (torch.load(checkpoint(d, 40) / "state.pt", weights_only=False)["optimizer"] for d in (whole, broken))
@@ -220,8 +280,9 @@ def test_bf16_kill_and_resume_is_bitwise_identical(whole_run, digits_dataset, tm
         assert_bitwise_equal(load_weights(checkpoint(whole, 40)), load_weights(checkpoint(broken, 40)), "weights")
         a, b = (deepspeed_optimizer_state(checkpoint(d, 40)) for d in (whole, broken))
         assert_bitwise_equal(tensors(a), tensors(b), "optimizer state (fp32 master weights, momentum)")
-    # The losses logged after the checkpoint it resumed from are the uninterrupted run's.
-    after = lambda d: {m["step"]: m["loss"] for m in read_metrics(d) if "loss" in m and m["step"] > 16}
+    # The losses logged after the checkpoint it resumed from are the uninterrupted run's (from the first whole
+    # logging window: the record of step 24 averages steps 23-24 in one run and step 24 alone in the resumed one).
+    after = lambda d: {m["step"]: m["loss"] for m in read_metrics(d) if "loss" in m and m["step"] > 24}
     assert after(broken) == after(whole)
 
 

@@ -124,7 +124,7 @@ def imagenet(tmp_path_factory) -> Path:
 def _imagenet_cfg(root: Path, backend: str, **kw) -> DataConfig:
     # No pca_lighting here: the default is what is tested. per_channel: the fixture has no mean image.
     return DataConfig(**{"root": str(root), "backend": backend, "augmentation": "paper", "image_size": 48,
-                         "resize_min": 56, "resize_max": 96, "batch_size": 6, "eval_batch_size": 2,
+                         "resize_min": 56, "resize_max": 96, "batch_size": 6, "eval_batch_per_gpu": 2,
                          "num_threads": 1, "shuffle_buffer": 6, "normalize": "per_channel", **kw})
 
 
@@ -291,7 +291,7 @@ def cifar(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cifar_loaders_subtract_the_per_pixel_mean(cifar, backend):
     cfg = load_config(REPO / "configs" / "cifar10" / "resnet20.yaml",
-                      [f"data.root={cifar}", f"data.backend={backend}", "data.batch_size=4", "data.eval_batch_size=3",
+                      [f"data.root={cifar}", f"data.backend={backend}", "data.batch_size=4", "data.eval_batch_per_gpu=3",
                        "data.num_threads=1", "data.shuffle_buffer=4"]).data
     assert cfg.normalize == "per_pixel_mean" and cfg.pca_lighting == 0.1  # 0.1 is ignored by CIFAR's augmentation
     views = torch.cat([x.cpu() for x, _ in build_loader(cfg, "test", ONE, device=CPU)])
@@ -317,7 +317,7 @@ def test_default_multiscale_sides_are_the_papers():
 
 
 def test_default_multiscale_loader_gives_every_paper_scale(imagenet):
-    loader = build_loader(_imagenet_cfg(imagenet, "torch", eval_batch_size=1), "test", ONE, device=CPU,
+    loader = build_loader(_imagenet_cfg(imagenet, "torch", eval_batch_per_gpu=1), "test", ONE, device=CPU,
                           protocol="multiscale")
     views, _ = next(iter(loader))
     assert [min(v.shape[-2:]) for v in views] == PAPER_SCALES

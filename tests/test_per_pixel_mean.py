@@ -67,7 +67,7 @@ def pngs(tmp_path_factory) -> Path:
 
 def _cfg(root: Path, backend: str = "torch", **kw) -> DataConfig:
     base = dict(root=str(root), backend=backend, augmentation="paper", image_size=48, resize_min=56,
-                resize_max=96, batch_size=4, eval_batch_size=8, num_threads=1, shuffle_buffer=4, pca_lighting=0.0)
+                resize_max=96, batch_size=4, eval_batch_per_gpu=8, num_threads=1, shuffle_buffer=4, pca_lighting=0.0)
     base.update(kw)
     return DataConfig(**base)
 
@@ -162,7 +162,7 @@ def test_cifar_is_unchanged_x_minus_its_exact_mean_image(pngs):
     """CIFAR (32x32 views, the 32x32 mean image): per_pixel_mean is x - mean image, no division, as before."""
     mean_image = np.full((32, 32, 3), 120.0, np.float32)  # the fixture's
     root = _with_mean_image(pngs, pngs.parent / "cifar_mean", mean_image)
-    cfg = DataConfig(root=str(root), backend="torch", augmentation="cifar", image_size=32, eval_batch_size=8,
+    cfg = DataConfig(root=str(root), backend="torch", augmentation="cifar", image_size=32, eval_batch_per_gpu=8,
                      num_threads=1)
     pixel = _views(cfg)
     raw = _views(DataConfig(**{**cfg.__dict__, "normalize": "per_channel"})) * torch.tensor(STATS_STD).float().view(
@@ -179,7 +179,7 @@ def test_backends_and_dali_finishes_give_the_same_normalised_views(pngs):
     from pipeline.data.dali_loader import build_pipeline
     from pipeline.data.shards import open_split
 
-    cfg = dict(image_size=24, resize_min=32, resize_max=32, eval_batch_size=5)
+    cfg = dict(image_size=24, resize_min=32, resize_max=32, eval_batch_per_gpu=5)
     torch_views = _views(_cfg(pngs, "torch", **cfg))
     dali_cpu_finish = _views(_cfg(pngs, "dali", **cfg))
     mean_image = np.load(pngs / "mean_image.npy")
@@ -207,7 +207,7 @@ def test_backends_and_dali_finishes_give_the_same_normalised_views(pngs):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 def test_dali_gpu_pipeline_matches_the_cpu_views(pngs):
     """On a GPU the mean image is subtracted inside DALI's pipeline: the same numbers as on the CPU."""
-    cfg = dict(image_size=24, resize_min=32, resize_max=32, eval_batch_size=5)
+    cfg = dict(image_size=24, resize_min=32, resize_max=32, eval_batch_per_gpu=5)
     cpu = _views(_cfg(pngs, "torch", **cfg))
     gpu = torch.cat([x.cpu() for x, _ in build_loader(_cfg(pngs, "dali", **cfg), "test", ONE,
                                                       device=torch.device("cuda"))])

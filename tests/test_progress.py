@@ -27,7 +27,7 @@ def resumed_run(digits_dataset, tmp_path_factory):
     """A 40-step run killed after its checkpoint of step 16 and resumed to the end (one process)."""
     out = tmp_path_factory.mktemp("progress")
     # W&B off: this is about the elapsed time kept in checkpoints; kills with W&B offline are the kill soak's.
-    overrides = small_run(digits_dataset, out, "logging.wandb_mode=disabled", "data.eval_batch_size=40")
+    overrides = small_run(digits_dataset, out, "logging.wandb_mode=disabled", "data.eval_batch_per_gpu=20")
     train_and_kill(1, overrides, out / "t", after_checkpoint=16)
     log = train(1, overrides)
     return out / "t", log
@@ -63,7 +63,7 @@ def test_evaluation_progress_lines_in_a_log_file(resumed_run):
                           cwd=REPO, env=env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stderr.splitlines() if "evaluating center test:" in ln]
-    # 297 test digits: 149 on the primary rank, batches of 20 (40 over 2 ranks): 8 batches, a line each.
+    # 297 test digits: 148 on the primary rank, batches of 20 per GPU: 8 batches, a line each.
     assert len(lines) == 8, proc.stderr[-3000:]
     assert re.search(r"evaluating center test: 1/8 batches \(12%\), \d+ img/s, eta \d+s$", lines[0]), lines[0]
     assert re.search(r"evaluating center test: 8/8 batches \(100%\), \d+ img/s$", lines[-1]), lines[-1]
@@ -89,5 +89,6 @@ def test_evaluation_progress_bar_on_a_terminal(resumed_run):
     os.close(primary)
     assert proc.wait(timeout=300) == 0, shown.decode(errors="replace")[-3000:]
     text = shown.decode(errors="replace")
-    assert "evaluating center test: 100%" in text and "8/8" in text and "img/s" in text, text[-2000:]
+    # One rank: 297 digits in batches of 20.
+    assert "evaluating center test: 100%" in text and "15/15" in text and "img/s" in text, text[-2000:]
     assert "batches (" not in text  # the bar, not the log lines

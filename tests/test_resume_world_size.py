@@ -24,7 +24,7 @@ SAVED_AT = 40  # mid-epoch 1: the digits give 31 steps of 48 per epoch
 def _overrides(data: Path, out: Path, *engine: str) -> list:
     # W&B off: these tests are about the data order and optimizer state across world sizes; resumes with W&B
     # offline (the default) are the kill soak's and the SLURM tests'.
-    return small_run(data, out, "data.batch_size=48", "data.eval_batch_size=48",
+    return small_run(data, out, "data.batch_size=48", "data.eval_batch_per_gpu=48",
                      f"schedule.total={TOTAL}", "schedule.milestones=[60]",
                      "logging.wandb_mode=disabled", *engine)
 
@@ -78,5 +78,5 @@ def test_a_batch_another_world_size_cannot_split_is_a_config_error_naming_the_ke
     from pipeline.data.base import local_batch
 
     assert local_batch(48, 3, "batch_size") == 16
-    with pytest.raises(ConfigError, match=r"data.eval_batch_size \(100\) is not divisible by the world size \(3\)"):
-        local_batch(100, 3, "eval_batch_size")
+    with pytest.raises(ConfigError, match=r"data.batch_size \(100\) is not divisible by the world size \(3\)"):
+        local_batch(100, 3, "batch_size")

@@ -115,7 +115,7 @@ def test_job_signalled_during_its_final_evaluation_requeues_and_ends_with_result
     # A final evaluation long enough to signal into (~9 s on 2 idle cores): ResNet-56 on the 1,500
     # training digits, one image per rank per batch.
     job = submit(run_dir, overrides(digits_dataset, tmp_path, "ddp", "model.name=cifar_resnet56",
-                                    "data.eval_split=train", "data.eval_batch_size=4"), *TWO_NODES)
+                                    "data.eval_split=train", "data.eval_batch_per_gpu=4"), *TWO_NODES)
     in_final_evaluation = lambda: any(m.get("event") == "final evaluation" for m in read_metrics(run_dir))
     wait_for(in_final_evaluation, "final evaluation", run_dir)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)

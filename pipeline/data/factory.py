@@ -12,8 +12,8 @@ from data_prep.manifest import MANIFEST_NAME
 from pipeline.config_schema import DataConfig
 from pipeline.data.augment import Finish, Normalize, geometry_for
 from pipeline.data.base import Loader, local_batch, log, rank_range, train_steps_per_epoch
-from pipeline.data.shards import DatasetError, open_split, read_manifest
-from pipeline.dist import DistInfo
+from pipeline.data.shards import DatasetError, Split, open_split, read_manifest, sample_table
+from pipeline.dist import DistInfo, from_primary
 from pipeline.runtime import resolve_device
 
 # The synthetic backend without a dataset directory: ImageNet's or CIFAR-10's size.
@@ -28,7 +28,8 @@ def build_loader(data: DataConfig, split: str, info: DistInfo, state: Optional[d
 
     train: training mode (shuffled, augmented, floor(N / global batch) equal steps on every rank);
         default: `split == data.train_split`. Otherwise evaluation: every sample of the split once
-        across ranks, the centre view, batches of `data.eval_batch_size / world_size`.
+        across ranks, the centre view, batches of `data.eval_batch_per_gpu` (per GPU: the same at any
+        world size, so evaluation does not slow down as GPUs are added; the last batch may be short).
     device: where batches are delivered; default the rank's GPU when there is one, else the CPU.
     seed: the run's seed (the order and augmentation of every epoch derive from it).
     protocol: evaluation views (ImageNet): "center"; "tencrop" yields images of shape (B, 10, C, H, W)
@@ -41,8 +42,8 @@ def build_loader(data: DataConfig, split: str, info: DistInfo, state: Optional[d
     """
     train = (split == data.train_split) if train is None else train
     device = device or resolve_device("auto", info)
-    global_batch = data.batch_size if train else data.eval_batch_size
-    batch = local_batch(global_batch, info.world_size, "batch_size" if train else "eval_batch_size")
+    global_batch = data.batch_size
+    batch = local_batch(global_batch, info.world_size, "batch_size") if train else data.eval_batch_per_gpu
     if not train and protocol == "multiscale":
         batch = 1  # whole images differ in size
     dtype = torch.bfloat16 if data.output_dtype == "bfloat16" else torch.float32
@@ -52,9 +53,13 @@ def build_loader(data: DataConfig, split: str, info: DistInfo, state: Optional[d
     common = dict(train=train, info=info, seed=seed, batch_size=batch, device=device)
 
     if data.backend == "synthetic":
-        loader = _synthetic(data, split, info, train, common, global_batch, dtype)
+        loader = _synthetic(data, split, info, train, common, dtype)
     else:
-        ds = open_split(data.root, split)
+        # One rank per job validates the split (every shard's size and index) and, for the torch loader, reads
+        # every index into the sample table; the others are given both (one broadcast): a rank's start-up reads
+        # nothing that grows with the number of shards.
+        table_too = data.backend == "torch"
+        ds, table = from_primary(lambda: _validated_split(data.root, split, table_too))
         if train:
             steps = train_steps_per_epoch(ds.num_samples, global_batch)
             if steps == 0:
@@ -78,10 +83,15 @@ def build_loader(data: DataConfig, split: str, info: DistInfo, state: Optional[d
         else:
             from pipeline.data.torch_loader import TorchLoader
 
-            loader = TorchLoader(ds, geometry, data.shuffle_buffer, data.num_threads, **common)
+            loader = TorchLoader(ds, table, geometry, data.shuffle_buffer, data.num_threads, **common)
     if state is not None:
         loader.load_state_dict(state)
     return loader
+
+
+def _validated_split(root: str, split: str, with_table: bool) -> Tuple[Split, Optional[np.ndarray]]:
+    ds = open_split(root, split)
+    return ds, sample_table(ds.sample_refs()) if with_table else None
 
 
 def dataset_num_classes(data: DataConfig) -> int:
@@ -121,8 +131,7 @@ def _normalisation(data: DataConfig, ds) -> Tuple[Sequence[float], Sequence[floa
     return ds.mean, ds.std, None
 
 
-def _synthetic(data: DataConfig, split: str, info: DistInfo, train: bool, common: dict, global_batch: int,
-               dtype: torch.dtype) -> Loader:
+def _synthetic(data: DataConfig, split: str, info: DistInfo, train: bool, common: dict, dtype: torch.dtype) -> Loader:
     from pipeline.data.synthetic import SyntheticLoader
 
     cifar = data.image_size <= 32
@@ -133,7 +142,11 @@ def _synthetic(data: DataConfig, split: str, info: DistInfo, train: bool, common
         num_classes = int(manifest["num_classes"])
     except (DatasetError, KeyError):
         pass
-    steps = max(1, num_samples // global_batch) if train else -(-num_samples // global_batch)
+    if train:
+        steps = max(1, num_samples // data.batch_size)
+    else:
+        lo, hi = rank_range(num_samples, info.rank, info.world_size)
+        steps = -(-(hi - lo) // common["batch_size"])
     finish = Finish(mean=torch.full((3,), 127.5), std=torch.full((3,), 64.0), dtype=dtype)
     return SyntheticLoader(data.image_size, num_classes, num_samples=num_samples, steps_per_epoch=steps,
                            finish=finish, **common)

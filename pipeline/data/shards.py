@@ -88,6 +88,12 @@ class Split:
         return refs
 
 
+def sample_table(refs: List[SampleRef]) -> np.ndarray:
+    """The samples as one int64 row each, (shard, image offset, size, label offset, size): compact to keep, share
+    between processes and send to other ranks."""
+    return np.array([(r.shard, *r.image, *r.label) for r in refs], dtype=np.int64).reshape(-1, 5)
+
+
 def read_manifest(root: str | Path) -> dict:
     """The manifest of the dataset directory `root`, with its format and version checked."""
     path = Path(root) / MANIFEST_NAME

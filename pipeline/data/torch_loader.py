@@ -16,7 +16,7 @@ offers neither sample-exact sharding across ranks nor skipping without reading.
 from __future__ import annotations
 
 import io
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipeline.data.augment import Geometry, sample_window, shorter_side_size, tencrop_boxes
 from pipeline.data.base import Loader, rank_range
-from pipeline.data.shards import SampleRef, Split
+from pipeline.data.shards import Split, sample_table
 from pipeline.runtime import ignore_stop_signals, stop_signals_held
 
 
@@ -56,10 +56,6 @@ def buffer_shuffle(items: np.ndarray, size: int, rng: np.random.Generator) -> np
     order = rng.permutation(len(buf))
     out[n:] = np.asarray(buf, dtype=items.dtype)[order] if buf else out[n:]
     return out
-
-
-def sample_table(refs: List[SampleRef]) -> np.ndarray:
-    return np.array([(r.shard, *r.image, *r.label) for r in refs], dtype=np.int64).reshape(-1, 5)
 
 
 class _SampleReader(torch.utils.data.Dataset):
@@ -142,11 +138,13 @@ def _collate(batch: List[Tuple[np.ndarray, int]]):
 class TorchLoader(Loader):
     backend = "torch"
 
-    def __init__(self, split: Split, geometry: Geometry, shuffle_buffer: int, num_workers: int, **kw) -> None:
+    def __init__(self, split: Split, table: Optional[np.ndarray], geometry: Geometry, shuffle_buffer: int,
+                 num_workers: int, **kw) -> None:
+        """`table`: the split's `sample_table` (read from its indexes when None)."""
         super().__init__(**kw)
         self.split, self.geometry = split, geometry
         self.shuffle_buffer, self.num_workers = shuffle_buffer, num_workers
-        self.table = sample_table(split.sample_refs())
+        self.table = sample_table(split.sample_refs()) if table is None else table
         self.per_shard = [s.num_samples for s in split.shards]
         self._sampler = _EpochBatches()
         self._dataloader: "torch.utils.data.DataLoader | None" = None
