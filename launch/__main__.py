@@ -7,7 +7,8 @@
   evaluate RUN_DIR [--protocol P] [--checkpoint C] [--layer-responses] (--nproc N | --slurm [resources] [--wait])
   reproduce configs/tables/<table>.yaml --runs DIR [--seeds ...] [resources] [--dry-run] [--local --nproc N]
   bench  --models M [M ...] [overrides] [--steps S] (--nproc N | --slurm [resources]) [--out FILE]
-  plan   configs/tables/<table>.yaml [--profile FILE] [--nodes N --gpus-per-node G] [--array-parallelism K]
+  plan   configs/tables/<table>.yaml [--profile FILE] [--nodes N [N ...] --gpus-per-node G] [--array-parallelism K]
+         [--inter-node-bandwidth 200Gb/s ...]
   status [RUN_DIR | FOLDER | configs/tables/<table>.yaml ...] [--runs DIR]
 """
 
@@ -20,9 +21,12 @@ from pathlib import Path
 from typing import List, Optional
 
 
-def _add_resource_flags(parser: argparse.ArgumentParser) -> None:
+def _add_resource_flags(parser: argparse.ArgumentParser, node_counts_help: Optional[str] = None) -> None:
     group = parser.add_argument_group("SLURM resources (defaults: the config's slurm section)")
-    group.add_argument("--nodes", type=int)
+    if node_counts_help:  # `plan` compares several node counts
+        group.add_argument("--nodes", type=int, nargs="+", metavar="N", help=node_counts_help)
+    else:
+        group.add_argument("--nodes", type=int)
     group.add_argument("--gpus-per-node", type=int, help="one task per GPU; 0 for CPU-only partitions")
     group.add_argument("--tasks-per-node", type=int, help="tasks per node where there are no GPUs")
     group.add_argument("--cpus-per-task", type=int)
@@ -277,7 +281,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--profile", help="a throughput profile from `launch bench` (default: reference figures)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds for every row (default: the table's)")
     p.add_argument("--array-parallelism", type=int, default=64, help="how many training tasks run at once")
-    _add_resource_flags(p)
+    from launch.scaling import NODES_HELP, add_scaling_flags  # light: no torch, no config
+
+    _add_resource_flags(p, node_counts_help=NODES_HELP)
+    add_scaling_flags(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("status", help="state, progress, ETA and last metrics of runs, or of a table's runs")

@@ -9,6 +9,9 @@ as a SLURM job of the given resources (waited for). The training images/s is rea
 `metrics.jsonl`, over the logging windows after the warm-up steps. The evaluation images/s (forward only,
 centre views) is timed over training's final evaluation of the whole evaluation split, when that takes
 long enough to time (at least `MIN_EVAL_SECONDS`); `launch plan` otherwise derives it from training's.
+The start-up (`startup_s`) is the run's wall time less its steps at the timed rate and its final evaluation:
+process start, imports, dataset open, model build, the warm-up steps' extra time, the final save, teardown
+(W&B is off here; a run logging to W&B pays its start as well).
 
 Model names map to the paper configs by their `model.name` (resnet50 -> configs/imagenet/resnet50.yaml,
 cifar_resnet110 -> configs/cifar10/resnet110.yaml); a registered net without a paper config (cifar_resnet8)
@@ -80,7 +83,7 @@ def bench(args: argparse.Namespace) -> int:
             failed.append(plan.model)
             continue
         try:
-            entry = _entry(plan, run_dir, args, extra.get("eval_window"))
+            entry = _entry(plan, run_dir, args, extra.get("eval_window"), extra.get("wall_s"))
         except ConfigError as e:
             print(f"bench: {plan.model}: {e}; its run directory is kept: {run_dir}", file=sys.stderr, flush=True)
             failed.append(plan.model)
@@ -219,9 +222,10 @@ def _run_local(plan: _Plan, work: Path, args: argparse.Namespace) -> Tuple[int, 
 
     print(f"bench: {plan.model}: {args.nproc} process(es), {plan.config}", flush=True)
     overrides = [*plan.overrides, f"run.out_dir={work}", f"run.name={plan.name}"]
+    started = time.perf_counter()
     with EvalTimer(work / plan.name / METRICS_FILE) as timer:
         code = run_local(str(plan.config), overrides, args.nproc)
-    return code, {"eval_window": timer.window()}
+    return code, {"eval_window": timer.window(), "wall_s": time.perf_counter() - started}
 
 
 def _run_slurm(plans: List[_Plan], work: Path, args: argparse.Namespace):
@@ -262,10 +266,11 @@ class BenchJob:
         from pipeline.dist import dist_info_from_env
 
         primary = dist_info_from_env().is_primary
+        started = time.perf_counter()  # the job's process is up: its interpreter's own start is not counted
         with EvalTimer(Path(self.run_dir) / METRICS_FILE, enabled=primary) as timer:
             result = TrainJob(self.run_dir)()
         return {"interrupted": bool(result.get("interrupted")), "eval_window": timer.window(),
-                "machine": machine_info(), "software": software_versions()}
+                "wall_s": time.perf_counter() - started, "machine": machine_info(), "software": software_versions()}
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit
@@ -350,7 +355,17 @@ def train_throughput(records: List[dict], warmup: int) -> Tuple[float, float, in
     return steps / seconds_per_image, wait / steps, steps
 
 
-def _entry(plan: _Plan, run_dir: Path, args: argparse.Namespace, eval_window: Optional[dict]) -> dict:
+def startup_seconds(wall_s: float, total_steps: int, global_batch: int, images_per_s: float,
+                    eval_window: Optional[dict]) -> float:
+    """What a run spent besides its steps (all at the timed rate) and its final evaluation: process start,
+    imports, dataset open, model build, the warm-up steps' extra time (compilation, autotuning), the final
+    save, teardown. `launch plan` charges it to every start of a job."""
+    evaluation = eval_window["seconds"] if eval_window else 0.0
+    return max(0.0, wall_s - total_steps * global_batch / images_per_s - evaluation)
+
+
+def _entry(plan: _Plan, run_dir: Path, args: argparse.Namespace, eval_window: Optional[dict],
+           wall_s: Optional[float] = None) -> dict:
     cfg = plan.cfg
     rate, wait, steps = train_throughput(read_metrics(run_dir), args.warmup_steps)
     world = _world_size(args, cfg)
@@ -360,7 +375,9 @@ def _entry(plan: _Plan, run_dir: Path, args: argparse.Namespace, eval_window: Op
              "compile": cfg.engine.compile, "batch_size": cfg.data.batch_size, "image_size": cfg.data.image_size,
              "data_backend": cfg.data.backend, "steps": steps, "warmup_steps": args.warmup_steps,
              "data_wait_fraction": wait, "eval_images_per_s": None, "eval_images_per_s_per_gpu": None,
-             "eval_batch_size": cfg.data.eval_batch_size, "eval_note": None}
+             "startup_s": None if wall_s is None else startup_seconds(wall_s, args.warmup_steps + args.steps,
+                                                                      cfg.data.batch_size, rate, eval_window),
+             "eval_batch_per_gpu": cfg.data.eval_batch_per_gpu, "eval_note": None}
     if eval_window and eval_window["seconds"] >= MIN_EVAL_SECONDS:
         eval_rate = eval_window["samples"] / eval_window["seconds"]
         entry.update(eval_images_per_s=eval_rate, eval_images_per_s_per_gpu=eval_rate / world,
@@ -405,16 +422,18 @@ def _merge(out: Path, measured: Dict[str, dict], machine: dict, software: dict, 
 def summary(profile: dict) -> str:
     """The profile as a table: one line per model."""
     header = (f"{'model':<18} {'procs':>5} {'batch':>6} {'prec':>5} {'engine':>9} {'images/s':>10} "
-              f"{'per proc':>9} {'eval/proc':>9} {'data wait':>9}")
+              f"{'per proc':>9} {'eval/proc':>9} {'data wait':>9} {'start-up':>8}")
     lines = [f"machine: {_machine_line(profile['machine'])}",
              "software: " + ", ".join(f"{k} {v}" for k, v in profile["software"].items() if v is not None),
              header, "-" * len(header)]
+    startup = "startup_s"  # absent from profiles written before bench measured it
     for name, e in sorted(profile["models"].items()):
         evaluation = e.get("eval_images_per_s_per_gpu")
         lines.append(f"{name:<18} {e['world_size']:>5} {e['batch_size']:>6} {e['precision']:>5} "
                      f"{e.get('engine', '-'):>9} {e['images_per_s']:>10.1f} {e['images_per_s_per_gpu']:>9.1f} "
                      f"{(f'{evaluation:.1f}' if evaluation else '-'):>9} "
-                     f"{e.get('data_wait_fraction', 0.0):>9.3f}")
+                     f"{e.get('data_wait_fraction', 0.0):>9.3f} "
+                     f"{(f'{e[startup]:.1f} s' if e.get(startup) is not None else '-'):>8}")
     return "\n".join(lines)
 
 

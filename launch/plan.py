@@ -1,4 +1,5 @@
-"""`python -m launch plan configs/tables/<table>.yaml [overrides] [--profile FILE] [resources] [--array-parallelism K]`
+"""`python -m launch plan configs/tables/<table>.yaml [overrides] [--profile FILE] [resources] [--array-parallelism K]
+[--nodes N [N ...]] [scaling assumptions]`
 
 What a table costs before it is submitted: per row and in total, GPU-hours of training and of evaluation,
 and wall time. The images/s come from a profile measured by `launch bench` or, without one, from the
@@ -8,18 +9,36 @@ here (the output says so). The arithmetic, whose assumptions are also printed un
 - training images = steps x global batch. An epoch schedule has floor(train split / global batch) steps per
   epoch, as the loaders do; split sizes come from data.root's manifest where there is one, else from the
   paper's datasets (ImageNet 1,281,167 train / 50,000 val; CIFAR-10 50,000 train / 10,000 test);
+- a step on G GPUs over M nodes (launch.scaling): compute = global batch / G / the per-GPU images/s, plus
+  the part of the gradient all-reduce that backward does not hide; the ring all-reduce takes
+  2 (G-1)/G x gradient bytes / the slowest link's bandwidth (NVLink on one node, the node's network on
+  several; both options) plus a latency per bucket;
 - evaluation images, in centre views: training's periodic evaluations (eval.every_epochs / every_steps)
   and its final centre evaluation, each over the evaluation split, plus the evaluation `launch reproduce`
   submits after training (tencrop: 10 views; multiscale: the whole image at each of eval.scales, taken as 4:3
   images costing in proportion to their pixels; a `responses` table adds a centre pass for the layer
-  responses; a centre table needs nothing more than training's final evaluation);
-- GPU-hours = images / per-GPU images/s / 3600; a run on G GPUs takes its GPU-hours / G (linear scaling);
+  responses; a centre table needs nothing more than training's final evaluation); on G GPUs they take
+  views / (G x per-GPU evaluation images/s);
+- checkpoints: each save blocks training for a snapshot of weights, momentum and BN buffers to host memory
+  (the write goes on in the background); saves per epoch follow checkpoint.at_epoch_end / every_steps /
+  every_minutes, plus the final one;
+- start-up: every start of a job (training, each requeue, the evaluation job) and the report pay the
+  profile's measured start-up (process start, imports, dataset open, model build); none without one;
+- a run's wall time = its steps + evaluations + snapshots + start-ups, then its evaluation job; its
+  GPU-hours = GPUs x that / 3600;
 - img/GPU: each GPU's share of a run's global batch; a row below the share its recipe was made for
   (`data.recipe_batch_per_gpu`) gets a note saying what that changes and the ways out;
 - a model the profile lacks is scaled by multiply-adds per image from the nearest measured net of its
   family, else from the reference ResNet-50, and its row says so;
 - table wall time = the makespan of the runs (each: training, then its evaluation) placed longest first onto
-  at most K (--array-parallelism) concurrent jobs.
+  at most K (--array-parallelism) concurrent jobs, then the report.
+
+`--nodes N [N ...]` compares node counts. Where a run spans several GPUs (ImageNet), each count is nodes per
+run: the table is costed at the first count, and a line per row and count gives GPUs, step time, compute,
+all-reduce and its exposed part, evaluation and checkpoint pauses per epoch, images/s, speed-up against
+1 node and efficiency, then the table's GPU-hours and wall time per count. Where every run uses one GPU
+(CIFAR), more nodes cannot speed a run up: each count is the cluster's size, running --node-gpus runs a node
+at once, and the table's makespan per count is shown instead of a speed-up.
 """
 
 from __future__ import annotations
@@ -32,6 +51,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from launch.profile import REFERENCE, load_profile
+from launch.scaling import Cluster, StepTime, checkpoint_saves, model_size, run_step, snapshot_seconds
 from pipeline.config import ConfigError, ExperimentConfig
 from pipeline.gpu_share import gpu_share
 from pipeline.tables import load_table, planned_runs, unique_runs
@@ -52,6 +72,7 @@ class Rate:
     eval: float
     notes: Tuple[str, ...] = ()
     eval_measured: bool = False
+    startup_s: Optional[float] = None  # a job's start-up, as `launch bench` measured it (None: not measured)
 
 
 @dataclass(frozen=True)
@@ -68,33 +89,76 @@ class RunCost:
     train_eval_views: float  # training's own evaluations (periodic and final), in centre views
     protocol_views: float  # the table's protocol, evaluated after training, in centre views
     rate: Rate
+    step: StepTime  # compute and the all-reduce of one step on `gpus` GPUs over `nodes` nodes
+    nodes: int = 1
+    steps_per_epoch: int = 1
+    saves: float = 0.0  # checkpoints written by training
+    snapshot_s: float = 0.0  # the blocking part of one save
     time_limit_s: float = math.inf
     max_requeues: int = 0
     images_per_gpu: float = 0.0  # of the global batch
     below_recipe: Optional[str] = None  # the warning when a GPU gets fewer images than the recipe was made for
 
     @property
-    def gpu_s_train(self) -> float:
-        return self.train_images / self.rate.train
+    def startup_s(self) -> float:
+        return self.rate.startup_s or 0.0
 
     @property
-    def gpu_s_eval(self) -> float:
-        return (self.train_eval_views + self.protocol_views) / self.rate.eval
+    def epochs(self) -> float:
+        return self.train_steps / self.steps_per_epoch
+
+    @property
+    def steps_s(self) -> float:
+        """Training's steps, without its pauses: compute and the exposed all-reduce."""
+        return self.train_steps * self.step.total_s
+
+    @property
+    def checkpoint_s(self) -> float:
+        return self.saves * self.snapshot_s
+
+    @property
+    def train_eval_s(self) -> float:
+        """Training's own evaluations (periodic and final) on its GPUs."""
+        return self.train_eval_views / self.rate.eval / self.gpus
+
+    @property
+    def protocol_s(self) -> float:
+        """The table's evaluation after training, as a job of its own on as many GPUs (0: none)."""
+        return self.protocol_views / self.rate.eval / self.gpus + self.startup_s if self.protocol_views else 0.0
 
     @property
     def training_job_s(self) -> float:
-        """Wall time of the training job: its steps and its own evaluations on its GPUs."""
-        return (self.gpu_s_train + self.train_eval_views / self.rate.eval) / self.gpus
-
-    @property
-    def wall_s(self) -> float:
-        """Training, then the protocol's evaluation on as many GPUs."""
-        return (self.gpu_s_train + self.gpu_s_eval) / self.gpus
+        """Wall time of the training job over all its starts: steps, evaluations, saves, a start-up per start."""
+        return self._work_s + (1 + self.requeues) * self.startup_s
 
     @property
     def requeues(self) -> int:
         """How many times the training job outlives its time limit (and is requeued)."""
-        return max(0, math.ceil(self.training_job_s / self.time_limit_s) - 1) if self.time_limit_s else 0
+        if not self.time_limit_s:
+            return 0
+        return max(0, math.ceil((self._work_s + self.startup_s) / self.time_limit_s) - 1)
+
+    @property
+    def _work_s(self) -> float:
+        return self.steps_s + self.checkpoint_s + self.train_eval_s
+
+    @property
+    def wall_s(self) -> float:
+        """Training, then the protocol's evaluation on as many GPUs."""
+        return self.training_job_s + self.protocol_s
+
+    @property
+    def gpu_s_train(self) -> float:
+        return self.gpus * (self.training_job_s - self.train_eval_s)
+
+    @property
+    def gpu_s_eval(self) -> float:
+        return self.gpus * (self.train_eval_s + self.protocol_s)
+
+    @property
+    def train_images_per_s(self) -> float:
+        """Training's images/s over an epoch with its pauses (evaluations, saves), without the start-ups."""
+        return self.train_images / self._work_s
 
 
 @dataclass
@@ -113,6 +177,7 @@ class TablePlan:
     rows: List[RowCost]
     array_parallelism: int
     throughput: str  # where the images/s come from, as printed
+    report_s: float = 0.0  # the report after the last run: a start-up (reading files and drawing is quick)
     assumptions: List[str] = field(default_factory=list)
 
     @property
@@ -121,7 +186,12 @@ class TablePlan:
 
     @property
     def makespan_s(self) -> float:
-        return makespan([run.wall_s for run in self.runs], self.array_parallelism)
+        """The table's wall time: its runs on at most `array_parallelism` jobs at once, then the report."""
+        return makespan([run.wall_s for run in self.runs], self.array_parallelism) + self.report_s
+
+    @property
+    def gpu_s(self) -> float:
+        return sum(run.gpu_s_train + run.gpu_s_eval for run in self.runs)
 
 
 # --- the arithmetic -------------------------------------------------------------------------------------------
@@ -235,9 +305,11 @@ class Rates:
             notes.append(f"{label} ran {per_gpu_batch:g} images per GPU, this run {run_batch:g}: the per-GPU rate "
                          "changes with it")
         measured_eval = entry.get("eval_images_per_s_per_gpu")
+        # A job's start-up hardly depends on the net: the measured one of the net the rate comes from.
+        startup = entry.get("startup_s") if source is self.profile and self.measured else None
         if measured_eval and entry["precision"] == precision:
-            return Rate(train, measured_eval * scale, tuple(notes), eval_measured=True)
-        return Rate(train, train * self.eval_factor, tuple(notes))
+            return Rate(train, measured_eval * scale, tuple(notes), eval_measured=True, startup_s=startup)
+        return Rate(train, train * self.eval_factor, tuple(notes), startup_s=startup)
 
     def _at_precision(self, entry: dict, precision: str, label: str, notes: List[str]) -> float:
         if entry["precision"] == precision:
@@ -283,8 +355,9 @@ def _family(name: str) -> Optional[str]:
 
 def plan_table(table_path: str | Path, profile: dict, reference: dict, resources_of: Callable,
                seeds: Optional[List[int]] = None, overrides: Sequence[str] = (), array_parallelism: int = 64,
-               throughput: Optional[str] = None) -> TablePlan:
-    """The cost of every run a table needs; `resources_of(cfg)` gives a run's JobResources."""
+               throughput: Optional[str] = None, cluster: Cluster = Cluster()) -> TablePlan:
+    """The cost of every run a table needs; `resources_of(cfg)` gives a run's JobResources, `cluster` what the
+    profile does not say about the links between GPUs (launch.scaling)."""
     table = load_table(table_path)
     planned = planned_runs(table_path, None, seeds, tuple(overrides))
     unique = unique_runs(planned)
@@ -303,11 +376,15 @@ def plan_table(table_path: str | Path, profile: dict, reference: dict, resources
         resources = resources_of(cfg)
         gpus = resources.nodes * resources.ntasks_per_node
         share = gpu_share(cfg, gpus)
+        rate = rates.for_run(cfg, gpus)
+        step = run_step(cfg, gpus, resources.nodes, rate.train, cluster)
         costs[run.run_dir] = RunCost(
             row=run.row, label=run.label, model=cfg.model.name, seed=run.seed, gpus=gpus, train_steps=total,
             train_images=total * cfg.data.batch_size,
             train_eval_views=float(training_evaluations(cfg, total, per_epoch) * eval_size),
-            protocol_views=views * eval_size, rate=rates.for_run(cfg, gpus),
+            protocol_views=views * eval_size, rate=rate, step=step, nodes=resources.nodes,
+            steps_per_epoch=per_epoch, saves=checkpoint_saves(cfg.checkpoint, total, per_epoch, step.total_s),
+            snapshot_s=snapshot_seconds(model_size(cfg.model), cluster),
             time_limit_s=60.0 * resources.time_minutes if resources.time_minutes else math.inf,
             max_requeues=resources.max_requeues, images_per_gpu=share.images, below_recipe=share.below_recipe())
 
@@ -321,9 +398,11 @@ def plan_table(table_path: str | Path, profile: dict, reference: dict, resources
             same_as = costs[mine[0].run_dir].label
         rows.append(RowCost(index, row.label, model, owned, same_as))
 
+    # The report reads files and draws: no model to build or dataset to open, so the shortest start-up.
+    report_s = min((cost.startup_s for cost in costs.values()), default=0.0)
     plan = TablePlan(str(table_path), table.title, rows, array_parallelism,
-                     throughput or describe_profile(profile))
-    plan.assumptions = _assumptions(table.kind, table.protocol, list(sources), extra_views, rates, plan)
+                     throughput or describe_profile(profile), report_s=report_s)
+    plan.assumptions = _assumptions(table.kind, table.protocol, list(sources), extra_views, rates, plan, cluster)
     return plan
 
 
@@ -346,7 +425,7 @@ def _shown(path: str) -> str:
 
 
 def _assumptions(kind: str, protocol: str, sources: List[str], views: Dict[str, float], rates: Rates,
-                 plan: TablePlan) -> List[str]:
+                 plan: TablePlan, cluster: Cluster) -> List[str]:
     lines = [f"split sizes: {'; '.join(sources)}; an epoch is floor(train split / global batch) steps",
              "evaluation: training's periodic evaluations and its final centre evaluation of the whole "
              "evaluation split, in centre views"]
@@ -367,16 +446,31 @@ def _assumptions(kind: str, protocol: str, sources: List[str], views: Dict[str, 
     lines.append(("evaluation images/s: " + ("measured (bench timed the final evaluation) where the profile has "
                                              "it, else " if measured_eval else ""))
                  + f"training's x{rates.eval_factor:g} ({rates.reference.get('eval_factor_source', '')})")
-    lines.append("GPU-hours = images / per-GPU images/s / 3600; a run on G GPUs takes GPU-hours / G (linear "
-                 "scaling); on a CPU profile, read GPU as process")
+    lines += cluster.describe()
+    lines.append(_startup_assumption(plan))
+    lines.append("GPU-hours = GPUs x a run's wall time (steps, evaluations, checkpoint snapshots, start-ups); "
+                 "evaluations take the GPUs' images/s times their number; on a CPU profile, read GPU as process")
     lines.append(f"wall time: each run (training, then its evaluation) placed longest first onto at most "
-                 f"{plan.array_parallelism} concurrent jobs (--array-parallelism); queue waits, start-up, "
-                 "checkpoint saves and requeues are not counted")
+                 f"{plan.array_parallelism} concurrent jobs (--array-parallelism), then the report; queue waits "
+                 "are not counted, nor the work redone after a requeue")
     if any("scaled by FLOPs" in note for run in plan.runs for note in run.rate.notes):
         lines.append(rates.reference.get("scaling_note", "scaled rows assume the same efficiency per FLOP"))
     lines.append("a run this table shares with another (Table 2's ResNet-34 is Table 3's ResNet-34 A) is counted in "
                  "each table's plan; a sweep trains it once")
     return lines
+
+
+def _startup_assumption(plan: TablePlan) -> str:
+    measured = sorted({run.startup_s for run in plan.runs if run.rate.startup_s is not None})
+    if not measured:
+        return ("start-up: not counted, the profile has none (`launch bench` measures it: process start, imports, "
+                "dataset open, model build, the first slow steps, teardown)")
+    shown = f"{measured[0]:.1f} s" if len(measured) == 1 else f"{measured[0]:.1f}-{measured[-1]:.1f} s"
+    missing = any(run.rate.startup_s is None for run in plan.runs)
+    return (f"start-up: {shown} a job (process start, imports, dataset open, model build, the first slow steps, "
+            "teardown; measured by `launch bench`, which runs with W&B off), paid at every start of a training job "
+            "(each requeue too) and of an evaluation job; the report: one more, the shortest"
+            + ("; nets whose start-up the profile lacks: none counted" if missing else ""))
 
 
 # --- printing -------------------------------------------------------------------------------------------------
@@ -467,13 +561,122 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
+def format_scaling(plans: Dict[int, TablePlan], counts: Sequence[int]) -> str:
+    """Per row, a line per node count: what a step costs, the pauses, images/s and the speed-up against 1 node."""
+    base = plans[1]
+    header = ["row", "nodes", "GPUs", "img/GPU", "step", "compute", "all-reduce", "exposed", "eval/epoch",
+              "ckpt/epoch", "images/s", "speed-up", "efficiency", "wall/run"]
+    table: List[List[str]] = []
+    for index, row in enumerate(base.rows):
+        if not row.runs:
+            continue
+        one = row.runs[0]  # a row's seeds cost the same
+        for i, nodes in enumerate(counts):
+            run = plans[nodes].rows[index].runs[0]
+            speedup = run.train_images_per_s / one.train_images_per_s
+            below = "*" if run.below_recipe else ""
+            table.append([row.label if i == 0 else "", str(nodes), str(run.gpus), f"{run.images_per_gpu:g}{below}",
+                          _short(run.step.total_s), _short(run.step.compute_s), _short(run.step.allreduce_s),
+                          _short(run.step.exposed_s), _short(run.train_eval_s / run.epochs),
+                          _short(run.checkpoint_s / run.epochs), _rate(run.train_images_per_s), f"{speedup:.2f}",
+                          f"{speedup * one.gpus / run.gpus:.0%}", _duration(run.wall_s)])
+    totals = [["nodes/run", "GPUs/run", "nodes in use", "GPU-hours", "wall time"]]
+    for nodes in counts:
+        plan = plans[nodes]
+        at_once = min(plan.array_parallelism, len(plan.runs))
+        totals.append([str(nodes), _set(run.gpus for run in plan.runs), str(at_once * nodes), _hours(plan.gpu_s),
+                       _duration(plan.makespan_s)])
+    first = plans[counts[0]]
+    out = [_prose(f"Scaling over nodes per run: the table above is costed at {counts[0]} node(s) per run (the first "
+                  "of --nodes). Per run: step = compute + exposed all-reduce; eval/epoch and ckpt/epoch are the "
+                  "pauses of an epoch; images/s over epochs with their pauses; speed-up and efficiency against "
+                  "1 node."), "", *_aligned(header, table, left={0})]
+    if any(run.below_recipe for plan in plans.values() for run in plan.runs):
+        out += ["", _prose("* fewer images per GPU than the recipe was made for (data.recipe_batch_per_gpu): BN "
+                           "statistics over fewer images, and the per-GPU images/s, taken at the profile's batch, is "
+                           "optimistic for so small a batch. More nodes with the recipe's share need a larger global "
+                           "batch: the large-batch preset (configs/imagenet/large_batch/), or more runs at once "
+                           "instead.")]
+    out += ["", _prose(f"the table per node count (at most {first.array_parallelism} runs at once, "
+                       "--array-parallelism; GPU-hours of training and evaluation, wall time with the report):"),
+            *_aligned(totals[0], totals[1:], left=set())]
+    return "\n".join(out)
+
+
+def format_packing(plan: TablePlan, counts: Sequence[int], cluster: Cluster, array_parallelism: int) -> str:
+    """A table of one-GPU runs over more nodes: more runs at once, each no faster; its makespan per node count."""
+    walls = [run.wall_s for run in plan.runs]
+    busy_s = sum(walls)
+    table = []
+    for nodes in counts:
+        slots = min(array_parallelism, nodes * cluster.node_gpus)
+        span = makespan(walls, slots)
+        table.append([str(nodes), str(nodes * cluster.node_gpus), str(min(slots, len(walls))),
+                      _duration(span + plan.report_s), f"{busy_s / (nodes * cluster.node_gpus * span):.0%}"
+                      if span else "-"])
+    text = (f"Each run of this table uses one GPU: more nodes do not make a run faster, they run more runs at once. "
+            f"Its {len(walls)} runs are one job array of one-GPU tasks, which SLURM places {cluster.node_gpus} to a "
+            f"node (--node-gpus), at most {array_parallelism} at once (--array-parallelism); the table above is "
+            f"costed at the first of --nodes, {counts[0]} node(s). The table's wall time (makespan, longest runs "
+            "first) per node count:")
+    header = ["nodes", "GPUs", "runs at once", "makespan", "GPUs busy"]
+    return "\n".join([_prose(text), "", *_aligned(header, table, left=set()), "",
+                      f"GPU-hours: {_hours(plan.gpu_s)} at any node count (each run is the same one-GPU job)"])
+
+
+def _aligned(header: List[str], rows: List[List[str]], left: set) -> List[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: List[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    head = line(header).rstrip()
+    return [head, "-" * len(head), *(line(cells).rstrip() for cells in rows)]
+
+
+def _prose(text: str) -> str:
+    return textwrap.fill(text, WIDTH, break_long_words=False, break_on_hyphens=False)
+
+
+def _short(seconds: float) -> str:
+    """A step's parts and an epoch's pauses: µs to minutes."""
+    if seconds == 0:
+        return "0"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    if seconds < 60:
+        return f"{seconds:.3g} s"
+    return _duration(seconds)
+
+
 def plan(args: argparse.Namespace) -> int:
-    """The `plan` command: print the table's cost."""
+    """The `plan` command: print the table's cost, and with several --nodes how it scales."""
     from launch.slurm import resources_from_flags  # the flags mean what they mean for `sweep` and `reproduce`
 
     reference = load_profile(REFERENCE)
     profile = load_profile(args.profile) if args.profile else reference
-    result = plan_table(args.table, profile, reference, lambda cfg: resources_from_flags(args, cfg.slurm), seeds=args.seeds,
-                        overrides=args.overrides, array_parallelism=args.array_parallelism)
-    print(format_plan(result))
+    cluster = Cluster.from_args(args)
+    counts = list(dict.fromkeys(args.nodes or []))
+    if any(n < 1 for n in counts) or cluster.node_gpus < 1:
+        raise ConfigError(f"--nodes and --node-gpus must be at least 1, got {args.nodes} and {cluster.node_gpus}")
+
+    def at(nodes: Optional[int], slots: int) -> TablePlan:
+        """The table with `nodes` nodes per run (None: the configs' own slurm.nodes) and `slots` jobs at once."""
+        flags = argparse.Namespace(**{**vars(args), "nodes": nodes})
+        return plan_table(args.table, profile, reference, lambda cfg: resources_from_flags(flags, cfg.slurm),
+                          seeds=args.seeds, overrides=args.overrides, array_parallelism=slots, cluster=cluster)
+
+    if not counts:
+        print(format_plan(at(None, args.array_parallelism)))
+        return 0
+    own = at(None, args.array_parallelism)
+    if own.runs and all(run.gpus == 1 for run in own.runs):
+        # One GPU a run: --nodes is the cluster's size, which decides how many runs go at once, not a run's speed.
+        first = at(None, min(args.array_parallelism, counts[0] * cluster.node_gpus))
+        print(format_plan(first) + "\n\n" + format_packing(own, counts, cluster, args.array_parallelism))
+        return 0
+    plans = {nodes: at(nodes, args.array_parallelism) for nodes in dict.fromkeys([*counts, 1])}
+    print(format_plan(plans[counts[0]]) + "\n\n" + format_scaling(plans, counts))
     return 0

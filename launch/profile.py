@@ -15,7 +15,10 @@ A profile is a JSON file:
                              "image_size": 224, "data_backend": "dali", "steps": 50, "warmup_steps": 10,
                              "data_wait_fraction": 0.01,
                              "eval_images_per_s_per_gpu": 5200.0 | null,   # forward only, centre views
+                             "startup_s": 35.2 | null,   # the run's time besides its steps and final evaluation
                              "config": "configs/imagenet/resnet50.yaml"}, ...}}
+
+`startup_s` came later: profiles without it are read as before, and `launch plan` then counts no start-up.
 
 A reference profile (configs/throughput/reference.json, `kind: reference`) has the same shape plus a
 `source` per model, `by_precision` figures, a `macs` table (multiply-adds per image, from

@@ -1,7 +1,8 @@
 """Counting host syncs: the tensor calls that make the host wait for the device (on a GPU) to read a value.
 
 On the CPU nothing waits, but the calls are the same ones: counting them here says how often a GPU run
-would stall its stream. Used by the evaluation tests and `benchmarks/scale_overheads.py`.
+would stall its stream. Used by the evaluation tests (`benchmarks/scale_overheads.py` counts the same calls but
+`__index__`, with a counter that also says where each call was made).
 
     with HostSyncs() as syncs:
         evaluate(...)
