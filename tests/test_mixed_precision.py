@@ -15,14 +15,11 @@ ranks), ddp-fp16 (autocast and torch.amp.GradScaler, on the device types where t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -31,14 +28,14 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 import torch
 
-from launch.local import process_tree, torchrun_command
+from launch.local import torchrun_command
 from pipeline.checkpoint import CheckpointStore
 from pipeline.dist import DistInfo
 from pipeline.engine import DEEPSPEED_TAG, load_weights
 from pipeline.metrics import read_metrics
 from pipeline.models import build as build_model
 from pipeline.runtime import resolve_device
-from tests.train_support import DEMO_CONFIG, REPO, env, final_weights, small_run, train
+from tests.train_support import DEMO_CONFIG, REPO, env, final_weights, kill_when, small_run, train
 
 pytestmark = pytest.mark.slow
 
@@ -115,20 +112,12 @@ def train_and_kill_during_save(nproc: int, overrides: Sequence[str], run_dir: Pa
     proc = subprocess.Popen(cmd, cwd=REPO, env={**env(), PROBE_DIR: str(run_dir.parent / "probe"),
                                                 HELD_SAVE: f"{gate}:{held_step}"},
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-
     def logged_step() -> int:
         return max([m["step"] for m in read_metrics(run_dir) if "loss" in m], default=0) \
             if (run_dir / "metrics.jsonl").exists() else 0
 
-    while not (all((gate / f"held-rank{r}").exists() for r in range(nproc)) and logged_step() >= trained_past):
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline, "training did not go on past the held checkpoint in time"
-        time.sleep(0.05)
-    for pid in [*process_tree(proc.pid)[1:], proc.pid]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: all((gate / f"held-rank{r}").exists() for r in range(nproc)) and
+              logged_step() >= trained_past, "training did not go on past the held checkpoint in time")
 
 
 def train_probed(nproc: int, overrides: Sequence[str], probe_dir: Path) -> List[dict]:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import List, Sequence
+from typing import Callable, List, Sequence
 
 import torch
 
@@ -43,13 +43,18 @@ def train_and_kill(nproc: int, overrides: Sequence[str], run_dir: Path, after_ch
     proc = subprocess.Popen(local_command(config, overrides, nproc), cwd=REPO, env=env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = run_dir / "checkpoints" / f"step-{after_checkpoint:09d}" / "COMPLETE"
-    deadline = time.time() + 300
-    while not marker.exists():
+    kill_when(proc, marker.exists, "no checkpoint appeared in time")
+
+
+def kill_when(proc: subprocess.Popen, condition: Callable[[], bool], too_late: str, timeout: float = 300) -> None:
+    """Wait for `condition` while training runs, then SIGKILL every process of it: every rank and the launcher,
+    without warning. torchrun starts each worker in a session of its own, so the launcher's process group does
+    not reach them: the workers are found as its children."""
+    deadline = time.time() + timeout
+    while not condition():
         assert proc.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint appeared in time"
+        assert time.time() < deadline, too_late
         time.sleep(0.02)
-    # Every rank and the launcher, mid-epoch, without warning. torchrun starts each worker in a session of
-    # its own, so the launcher's process group does not reach them: the workers are found as its children.
     for pid in [*process_tree(proc.pid)[1:], proc.pid]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
