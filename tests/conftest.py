@@ -18,3 +18,16 @@ def digits_dataset(tmp_path_factory) -> Path:
                   "--no-progress"]):
         subprocess.run([sys.executable, "-m", "data_prep", *args], check=True, cwd=REPO, capture_output=True)
     return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def trained_digits(digits_dataset, tmp_path_factory) -> tuple:
+    """The demo's run trained to its end on 2 DDP ranks: (its run directory, the training's output). Evaluated in
+    batches of 40 per rank, so that every rank of a 3-rank evaluation has several. Tests that change the run
+    directory work on a copy. W&B off: this is what the net learns; W&B offline is the stop and resume tests'."""
+    from tests.train_support import train
+
+    out = tmp_path_factory.mktemp("trained")
+    log = train(2, [f"data.root={digits_dataset}", f"run.out_dir={out}", "data.eval_batch_per_gpu=40",
+                    "logging.wandb_mode=disabled"])
+    return out / "digits-resnet14", log

@@ -23,7 +23,7 @@ def launch_bench(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           env=env, timeout=timeout)
 
 
-def test_bench_writes_a_profile_on_cpu(digits_dataset, tmp_path):
+def test_bench_writes_a_profile_on_cpu_and_a_second_in_two_processes_extends_it(digits_dataset, tmp_path):
     out = tmp_path / "profile.json"
     # The overrides may follow --models: argparse hands them to --models, bench takes them back.
     proc = launch_bench("--models", "cifar_resnet8", f"data.root={digits_dataset}", "--steps", "4",
@@ -42,6 +42,17 @@ def test_bench_writes_a_profile_on_cpu(digits_dataset, tmp_path):
     assert machine["device"] in ("cpu", "cuda") and machine["cpu_count"] >= 1 and machine["cpu"]
     assert "cifar_resnet8" in proc.stdout and "images/s" in proc.stdout  # the summary table
     assert not list(tmp_path.glob(".bench-*"))  # its run directories are gone
+
+    # Another model measured in two processes, added to the profile of the same machine.
+    second = launch_bench("--models", "configs/demo/digits.yaml",
+                          f"data.root={digits_dataset}", "--steps", "4", "--warmup-steps", "2", "--nproc", "2",
+                          "--out", str(out))
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    profile = load_profile(out)
+    assert set(profile["models"]) == {"cifar_resnet8", "cifar_resnet14"}  # the first one kept
+    entry = profile["models"]["cifar_resnet14"]
+    assert entry["world_size"] == 2 and entry["batch_size"] == 64 and entry["config"] == "configs/demo/digits.yaml"
+    assert entry["images_per_s_per_gpu"] == pytest.approx(entry["images_per_s"] / 2) and entry["images_per_s"] > 0
 
 
 def test_unknown_models_and_missing_data_are_refused_before_anything_runs(tmp_path):
@@ -97,22 +108,6 @@ def test_eval_timer_times_the_final_evaluation_from_its_records(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_in_two_processes_extends_a_profile_of_the_same_machine(digits_dataset, tmp_path):
-    out = tmp_path / "profile.json"
-    first = launch_bench("--models", "cifar_resnet8", f"data.root={digits_dataset}", "--steps", "2",
-                         "--warmup-steps", "1", "--nproc", "1", "--out", str(out))
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = launch_bench("--models", "configs/demo/digits.yaml",
-                          f"data.root={digits_dataset}", "--steps", "4", "--warmup-steps", "2", "--nproc", "2",
-                          "--out", str(out))
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    profile = load_profile(out)
-    assert set(profile["models"]) == {"cifar_resnet8", "cifar_resnet14"}  # the first one kept
-    entry = profile["models"]["cifar_resnet14"]
-    assert entry["world_size"] == 2 and entry["batch_size"] == 64 and entry["config"] == "configs/demo/digits.yaml"
-    assert entry["images_per_s_per_gpu"] == pytest.approx(entry["images_per_s"] / 2) and entry["images_per_s"] > 0
-
-
 @pytest.mark.slow
 def test_bench_as_a_slurm_job_records_where_it_ran(digits_dataset, tmp_path):
     from tests.slurm_support import require_minicluster

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from pipeline.evaluation import LayerResponses, evaluate, view_scores
 from pipeline.models import build
 from tests.data_loader_fixtures import make_dataset, stored_images
 from tests.workers.counting_evaluate import counting
-from tests.train_support import REPO, env, small_run, train
+from tests.train_support import REPO, env
 
 MEAN, STD = np.array([120.0, 115.0, 100.0]), np.array([60.0, 58.0, 59.0])  # make_dataset's manifest stats
 
@@ -145,13 +146,12 @@ def test_checkpoint_choices_are_checked(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluation_is_exact_over_one_two_and_three_ranks_without_a_host_sync_per_batch(digits_dataset, tmp_path,
+def test_evaluation_is_exact_over_one_two_and_three_ranks_without_a_host_sync_per_batch(trained_digits, tmp_path,
                                                                                          monkeypatch):
     """297 test digits over 1, 2 and 3 ranks (149 + 148, 99 x 3): the same counts, errors and layer responses; and
     the evaluation reads nothing from the device per batch (counted): the hits stay where they are computed."""
-    train(2, small_run(digits_dataset, tmp_path, "logging.wandb_mode=disabled", "schedule.total=16",
-                       "schedule.milestones=[12]", "data.eval_batch_per_gpu=40"))
     run_dir = tmp_path / "t"
+    shutil.copytree(trained_digits[0], run_dir)
     seen: dict = {}
     monkeypatch.setattr(pipeline.evaluate, "evaluate", counting(seen))
     one = evaluate_run(run_dir, "center", "last", layer_responses=True)
@@ -185,7 +185,7 @@ def test_evaluation_is_exact_over_one_two_and_three_ranks_without_a_host_sync_pe
     assert trained["top1_error"] == one["top1_error"]
 
     # A checkpoint whose file was damaged after it was written is named, not evaluated.
-    state = run_dir / "checkpoints" / f"step-{16:09d}" / "state.pt"
+    state = CheckpointStore(run_dir / "checkpoints").latest().path / "state.pt"
     state.write_bytes(state.read_bytes()[:1000])
     with pytest.raises(CheckpointDamaged, match=f"{state}: 1000 bytes"):
         evaluate_run(run_dir, "center", "last")

@@ -9,8 +9,10 @@ ZeRO >= 1 splits SGD's momentum per rank and cannot re-split it: that cell is a 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Dict
 
 import pytest
 
@@ -33,16 +35,30 @@ def _records(run_dir: Path) -> list:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("engine,after", [
-    (["engine.name=ddp"], 3),
-    (["engine.name=ddp"], 1),
-    (["engine.name=deepspeed", "engine.zero_stage=0"], 3),
-], ids=["ddp-2to3", "ddp-2to1", "deepspeed-zero0-2to3"])
-def test_resume_with_another_world_size_replays_the_epoch(digits_dataset, tmp_path, engine, after):
+@pytest.fixture(scope="module")
+def killed_runs(digits_dataset, tmp_path_factory):
+    """Per engine, a 2-rank run killed after its checkpoint of step SAVED_AT, trained once for the module: each
+    test resumes a copy of it."""
+    killed: Dict[str, Path] = {}
+
+    def killed_run(engine: str) -> Path:
+        if engine not in killed:
+            out = tmp_path_factory.mktemp(engine)
+            train_and_kill(2, _overrides(digits_dataset, out, *ENGINES[engine]), out / "t", after_checkpoint=SAVED_AT)
+            killed[engine] = out
+        return killed[engine]
+    return killed_run
+
+
+ENGINES = {"ddp": ["engine.name=ddp"], "deepspeed-zero0": ["engine.name=deepspeed", "engine.zero_stage=0"]}
+
+
+@pytest.mark.parametrize("engine,after", [("ddp", 3), ("ddp", 1), ("deepspeed-zero0", 3)],
+                         ids=["ddp-2to3", "ddp-2to1", "deepspeed-zero0-2to3"])
+def test_resume_with_another_world_size_replays_the_epoch(killed_runs, digits_dataset, tmp_path, engine, after):
+    shutil.copytree(killed_runs(engine), tmp_path, dirs_exist_ok=True)
     run_dir = tmp_path / "t"
-    overrides = _overrides(digits_dataset, tmp_path, *engine)
-    train_and_kill(2, overrides, run_dir, after_checkpoint=SAVED_AT)
-    train(after, overrides)
+    train(after, _overrides(digits_dataset, tmp_path, *ENGINES[engine]))
 
     records = _records(run_dir)
     steps_per_epoch = next(r["steps_per_epoch"] for r in records if r.get("event") == "start")

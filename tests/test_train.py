@@ -24,9 +24,8 @@ from tests.train_support import DEMO_CONFIG, REPO, env, small_run, train, train_
 pytestmark = pytest.mark.slow
 
 
-def test_ddp_learns_the_digits_under_5_percent(digits_dataset, tmp_path):
-    out = train(2, [f"data.root={digits_dataset}", f"run.out_dir={tmp_path}", "logging.wandb_mode=disabled"])
-    run_dir = tmp_path / "digits-resnet14"
+def test_ddp_learns_the_digits_under_5_percent(trained_digits):
+    run_dir, out = trained_digits
     results = json.loads((run_dir / "results.json").read_text())["train"]
     assert results["samples"] == 297  # every test sample once across the two ranks
     assert results["top1_error"] < 5.0, out[-2000:]
