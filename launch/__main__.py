@@ -192,7 +192,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from launch.plan import plan
+    from launch.plan_print import plan
 
     return plan(args)
 
