@@ -4,21 +4,50 @@
   local  CONFIG [overrides] --nproc N
   sweep  configs/tables/<table>.yaml [--seeds 0 1 2] [--runs DIR] [--array-parallelism K] [resources]
   prep   --num-tasks K [resources] -- <data_prep arguments>
-  evaluate RUN_DIR [--protocol P] [--checkpoint C] [--layer-responses] (--nproc N | --slurm [resources] [--wait])
+  evaluate RUN_DIR [data.*/eval.* overrides] [--protocol P] [--checkpoint C] [--layer-responses]
+           (--nproc N | --slurm [resources] [--wait])
   reproduce configs/tables/<table>.yaml --runs DIR [--seeds ...] [resources] [--dry-run] [--local --nproc N]
   bench  --models M [M ...] [overrides] [--steps S] (--nproc N | --slurm [resources]) [--out FILE]
   plan   configs/tables/<table>.yaml [--profile FILE] [--nodes N [N ...] --gpus-per-node G] [--array-parallelism K]
          [--inter-node-bandwidth 200Gb/s ...]
   status [RUN_DIR | FOLDER | configs/tables/<table>.yaml ...] [--runs DIR]
+
+Options and section.key=value overrides go in any order; each command's --help shows its defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
+
+
+# `section.key=value`: a config override, wherever it stands on the command line.
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
+
+
+def split_overrides(argv: List[str]) -> Tuple[List[str], List[str]]:
+    """(the overrides, the other arguments): options and overrides go in any order. Left to argparse, an option
+    of several values would take the overrides after it (`--seeds 0 1 data.root=...`), and overrides after an
+    option (`CONFIG --nproc 2 data.root=...`) would find their positional already filled. Nothing after `--`
+    (`prep`'s data_prep arguments) is an override."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    overrides = [a for a in argv[:end] if OVERRIDE.match(a)]
+    return overrides, [a for a in argv[:end] if not OVERRIDE.match(a)] + argv[end:]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; an option's default after its help, where it has one worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS) \
+                and "(default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _add_resource_flags(parser: argparse.ArgumentParser, node_counts_help: Optional[str] = None) -> None:
@@ -65,10 +94,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print("# resolved config")
         print(config_to_yaml(cfg))
         return 0
-    from launch.slurm import submission_lock
+    from launch.slurm import check_prepared, check_startable, submission_lock
     from launch.status import run_status
     from pipeline.exit_codes import LOCKED
     from pipeline.train import run_dir_of
+
+    check_startable(resources)  # a dry run shows what would be asked, wherever it runs
+    if not args.no_data_check:
+        check_prepared([cfg])
 
     run_dir = run_dir_of(cfg).resolve()
     with submission_lock(run_dir.parent):
@@ -96,7 +129,8 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from launch.slurm import prepare_planned_run, print_gpu_shares, submission_lock, submit_array
+    from launch.slurm import (check_prepared, check_startable, prepare_planned_run, print_gpu_shares, submission_lock,
+                              submit_array)
     from launch.status import run_status
     from pipeline.tables import planned_runs, unique_runs
 
@@ -119,6 +153,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             for run in todo:
                 print(f"would submit {run.run_dir} ({run.label}, seed {run.seed})")
             return 0
+        check_startable(resources)
+        if not args.no_data_check:
+            check_prepared([run.cfg for run in todo])
         run_dirs = [prepare_planned_run(run) for run in todo]
         jobs = submit_array(run_dirs, resources, Path(args.table).stem, folder / "_sweeps" / Path(args.table).stem,
                             args.array_parallelism)
@@ -129,7 +166,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_prep(args: argparse.Namespace) -> int:
-    from launch.slurm import JobResources, submit_prep_array
+    from launch.slurm import JobResources, check_startable, submit_prep_array
     from pipeline.config_schema import SlurmConfig
 
     prep_args = [a for a in args.prep_args if a != "--"]
@@ -140,11 +177,14 @@ def cmd_prep(args: argparse.Namespace) -> int:
     names = [f for f in JobResources.__dataclass_fields__ if f != "additional"]
     defaults = SlurmConfig(gpus_per_node=0, tasks_per_node=1, cpus_per_task=args.cpus_per_task or 4)
     resources = JobResources.from_config(defaults, **{n: getattr(args, n, None) for n in names})
+    check_startable(resources)
     jobs = submit_prep_array(prep_args, args.num_tasks, resources, out / "_slurm", args.array_parallelism)
     print(f"submitted data_prep job array {jobs[0].job_id.split('_')[0]} with {len(jobs)} tasks into {out}")
     if args.wait:
+        from launch.waiting import wait_for_job
+
         for job in jobs:
-            job.result()
+            wait_for_job(job, "prep")
         print(f"done: {out / 'manifest.json'}")
     return 0
 
@@ -153,8 +193,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import run_config
 
     run_dir = Path(args.run_dir).resolve()
-    cfg = run_config(run_dir)  # refuse a directory that is not a run before anything starts
-    flags = ["--protocol", args.protocol, "--checkpoint", args.checkpoint] + \
+    cfg = run_config(run_dir, args.overrides)  # refuse a directory that is not a run before anything starts
+    flags = ["--protocol", args.protocol, "--checkpoint", args.checkpoint, *args.overrides] + \
         (["--layer-responses"] if args.layer_responses else [])
     if not args.slurm:
         import subprocess
@@ -162,12 +202,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from launch.local import torchrun_command
 
         return subprocess.run(torchrun_command("pipeline.evaluate", [str(run_dir), *flags], args.nproc)).returncode
-    from launch.slurm import submit_evaluation
+    from launch.slurm import check_startable, submit_evaluation
 
-    job = submit_evaluation(run_dir, _resources(args, cfg), args.protocol, args.checkpoint, args.layer_responses)
+    check_startable(_resources(args, cfg))
+    job = submit_evaluation(run_dir, _resources(args, cfg), args.protocol, args.checkpoint, args.layer_responses,
+                            overrides=args.overrides)
     print(f"submitted evaluation job {job.job_id}: {run_dir} ({args.protocol}, checkpoint {args.checkpoint})")
     if args.wait:
-        record = job.results()[0]  # every task returns the same totals
+        from launch.waiting import wait_for_job
+
+        record = wait_for_job(job, "evaluate")[0]  # every task returns the same totals
         print(f"{record['split']} {record['protocol']} error: top-1 {record['top1_error']:.2f}%, "
               f"top-5 {record['top5_error']:.2f}% ({record['samples']} samples) -> {run_dir / 'results.json'}")
     return 0
@@ -197,26 +241,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return plan(args)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parse(argv: List[str]) -> argparse.Namespace:
+    """The command line, options and overrides in any order; the command's function is `func`."""
     from pipeline.exit_codes import describe_exit_codes
 
     parser = argparse.ArgumentParser(prog="python -m launch", description=__doc__,
                                      epilog="`launch local` and the training jobs end with pipeline.train's "
                                             + describe_exit_codes(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("submit", help="submit a training job to SLURM through submitit")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script and resolved config only")
+    p.add_argument("--no-data-check", action="store_true",
+                   help="submit even where data.root holds no prepared dataset here (the compute nodes alone see it)")
     _add_resource_flags(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("local", help="run a training config on this machine in N processes",
                        description="Run a training config on this machine in N processes (ranks); its exit code is "
                                    "the ranks' (pipeline.train's).",
-                       epilog=describe_exit_codes(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=describe_exit_codes())
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.add_argument("--nproc", type=int, default=1, help="number of processes (ranks)")
@@ -229,6 +276,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--runs", help="directory for the runs (default: each config's run.out_dir)")
     p.add_argument("--array-parallelism", type=int, default=64, help="how many array tasks run at once")
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be submitted")
+    p.add_argument("--no-data-check", action="store_true",
+                   help="submit even where data.root holds no prepared dataset here (the compute nodes alone see it)")
     _add_resource_flags(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -242,8 +291,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     p = sub.add_parser("evaluate", help="evaluate a run (ten-crop, multi-scale...) here or as a SLURM job")
     p.add_argument("run_dir", help="a run directory (it holds config.yaml and checkpoints/)")
+    p.add_argument("overrides", nargs="*", help="data.* and eval.* settings for this evaluation, e.g. "
+                                                "data.eval_batch_per_gpu=50")
     p.add_argument("--protocol", choices=("center", "tencrop", "multiscale"), default="center")
-    p.add_argument("--checkpoint", default="last", help="last, best, or a checkpoint directory (default: last)")
+    p.add_argument("--checkpoint", default="last", help="last, best, or a checkpoint directory")
     p.add_argument("--layer-responses", action="store_true", help="also record Fig. 7's layer responses")
     p.add_argument("--nproc", type=int, default=1, help="processes on this machine (without --slurm)")
     p.add_argument("--slurm", action="store_true", help="submit a SLURM job (resources: the run's slurm section)")
@@ -256,8 +307,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("overrides", nargs="*", help="section.key=value, applied to every run")
     p.add_argument("--runs", required=True, help="directory for the runs; the report goes to DIR/reports")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds for every row (default: the table's)")
-    p.add_argument("--array-parallelism", type=int, default=64, help="how many training tasks run at once")
+    p.add_argument("--rows", nargs="+", metavar="LABEL", help="only these rows of the table (default: every row)")
+    p.add_argument("--array-parallelism", type=int, help="how many training tasks run at once (default: 64)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their dependencies; submit nothing")
+    p.add_argument("--no-data-check", action="store_true",
+                   help="submit even where data.root holds no prepared dataset here (the compute nodes alone see it)")
     p.add_argument("--local", action="store_true", help="run the same chain here, in-process, instead of on SLURM")
     p.add_argument("--nproc", type=int, default=1, help="with --local: processes (ranks) per run")
     _add_resource_flags(p)
@@ -271,7 +325,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--warmup-steps", type=int, default=10, help="untimed steps first (compilation, cudnn autotune)")
     p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) on this machine (without --slurm)")
     p.add_argument("--slurm", action="store_true", help="measure in a SLURM job with the given resources")
-    p.add_argument("--out", default="throughput.json", help="the profile to write (default: throughput.json)")
+    p.add_argument("--out", default="throughput.json", help="the profile to write")
     _add_resource_flags(p)
     p.set_defaults(func=cmd_bench)
 
@@ -293,8 +347,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--runs", help="with a table config: the directory holding its runs (as given to reproduce)")
     p.set_defaults(func=cmd_status)
 
-    args = parser.parse_args(argv)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter  # every command's --help shows its defaults
+    overrides, rest = split_overrides(argv)
+    args = parser.parse_args(rest)
+    if overrides and not hasattr(args, "overrides"):
+        parser.error(f"`{args.command}` takes no section.key=value overrides (got {overrides[0]})")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
     from pipeline.config import ConfigError
+
+    args = parse(list(sys.argv[1:] if argv is None else argv))
 
     try:
         return args.func(args)

@@ -28,6 +28,7 @@ import functools
 import json
 import math
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -49,7 +50,7 @@ MIN_EVAL_SECONDS = 1.0  # a shorter final evaluation is not timed: the clock her
 
 def bench(args: argparse.Namespace) -> int:
     """The `bench` command; returns the exit code (1 if a model's measurement failed)."""
-    models, overrides = _split_models(args.models, args.overrides)
+    models, overrides = args.models, args.overrides  # `launch` took the overrides out of --models' values
     if args.steps < 1 or args.warmup_steps < 0:
         raise ConfigError(f"--steps must be at least 1 and --warmup-steps at least 0 (got {args.steps}, "
                           f"{args.warmup_steps})")
@@ -63,6 +64,7 @@ def bench(args: argparse.Namespace) -> int:
           f"run directories under {work}", flush=True)
     measured: Dict[str, dict] = {}
     failed: List[str] = []
+    stopped = False
     machine: Optional[dict] = None
     software: Optional[dict] = None
     if args.slurm:
@@ -74,8 +76,10 @@ def bench(args: argparse.Namespace) -> int:
     for plan, (code, extra) in zip(plans, outcomes):
         run_dir = work / plan.name
         if stopped_by_user(code):  # Ctrl-C or a kill: stop here, keep what was measured
-            print(f"bench: stopped during {plan.model} (exit code {code})", file=sys.stderr, flush=True)
+            print(f"bench: stopped during {plan.model} (exit code {code}); its run directories are removed",
+                  file=sys.stderr, flush=True)
             failed.append(plan.model)
+            stopped = True
             break
         if code != 0:
             print(f"bench: {plan.model} failed (exit code {code}); its run directory is kept: {run_dir}",
@@ -93,7 +97,7 @@ def bench(args: argparse.Namespace) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
         print(f"bench: {plan.model}: {entry['images_per_s']:.1f} images/s on {entry['world_size']} process(es) "
               f"({entry['images_per_s_per_gpu']:.1f} per process)", flush=True)
-    if not failed:
+    if stopped or not failed:  # a failed run is kept to be read; a stopped one holds nothing worth keeping
         shutil.rmtree(work, ignore_errors=True)
     if not measured:
         print("bench: nothing measured; no profile written", file=sys.stderr)
@@ -121,12 +125,6 @@ class _Plan:
     overrides: List[str]
     cfg: ExperimentConfig
     name: str  # of its run directory
-
-
-def _split_models(models: List[str], overrides: List[str]) -> Tuple[List[str], List[str]]:
-    """argparse gives `--models a b data.root=X` all to --models: a `key=value` item is an override."""
-    names = [m for m in models if "=" not in m or Path(m).is_file()]
-    return names, [*overrides, *(m for m in models if m not in names)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -230,8 +228,11 @@ def _run_local(plan: _Plan, work: Path, args: argparse.Namespace) -> Tuple[int, 
 
 def _run_slurm(plans: List[_Plan], work: Path, args: argparse.Namespace):
     """Submit one job per model (they may run side by side), then wait for each in turn."""
-    from launch.slurm import SLURM_DIR, make_executor, prepare_run
+    from launch.slurm import SLURM_DIR, check_startable, make_executor, prepare_run
+    from launch.waiting import cancel, wait_for_job
 
+    for plan in plans:  # every job checked before the first is submitted
+        check_startable(_resources(args, plan.cfg))
     jobs = []
     for plan in plans:
         _, run_dir = prepare_run(str(plan.config), [*plan.overrides, f"run.out_dir={work}", f"run.name={plan.name}"])
@@ -242,7 +243,13 @@ def _run_slurm(plans: List[_Plan], work: Path, args: argparse.Namespace):
     for plan, job in zip(plans, jobs):
         print(f"bench: waiting for job {job.job_id} ({plan.model})", flush=True)
         try:
-            result = job.results()[0]  # every task returns the same record; rank 0's holds the timing
+            result = wait_for_job(job, "bench")[0]  # every task returns the same record; rank 0's holds the timing
+        except KeyboardInterrupt:  # this job is cancelled; nobody would read what the others measure either
+            for other in jobs:
+                if other is not job:
+                    cancel(str(other.job_id), "bench")
+            yield 128 + signal.SIGINT, {}
+            return
         except Exception as e:  # submitit raises the job's own failure: report it, go on with the others
             print(f"bench: job {job.job_id} failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}",
                   file=sys.stderr)

@@ -16,7 +16,9 @@ One call submits a chain of SLURM jobs that ends, with no further command, in th
 Calling it again submits only what is missing or failed: a finished run, or one in the queue, is not
 trained again; an evaluation recorded for the run's final step, or in the queue, is not run again; the
 report is written again once there is something new to report. `--dry-run` prints the jobs and their
-dependencies and submits nothing. `--local --nproc N` runs the same chain on this machine, run after
+dependencies and submits nothing. What was asked (overrides, --seeds, --rows, the job flags) is kept in
+DIR/<table>.reproduce.json: `launch status` and the report count those runs, and a call with the table and
+--runs alone asks the same again. `--local --nproc N` runs the same chain on this machine, run after
 run, each in N processes.
 """
 
@@ -30,10 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from launch.slurm import (JOB_ID_FILE, JobResources, make_executor, prepare_planned_run, print_gpu_shares,
-                          resources_from_flags, submission_lock)
+from launch.slurm import (JOB_ID_FILE, JobResources, check_prepared, check_startable, make_executor,
+                          prepare_planned_run, print_gpu_shares, resource_flags, resources_from_flags,
+                          submission_lock)
 from pipeline.results import protocol_result, read_layer_responses, read_results
-from pipeline.tables import PlannedRun, load_table, planned_runs, unique_runs
+from pipeline.table_request import TableRequest, load_request, save_request
+from pipeline.tables import PlannedRun, load_table, unique_runs
 
 IN_QUEUE = ("queued", "running", "requeued")
 REPORTS_DIR = "reports"
@@ -261,23 +265,55 @@ def run_chain_locally(steps: List[RunStep], evaluation: Optional[Evaluation], ta
 
 # -- the command --------------------------------------------------------------------------------------
 
+ARRAY_PARALLELISM = 64  # training tasks at once, unless --array-parallelism says otherwise
+
+
 def reproduce(args: argparse.Namespace) -> int:
     table_path, runs_dir = Path(args.table).resolve(), Path(args.runs).resolve()
     table = load_table(table_path)
-    runs = unique_runs(planned_runs(table_path, runs_dir, args.seeds, tuple(args.overrides)))
+    request, saved = _request(args, table_path), load_request(runs_dir, table_path)
+    if saved is not None and request == TableRequest(str(table_path)):
+        # The table and its runs directory alone: the request recorded there, again (with this call's --dry-run).
+        print(f"as asked before: {saved.command(runs_dir)}")
+        from launch.__main__ import parse
+
+        args = parse(["reproduce", *saved.arguments(runs_dir), *(["--dry-run"] if args.dry_run else [])])
+        request = saved
+    runs = unique_runs(request.planned(runs_dir))
     submitting = not (args.local or args.dry_run)
     if submitting and not shutil.which("sbatch"):
         print("error: no SLURM here (sbatch not found); run the chain on this machine with --local --nproc N")
         return 2
+    if submitting:  # jobs that could never start, or never find their data, refused before anything is written
+        from launch.status import run_status
+
+        check_startable(resources_from_flags(args, runs[0].cfg.slurm))
+        if not args.no_data_check:
+            check_prepared([run.cfg for run in runs if run_status(run.run_dir).state != "finished"])
     # Deciding what is missing and submitting it happen under one lock: a second call at the same moment waits,
     # then finds this one's jobs in the queue and submits nothing twice.
     with submission_lock(runs_dir) if submitting else contextlib.nullcontext():
-        return _reproduce(args, table, table_path, runs_dir, runs)
+        return _reproduce(args, table, table_path, runs_dir, runs, request)
 
 
-def _reproduce(args: argparse.Namespace, table, table_path: Path, runs_dir: Path, runs: List[PlannedRun]) -> int:
+def _request(args: argparse.Namespace, table_path: Path) -> TableRequest:
+    """What this call asks: its overrides, seeds, rows, and how its jobs run."""
+    flags = resource_flags(args)
+    if args.array_parallelism is not None:
+        flags += ["--array-parallelism", str(args.array_parallelism)]
+    if args.local:
+        flags += ["--local", "--nproc", str(args.nproc)]
+    if args.no_data_check:
+        flags.append("--no-data-check")
+    return TableRequest(str(table_path), list(args.overrides), args.seeds, args.rows, flags)
+
+
+def _reproduce(args: argparse.Namespace, table, table_path: Path, runs_dir: Path, runs: List[PlannedRun],
+               request: TableRequest) -> int:
     evaluation = table_evaluation(table.kind, table.protocol)
     steps = plan_steps(runs, evaluation)
+    if not args.dry_run:  # what was asked, for `launch status`, the report and the next call
+        save_request(runs_dir, request)
     report = runs_dir / REPORTS_DIR / f"{table_path.stem}.md"
     print(f"{table.title}: {len(runs)} runs in {runs_dir}")
     for step in steps:
@@ -291,6 +327,13 @@ def _reproduce(args: argparse.Namespace, table, table_path: Path, runs_dir: Path
     if args.local and not pending and report_is_current(report, runs):
         print(f"nothing to do: every run is trained and evaluated; the report is {report}")
         return 0
+    if args.local and args.dry_run:
+        for step in steps:
+            work = [what for what, state in (("train", step.train), ("evaluate", step.evaluate)) if state == "submit"]
+            if work:
+                print(f"would {' and '.join(work)} {step.name} here in {args.nproc} process(es)")
+        print(f"would write {report}")
+        return 0
     if args.local:
         return run_chain_locally(steps, evaluation, table_path, runs_dir, args.nproc)
     if not args.dry_run and not shutil.which("sbatch"):  # a dry run only prints: it needs no SLURM
@@ -298,7 +341,8 @@ def _reproduce(args: argparse.Namespace, table, table_path: Path, runs_dir: Path
         return 2
     resources = resources_from_flags(args, runs[0].cfg.slurm)
     print_gpu_shares({s.name: s.run.cfg for s in steps if s.train == "submit"}, resources)
-    if submit_chain(steps, evaluation, table_path, runs_dir, resources, args.array_parallelism, args.dry_run):
+    if submit_chain(steps, evaluation, table_path, runs_dir, resources, args.array_parallelism or ARRAY_PARALLELISM,
+                    args.dry_run):
         return 0
     if any(s.train == "queued" or s.evaluate == "queued" for s in steps) or _report_job_queued(runs_dir, table_path):
         print("nothing to submit: the rest is in the queue")

@@ -22,9 +22,9 @@ import signal
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from pipeline.config import ExperimentConfig, load_config, save_config
+from pipeline.config import ConfigError, ExperimentConfig, load_config, save_config
 from pipeline.config_schema import SlurmConfig
 from pipeline.run_state import JOB_ID_FILE  # the file with a run's SLURM job id, for `status`
 
@@ -68,8 +68,10 @@ class JobResources:
 
 
 def print_gpu_shares(runs: Dict[str, ExperimentConfig], resources: JobResources) -> None:
-    """What each GPU of each job gets of its run's batch, and a warning for runs spread too thin (on stderr:
-    stdout may be a dry run's sbatch script). `runs`: run name -> config; runs that share a batch are said once."""
+    """What each GPU of each job gets of its run's batch, and warnings for runs spread too thin or whose
+    schedule never lowers the rate (on stderr: stdout may be a dry run's sbatch script). `runs`: run name ->
+    config; runs that share a batch or a warning are said once."""
+    from pipeline.config_checks import schedule_warning
     from pipeline.gpu_share import gpu_share
 
     by_share: Dict[str, List[str]] = {}
@@ -77,14 +79,54 @@ def print_gpu_shares(runs: Dict[str, ExperimentConfig], resources: JobResources)
     for name, cfg in runs.items():
         share = gpu_share(cfg, resources.gpus)
         by_share.setdefault(share.describe(), []).append(name)
-        thin = share.below_recipe()
-        if thin:
-            warnings.setdefault(thin, []).append(name)
+        for warning in filter(None, (share.below_recipe(), schedule_warning(cfg.schedule))):
+            warnings.setdefault(warning, []).append(name)
     for text, names in by_share.items():
         print(f"per GPU: {text}" + (f" ({len(names)} runs)" if len(runs) > 1 else ""), file=sys.stderr)
     for text, names in warnings.items():
         who = f"{names[0]}" if len(names) == 1 else f"{len(names)} runs ({', '.join(names)})"
         print(f"warning: {who}: {text}", file=sys.stderr)
+
+
+def check_prepared(cfgs: Sequence[ExperimentConfig]) -> None:
+    """Refuse jobs whose dataset is not there (they would fail at their start, after their wait in the queue).
+    Where the data is seen by the compute nodes alone (a node-local copy), `--no-data-check` skips this."""
+    from pipeline.data.shards import DatasetError, read_manifest
+
+    for root in dict.fromkeys(cfg.data.root for cfg in cfgs if cfg.data.backend != "synthetic"):
+        try:
+            read_manifest(root)
+        except DatasetError as e:
+            raise ConfigError(f"data.root: {e}; nothing was submitted (data the compute nodes alone see: "
+                              "--no-data-check)") from e
+
+
+def check_startable(resources: JobResources) -> None:
+    """Refuse a job its partition can never run (`launch.partition`), naming each resource and its limit."""
+    from launch.partition import impossible, read_partition
+
+    partition = read_partition(resources.partition)
+    if partition is None:
+        return
+    problems = impossible(partition, resources.nodes, resources.ntasks_per_node, resources.cpus_per_task,
+                          resources.gpus_per_node, resources.mem_gb, resources.time_minutes)
+    if problems:
+        raise ConfigError("this job could never start: it asks " + "; ".join(problems) +
+                          ". Nothing was submitted; ask for less (the flags above), or another --partition")
+
+
+def resource_flags(args: Any) -> List[str]:
+    """The resource flags given on a command line (`args`: the parsed arguments), as flags again."""
+    flags: List[str] = []
+    for name in JobResources.__dataclass_fields__:
+        value = getattr(args, name, None)
+        if name == "additional" or value is None or value is False:
+            continue
+        flag = "--time" if name == "time_minutes" else "--" + name.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    for item in getattr(args, "sbatch", None) or []:
+        flags += ["--sbatch", item]
+    return flags
 
 
 def resources_from_flags(flags: Any, slurm: SlurmConfig) -> JobResources:
@@ -102,6 +144,9 @@ def make_executor(folder: Path, resources: JobResources, job_name: str, array_pa
     """A submitit SlurmExecutor asking for `resources`."""
     import submitit  # heavy-ish; only when submitting
 
+    from launch.waiting import explain_sacct_once
+
+    explain_sacct_once()
     executor = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=resources.max_requeues)
     params: Dict[str, Any] = dict(
         job_name=job_name,
@@ -201,14 +246,17 @@ class EvalJob:
     Evaluation writes nothing until it has its result, so a preempted job simply runs again.
     """
 
-    def __init__(self, run_dir: str | Path, protocol: str, checkpoint: str, layer_responses: bool) -> None:
-        self.run_dir, self.protocol, self.checkpoint = str(run_dir), protocol, checkpoint
-        self.layer_responses = layer_responses
+    def __init__(self, run_dir: str | Path, protocol: str, checkpoint: str, layer_responses: bool,
+                 overrides: Sequence[str] = ()) -> None:
+        # Not `self.checkpoint`: that name is the method submitit calls when the job is preempted.
+        self.run_dir, self.protocol, self.which_checkpoint = str(run_dir), protocol, checkpoint
+        self.layer_responses, self.overrides = layer_responses, list(overrides)
 
     def __call__(self) -> dict:
         from pipeline.evaluate import evaluate_run
 
-        return evaluate_run(Path(self.run_dir), self.protocol, self.checkpoint, layer_responses=self.layer_responses)
+        return evaluate_run(Path(self.run_dir), self.protocol, self.which_checkpoint,
+                            layer_responses=self.layer_responses, overrides=self.overrides)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit
@@ -217,15 +265,16 @@ class EvalJob:
 
 
 def submit_evaluation(run_dir: Path, resources: JobResources, protocol: str, checkpoint: str,
-                      layer_responses: bool, after: Optional[str] = None):
-    """Submit an evaluation job; with `after` (a job id) it starts once that job has ended successfully."""
+                      layer_responses: bool, after: Optional[str] = None, overrides: Sequence[str] = ()):
+    """Submit an evaluation job; with `after` (a job id) it starts once that job has ended successfully.
+    `overrides`: data.* and eval.* settings for this evaluation (`pipeline.evaluate`)."""
     executor = make_executor(run_dir / SLURM_DIR / "eval", resources, f"eval-{protocol}-{run_dir.name}")
     if after:
         # A requeued job keeps its id, so the dependency holds across requeues; if the job fails instead,
         # SLURM removes this one rather than keeping it pending forever.
         executor.update_parameters(dependency=f"afterok:{after}",
                                    additional_parameters={**resources.additional, "kill_on_invalid_dep": "yes"})
-    return executor.submit(EvalJob(run_dir, protocol, checkpoint, layer_responses))
+    return executor.submit(EvalJob(run_dir, protocol, checkpoint, layer_responses, overrides))
 
 
 def prepare_run(config: str, overrides: List[str]) -> tuple[ExperimentConfig, Path]:

@@ -7,17 +7,20 @@ total steps and percent, training wall time, ETA (while running: the last record
 since it was written), SLURM job id and last training metrics. A table config (`configs/tables/*.yaml`)
 shows its planned runs (a run directory that does not exist yet is not started) and a last line with the
 table's progress: runs finished, runs evaluated with the table's protocol, percent of all steps, and the
-longest ETA among the running runs.
+longest ETA among the running runs. A waiting job shows SLURM's reason (`queued (BeginTime)`), a failed
+one its last error line and the path of its log.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
+from launch.partition import NEVER_STARTS
 from pipeline.metrics import format_duration
 from pipeline.run_state import RunState, read_run_state
 
@@ -25,12 +28,18 @@ _SLURM_STATES = {"PENDING": "queued", "CONFIGURING": "queued", "RUNNING": "runni
                  "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued",
                  "SUSPENDED": "running", "PREEMPTED": "requeued"}
 _SHOWN_METRICS = ("loss", "train_top1_error", "lr", "images_per_s")
+NEVER_SAID = ": can never start as asked; scancel it and submit with less"
 
 
 @dataclass
 class RunStatus(RunState):
     """A run's state with SLURM's word on it: not started | queued | running | requeued | stopped | finished |
-    failed (`submitted`, the files' own state of a SLURM run, is resolved by asking the queue)."""
+    failed (`submitted`, the files' own state of a SLURM run, is resolved by asking the queue). A waiting job
+    has SLURM's reason (Priority, Resources, BeginTime, ...); a failed one its log and last error line."""
+
+    reason: Optional[str] = None
+    log: Optional[Path] = None
+    error: Optional[str] = None
 
 
 def find_runs(paths: Iterable[str | Path]) -> List[Path]:
@@ -48,14 +57,36 @@ def run_status(run_dir: Path) -> RunStatus:
     """The run's state from its files (`read_run_state`), a submitted one resolved by SLURM's queue."""
     status = RunStatus(**vars(read_run_state(run_dir)))
     if status.state == "submitted":
-        slurm_state = queue_state(status.job_id)
-        if slurm_state is None:
+        queued = queue_entry(status.job_id)
+        if queued is None:
             status.state = "failed"  # left the queue without finishing
+            status.log = job_log(Path(run_dir), status.job_id)
+            status.error = last_error(status.log) if status.log else None
         else:
+            slurm_state, reason = queued
             status.state = _SLURM_STATES.get(slurm_state, slurm_state.lower())
             if status.state == "queued" and status.checkpoint_step is not None:
                 status.state = "requeued"  # waiting again, with a checkpoint to resume from
+            if slurm_state == "PENDING" and reason not in ("None", ""):
+                status.reason = reason
     return status
+
+
+def job_log(run_dir: Path, job_id: str) -> Optional[Path]:
+    """The stderr log of the job's first task: submitit's, in the run's slurm/ folder (`launch submit`) or its
+    table's _sweeps/<table>/ folder (`sweep`, `reproduce`)."""
+    folders = [run_dir / "slurm", *sorted((run_dir.parent / "_sweeps").glob("*"))]
+    found = [log for folder in folders for log in sorted(folder.glob(f"{job_id}_*log.err"))]
+    return found[0] if found else None
+
+
+def last_error(log: Path) -> Optional[str]:
+    """What a failed job said last: its last `error:` line (every error a user can fix is one), else the last
+    line of its traceback (`SomeError: message`)."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith("error: ")]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b.*", line)]
+    return (said or raised or [None])[-1]
 
 
 def print_status(paths: List[str], runs: Optional[str | Path] = None) -> int:
@@ -78,12 +109,16 @@ def print_status(paths: List[str], runs: Optional[str | Path] = None) -> int:
 
 def _print_table(table_path: Path, runs_dir: Optional[str | Path]) -> None:
     from pipeline.results import protocol_result, read_results
+    from pipeline.table_request import load_request
     from pipeline.tables import load_table, planned_runs, unique_runs
 
     table = load_table(table_path)
-    planned = unique_runs(planned_runs(table_path, runs_dir))
+    request = load_request(Path(runs_dir) if runs_dir else None, table_path)
+    planned = unique_runs(request.planned(Path(runs_dir)) if request else planned_runs(table_path, runs_dir))
     statuses = [run_status(run.run_dir) for run in planned]
     print(f"{table_path}: {table.title}")
+    if request:
+        print(f"as asked: {request.command(Path(runs_dir))}")
     _print_runs(statuses, [f"{run.label}, seed {run.seed}" for run in planned])
 
     totals = [s.total_steps or _planned_total(run.cfg) for s, run in zip(statuses, planned)]
@@ -113,7 +148,7 @@ def _print_runs(statuses: List[RunStatus], labels: Optional[List[str]] = None) -
                  if k in _SHOWN_METRICS}
         rows.append([
             str(s.run_dir) + (f" ({labels[i]})" if labels else ""),
-            s.state,
+            s.state + (f" ({s.reason}{NEVER_SAID if s.reason in NEVER_STARTS else ''})" if s.reason else ""),
             f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step),
             f"{s.progress:.0%}" if s.progress is not None else "-",
             format_duration(s.elapsed_s),
@@ -122,15 +157,28 @@ def _print_runs(statuses: List[RunStatus], labels: Optional[List[str]] = None) -
             " ".join(f"{k}={v}" for k, v in shown.items()) or "-",
         ])
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
-    for row in rows:
+    for row, status in zip(rows, [None, *statuses]):
         cells = [cell.ljust(w) if c < 2 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths))]
         print("  ".join(cells) + "  " + row[-1])
+        if status is not None and status.state == "failed":
+            print(f"    {status.error or 'no error line'}" + (f" (log: {status.log})" if status.log else
+                                                              " (no log found)"))
 
 
 def queue_state(job_id: str) -> Optional[str]:
     """SLURM's state of a job in its queue (PENDING, RUNNING, ...); None once the job has left it (or no SLURM)."""
+    entry = queue_entry(job_id)
+    return entry[0] if entry else None
+
+
+def queue_entry(job_id: str) -> Optional[Tuple[str, str]]:
+    """(SLURM's state, its reason: None, Priority, Resources, BeginTime, PartitionConfig, ...) of a job in the
+    queue; None once the job has left it (or no SLURM)."""
     if not shutil.which("squeue"):
         return None
-    proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-    states = proc.stdout.split()
-    return states[0] if proc.returncode == 0 and states else None
+    proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True)
+    lines = proc.stdout.split()
+    if proc.returncode != 0 or not lines:
+        return None
+    state, _, reason = lines[0].partition("|")
+    return state, reason

@@ -1,4 +1,5 @@
-"""`python -m pipeline.evaluate RUN_DIR [--protocol center|tencrop|multiscale] [--checkpoint best|last|PATH]`
+"""`python -m pipeline.evaluate RUN_DIR [--protocol center|tencrop|multiscale] [--checkpoint best|last|PATH]
+[data.* and eval.* overrides]`
 
 Evaluates a trained run with one of the paper's testing protocols and records the result in the run's
 `results.json` under `eval.<protocol>`: exact top-1 and top-5 error over the whole split (every sample
@@ -17,7 +18,7 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -32,18 +33,20 @@ from pipeline.runtime import resolve_device, use_task_cpus
 log = logging.getLogger("pipeline.evaluate")
 
 PROTOCOLS = ("center", "tencrop", "multiscale")
+EVALUATION_SECTIONS = ("data.", "eval.")  # what an evaluation may set for itself
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def evaluate_run(run_dir: Path, protocol: str = "center", checkpoint: str = "last", split: Optional[str] = None,
-                 layer_responses: bool = False, info: Optional[DistInfo] = None) -> dict:
-    """Evaluate `run_dir`'s checkpoint with `protocol`; the primary rank records and returns the result."""
+                 layer_responses: bool = False, info: Optional[DistInfo] = None, overrides: Sequence[str] = ()) -> dict:
+    """Evaluate `run_dir`'s checkpoint with `protocol` (`overrides`: data.* and eval.* settings for this evaluation
+    only); the primary rank records and returns the result."""
     from pipeline.data import build_loader
     from pipeline.engine import load_weights
     from pipeline.models import build_model
 
     run_dir = Path(run_dir)
-    cfg = run_config(run_dir)
+    cfg = run_config(run_dir, overrides)
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     if layer_responses and protocol != "center":
@@ -72,6 +75,8 @@ def evaluate_run(run_dir: Path, protocol: str = "center", checkpoint: str = "las
             result = evaluate(_predictor(model, cfg, device), loader, progress=progress)
         record = {"protocol": protocol, "split": split, "checkpoint": str(chosen.path.resolve()),
                   "step": chosen.step, "world_size": info.world_size, **result.as_dict()}
+        if overrides:
+            record["overrides"] = list(overrides)
         stds = responses.result() if layer_responses else None
         if info.is_primary:
             update_results(run_dir, "eval", record, protocol=protocol)
@@ -90,12 +95,18 @@ def _check_intact(store: CheckpointStore, chosen) -> None:
                                 "checkpoint (--checkpoint last, best or a checkpoint directory)")
 
 
-def run_config(run_dir: Path) -> ExperimentConfig:
-    """The resolved config a run was trained with (`RUN_DIR/config.yaml`)."""
+def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The resolved config a run was trained with (`RUN_DIR/config.yaml`), with `overrides` of how to evaluate it:
+    `data.*` (where the data is, batch per GPU, loader threads) and `eval.*` (scales, resize). The rest is what
+    the weights were trained as, and stays."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no config.yaml; is this a run directory (<run.out_dir>/<run.name>)?")
-    cfg = load_config(path)
+    other = [o for o in overrides if not o.startswith(EVALUATION_SECTIONS)]
+    if other:
+        raise ConfigError(f"an evaluation takes data.* and eval.* overrides only (the net, engine and schedule are "
+                          f"the run's): {other[0]}")
+    cfg = load_config(path, list(overrides))
     if cfg.model.num_classes is None:  # training writes it once it has read the dataset
         from pipeline.data import dataset_num_classes
 
@@ -120,6 +131,8 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a run directory (it holds config.yaml and checkpoints/)")
+    parser.add_argument("overrides", nargs="*", help="data.* and eval.* settings for this evaluation, e.g. "
+                                                     "data.eval_batch_per_gpu=50 data.root=/other/copy")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="center",
                         help="center: one 224 crop (ImageNet) or the 32x32 image (CIFAR); tencrop: Table 3's "
                              "10-crop testing; multiscale: Table 4's fully-convolutional scores averaged over "
@@ -129,10 +142,11 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--split", help="the split to evaluate (default: the config's data.eval_split)")
     parser.add_argument("--layer-responses", action="store_true",
                         help="also record each 3x3 layer's response std (Fig. 7) in layer_responses.json")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options and overrides in any order
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        record = evaluate_run(Path(args.run_dir), args.protocol, args.checkpoint, args.split, args.layer_responses)
+        record = evaluate_run(Path(args.run_dir), args.protocol, args.checkpoint, args.split, args.layer_responses,
+                              overrides=args.overrides)
     except (ConfigError, FileNotFoundError, ValueError, CheckpointDamaged, dist.RankFailed) as e:
         if dist_info_from_env().is_primary:
             print(f"error: {e}", file=sys.stderr)

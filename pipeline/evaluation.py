@@ -130,7 +130,7 @@ class EvalProgress:
         now = time.perf_counter()
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix_str(f"{self._rate(now):.0f} img/s", refresh=False)
+            self.bar.set_postfix_str(f"{self._rate(now)} img/s", refresh=False)
         elif self.batches % self.every_batches == 0 or now - self.last_line >= self.every_s:
             self._line(now)
 
@@ -145,8 +145,10 @@ class EvalProgress:
         elif self.batches != self.batches_shown:  # the last batch has no line yet
             self._line(time.perf_counter())
 
-    def _rate(self, now: float) -> float:
-        return self.images / max(now - self.start, 1e-9)
+    def _rate(self, now: float) -> str:
+        """Images per second, with decimals where there are few (multi-scale reads one image a batch)."""
+        rate = self.images / max(now - self.start, 1e-9)
+        return f"{rate:.0f}" if rate >= 10 else f"{rate:.2f}"
 
     def _line(self, now: float) -> None:
         self.last_line, self.batches_shown = now, self.batches
@@ -155,7 +157,7 @@ class EvalProgress:
         eta = ""
         if self.total and self.batches < self.total:
             eta = f", eta {format_duration((self.total - self.batches) * (now - self.start) / self.batches)}"
-        print(f"{self.desc}: {done}, {self._rate(now):.0f} img/s{eta}", file=self.stream, flush=True)
+        print(f"{self.desc}: {done}, {self._rate(now)} img/s{eta}", file=self.stream, flush=True)
 
 
 class LayerResponses:

@@ -1,8 +1,10 @@
 """The report's figures, drawn as the paper draws them (matplotlib, no display needed).
 
 Curves (Figs. 4 and 6): one panel per `panel` of the table (plain beside residual), a colour per row,
-training error thin and dashed, validation error bold. Layer responses (Fig. 7): the std of each 3x3
-layer's response, in layer order (top) and sorted in descending order (bottom).
+training error thin (Fig. 4) or dashed (Fig. 6), validation or test error bold, each style named once in
+the legend in the caption's words; markers where a curve has few points, "no data yet" where it has none.
+Layer responses (Fig. 7): the std of each 3x3 layer's response, in layer order (top) and sorted in
+descending order (bottom).
 """
 
 from __future__ import annotations
@@ -23,9 +25,24 @@ def _pyplot():
     return plt
 
 
-def plot_curves(table, rows: Sequence[Tuple[str, Optional[str], object]], out: Path) -> Path:
-    """rows: (label, panel, RunReading or None); `table.metrics` = [training metric, validation metric]."""
+# How each figure's caption says its line styles, per evaluation split: Fig. 4 (ImageNet, "val") "Thin curves
+# denote training error, and bold curves denote validation error of the center crops"; Fig. 6 (CIFAR, "test")
+# "Dashed lines denote training error, and bold lines denote testing error".
+CAPTION_STYLES = {
+    "val": {"train": ("thin curves: training error", "-"), "eval": "bold curves: validation error (centre crop)"},
+    "test": {"train": ("dashed lines: training error", "--"), "eval": "bold lines: testing error"},
+}
+FEW_POINTS = 30  # a curve with fewer is drawn with markers: one or two logged points are otherwise invisible
+
+
+def plot_curves(table, rows: Sequence[Tuple[str, Optional[str], object]], out: Path, eval_split: str = "val") -> Path:
+    """rows: (label, panel, RunReading or None); `table.metrics` = [training metric, validation metric];
+    `eval_split`: what the bold curves are measured on ("val": Fig. 4's words, "test": Fig. 6's)."""
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    styles = CAPTION_STYLES.get(eval_split, CAPTION_STYLES["val"])
+    train_words, train_style = styles["train"]
     panels = list(dict.fromkeys(panel or "" for _, panel, _ in rows))
     fig, axes = plt.subplots(1, len(panels), figsize=(PANEL_SIZE[0] * len(panels), PANEL_SIZE[1]), dpi=DPI,
                              squeeze=False)
@@ -33,20 +50,32 @@ def plot_curves(table, rows: Sequence[Tuple[str, Optional[str], object]], out: P
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, panel in zip(axes[0], panels):
         in_panel = [(label, run) for label, p, run in rows if (p or "") == panel]
+        handles = []
         for i, (label, run) in enumerate(in_panel):
             colour = colours[i % len(colours)]
             curves = run.curves if run is not None else {}
-            name = label if any(curves.values()) else f"{label} (no data yet)"
-            if curves.get(train_metric):
-                ax.plot(*zip(*curves[train_metric]), color=colour, linewidth=0.8, linestyle="--")
-            val = curves.get(val_metric) or []
-            ax.plot(*(zip(*val) if val else ([], [])), color=colour, linewidth=2.2, label=name)
+            for metric, style, width in ((train_metric, train_style, 0.8), (val_metric, "-", 2.2)):
+                points = curves.get(metric) or []
+                if points:
+                    ax.plot(*zip(*points), color=colour, linewidth=width, linestyle=style,
+                            marker="o" if len(points) < FEW_POINTS else None, markersize=3)
+            drawn = any(curves.get(m) for m in (train_metric, val_metric))
+            handles.append(Line2D([], [], color=colour, linewidth=2.2,
+                                  label=label if drawn else f"{label} (no data yet)"))
+        if not any(run is not None and any(run.curves.get(m) for m in (train_metric, val_metric))
+                   for _, run in in_panel):
+            ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center", va="center", color="grey")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        # Each row once by its colour, then each line style once, in the caption's words.
+        handles += [Line2D([], [], color="black", linewidth=0.8, linestyle=train_style, label=train_words),
+                    Line2D([], [], color="black", linewidth=2.2, label=styles["eval"])]
         ax.set_title(panel or table.title)
         ax.set_xlabel("iterations")
         ax.set_ylabel("error (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{table.title}\n(dashed: training error, bold: validation error)", fontsize=9)
+        ax.legend(handles=handles, fontsize=8)
+    fig.suptitle(table.title, fontsize=9)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

@@ -33,6 +33,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.metrics import read_metrics
 from pipeline.results import protocol_result, read_layer_responses, read_results
 from pipeline.run_state import read_run_state
+from pipeline.table_request import load_request
 from pipeline.tables import PaperSpread, PlannedRun, TableConfig, load_table, planned_runs, recipe_departures
 
 
@@ -95,11 +96,15 @@ class RowReading:
 
 def read_table(table_path: Path, runs_dir: Optional[Path] = None,
                state_of: StateOf = read_run_state) -> tuple[TableConfig, List[RowReading]]:
+    """The table's rows and runs: those `launch reproduce` was asked for in `runs_dir` (its seeds, rows and
+    overrides), else every row with its seeds."""
     table = load_table(table_path)
+    request = load_request(runs_dir, table_path)
     rows = [RowReading(row.label, row.panel, dict(row.paper), [], dict(row.paper_spread)) for row in table.rows]
-    for run in planned_runs(table_path, runs_dir):
+    for run in request.planned(runs_dir) if request else planned_runs(table_path, runs_dir):
         rows[run.row].runs.append(read_run(run, table, state_of))
-    return table, rows
+    asked = request.rows if request and request.rows else [row.label for row in table.rows]
+    return table, [row for row in rows if row.label in asked]
 
 
 def read_run(run: PlannedRun, table: TableConfig, state_of: StateOf = read_run_state) -> RunReading:
@@ -208,10 +213,12 @@ def render(table_path: Path, table: TableConfig, rows: List[RowReading], figure:
                   (r.detail if r.detail.startswith(r.state) else r.state + (f": {r.detail}" if r.detail else ""))
                   for r in waiting]
         if any(r.state in ("missing", "stopped", "failed", "not evaluated") for r in waiting):
+            request = load_request(runs_dir, table_path)
+            again = request.command(runs_dir) if request else \
+                f"python -m launch reproduce {table_path} --runs {runs_dir}" if runs_dir else \
+                f"python -m launch sweep {table_path}"
             lines += ["", "Train, evaluate and report what is missing, failed or stopped (finished and queued work is "
-                          "skipped, stopped runs resume): " + (f"`python -m launch reproduce {table_path} --runs "
-                                                              f"{runs_dir}`" if runs_dir else
-                                                              f"`python -m launch sweep {table_path}`")]
+                          f"skipped, stopped runs resume): `{again}`"]
         if any(r.state == "submitted" for r in waiting):
             lines += ["", "Whether the submitted runs are queued, running or failed, SLURM knows (this report reads "
                           f"files only): `python -m launch status {table_path}" +
@@ -319,8 +326,9 @@ def write_report(table_path: Path, runs_dir: Optional[Path], out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     figure = None
     if table.kind == "curves":
+        splits = [run.run.cfg.data.eval_split for row in rows for run in row.runs]
         figure = plot_curves(table, [(row.label, row.panel, _shown_run(row)) for row in rows],
-                             out_dir / f"{table_path.stem}.png")
+                             out_dir / f"{table_path.stem}.png", eval_split=(splits or ["val"])[0])
     elif table.kind == "responses":
         shown = [(row.label, next((r.responses for r in row.done if r.responses), None)) for row in rows]
         figure = plot_responses(table, shown, out_dir / f"{table_path.stem}.png")

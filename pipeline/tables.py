@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import yaml
 from omegaconf import OmegaConf
@@ -126,12 +126,20 @@ def load_table(path: str | Path) -> TableConfig:
 
 
 def planned_runs(table_path: str | Path, runs_dir: Optional[str | Path] = None,
-                 seeds: Optional[List[int]] = None, extra_overrides: tuple = ()) -> List[PlannedRun]:
-    """Every (row, seed) run of a table, with its resolved config. Rows sharing a config share runs."""
+                 seeds: Optional[List[int]] = None, extra_overrides: tuple = (),
+                 rows: Optional[Sequence[str]] = None) -> List[PlannedRun]:
+    """Every (row, seed) run of a table (of the rows labelled `rows`, where given), with its resolved config. Rows
+    sharing a config share runs."""
     table_path = Path(table_path)
     table = load_table(table_path)
+    labels = [row.label for row in table.rows]
+    unknown = [label for label in rows or [] if label not in labels]
+    if unknown:
+        raise ConfigError(f"{table_path} has no row {unknown[0]!r}; its rows: {', '.join(labels)}")
     runs: List[PlannedRun] = []
     for index, row in enumerate(table.rows):
+        if rows and row.label not in rows:
+            continue
         config_path = (table_path.parent / row.config).resolve()
         base = load_config(config_path, list(row.overrides))
         # The paper's recipe for this row: its paper_config, else its own config (without a sweep's extra overrides).

@@ -30,6 +30,7 @@ from pipeline import dist, exit_codes
 from pipeline.background_save import CheckpointSaves, FileWriter
 from pipeline.checkpoint import CheckpointDirError, CheckpointStore
 from pipeline.config import ConfigError, ExperimentConfig, config_to_dict, load_config, loggable_config, save_config
+from pipeline.config_checks import num_classes_warning, precision_warning, schedule_warning
 from pipeline.dist import DistInfo, dist_info_from_env
 from pipeline.evaluation import EvaluationInterrupted, LayerResponses, evaluate
 from pipeline.gpu_share import check_bn_groups, gpu_share
@@ -108,7 +109,7 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
     # Two steps: opening the data has collectives of its own (one rank validates it for all), which every rank
     # must reach, so nothing that can fail on one rank alone may come before them in the same step.
     dist.on_every_rank(lambda: _check_run_directory(cfg, info, device, store))
-    train_loader, eval_loader = dist.on_every_rank(lambda: _open_data(cfg, info, device))
+    train_loader, eval_loader, warnings = dist.on_every_rank(lambda: _open_data(cfg, info, device))
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, train_loader.steps_per_epoch, cfg.data.batch_size)
     micro_batch = cfg.data.batch_size // info.world_size
     engine = build_engine(cfg.engine, build_model(cfg.model), cfg.optim, schedule.lr(0), info, device, micro_batch)
@@ -156,9 +157,9 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
     logger.log({"event": "start", "total_steps": total_steps, "steps_per_epoch": train_loader.steps_per_epoch,
                 "world_size": info.world_size, "images_per_gpu": share.images, "bn_batch": share.bn_batch},
                progress.step)
-    thin = share.below_recipe()
-    if thin:
-        logger.log({"event": f"warning: {thin}"}, progress.step)
+    warnings += [share.below_recipe(), schedule_warning(cfg.schedule), precision_warning(cfg.engine, device.type)]
+    for warning in filter(None, warnings):
+        logger.log({"event": f"warning: {warning}"}, progress.step)
     for skipped in resumed.skipped if resumed is not None else []:
         logger.log({"event": f"warning: checkpoint {skipped} is damaged and was not used; resumed from "
                              f"{resumed.checkpoint.path.name}"}, progress.step)
@@ -259,18 +260,24 @@ def _check_run_directory(cfg: ExperimentConfig, info: DistInfo, device: torch.de
 
 
 def _open_data(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> tuple:
-    """Open the dataset (validated once, by the primary); the primary then writes the resolved config."""
+    """Open the dataset (validated once, by the primary); the primary then writes the resolved config.
+    Returns the loaders and what to warn about the net's classes against the dataset's."""
     from pipeline.data import build_loader, dataset_num_classes
 
     run_dir = run_dir_of(cfg)
     train_loader = build_loader(cfg.data, cfg.data.train_split, info, train=True, device=device, seed=cfg.run.seed)
     eval_loader = build_loader(cfg.data, cfg.data.eval_split, info, train=False, device=device, seed=cfg.run.seed,
                                eval_resize=cfg.eval.resize)
+    warnings = []
     if cfg.model.num_classes is None:
         cfg.model.num_classes = dist.from_primary(lambda: dataset_num_classes(cfg.data))
+    elif cfg.data.backend != "synthetic":  # synthetic labels are drawn for the net
+        dataset_classes = dist.from_primary(lambda: dataset_num_classes(cfg.data))
+        warnings.append(num_classes_warning(cfg.model.num_classes, dataset_classes,
+                                            str(Path(cfg.data.root) / "manifest.json")))
     if info.is_primary:
         _writing_run_dir(run_dir, lambda: save_config(cfg, run_dir / "config.yaml"))
-    return train_loader, eval_loader
+    return train_loader, eval_loader, warnings
 
 
 def _writing_run_dir(run_dir: Path, write: Callable[[], None]) -> None:

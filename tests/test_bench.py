@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -124,3 +126,33 @@ def test_bench_as_a_slurm_job_records_where_it_ran(digits_dataset, tmp_path):
     assert entry["world_size"] == 2 and entry["images_per_s"] > 0
     assert profile["machine"]["host"] and profile["software"]["torch"]  # from inside the job
     assert "submitted job" in proc.stdout and not list(tmp_path.glob(".bench-*"))
+
+
+@pytest.mark.slow
+def test_bench_waiting_says_why_and_ctrl_c_cancels_its_job_and_leaves_nothing(digits_dataset, tmp_path):
+    from tests.slurm_support import queue_state, require_minicluster
+
+    require_minicluster()
+    out = tmp_path / "profile.json"
+    # A job held for an hour: it waits with SLURM's reason BeginTime.
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "bench", "--models", "cifar_resnet8",
+                             f"data.root={digits_dataset}", "--steps", "2", "--slurm", "--gpus-per-node", "0",
+                             "--tasks-per-node", "1", "--cpus-per-task", "1", "--time", "10", "--sbatch",
+                             "begin=now+1hour", "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "waits (BeginTime)" in line:
+            break
+    else:
+        pytest.fail("no reason for the wait:\n" + "".join(lines))
+    job = re.search(r"job (\S+) waits", lines[-1])[1]
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and f"bench: cancelled job {job} (`scancel {job}`)" in rest, "".join(lines) + rest
+    assert "run directories are removed" in rest and not list(tmp_path.glob(".bench-*")) and not out.exists()
+    deadline = time.time() + 60
+    while queue_state(job):  # scancel is asynchronous
+        assert time.time() < deadline, f"job {job} still queued"
+        time.sleep(0.5)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from launch.local import torchrun_command
 from pipeline.checkpoint import CheckpointDamaged, CheckpointStore
+from pipeline.config import load_config
 from pipeline.config_schema import DataConfig
 from pipeline.data import build_loader
 from pipeline.data.base import rank_range
@@ -195,3 +196,27 @@ def test_evaluate_names_what_is_missing(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline.evaluate", str(tmp_path / "nowhere")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "no config.yaml" in proc.stderr
+
+
+def test_an_evaluation_takes_data_and_eval_overrides_and_nothing_else(trained_digits, tmp_path, capsys):
+    run_dir = tmp_path / "t"
+    shutil.copytree(trained_digits[0], run_dir)
+    # Options and overrides in any order; the batch changes how the split is read, not what is counted.
+    assert pipeline.evaluate.main([str(run_dir), "--protocol", "center", "data.eval_batch_per_gpu=7",
+                                   "--checkpoint", "last"]) == 0
+    record = json.loads((run_dir / "results.json").read_text())["eval"]["center"]
+    trained = json.loads((run_dir / "results.json").read_text())["train"]
+    assert record["overrides"] == ["data.eval_batch_per_gpu=7"] and record["samples"] == 297
+    assert record["top1_error"] == trained["top1_error"]
+    assert load_config(str(run_dir / "config.yaml")).data.eval_batch_per_gpu == 40  # the run's own config kept
+    # What the weights were trained as is not an evaluation's to change.
+    assert pipeline.evaluate.main([str(run_dir), "model.name=cifar_resnet8"]) == 2
+    assert "error: an evaluation takes data.* and eval.* overrides only" in capsys.readouterr().err
+
+
+def test_an_evaluation_job_preempted_is_submitted_again_whole():
+    from launch.slurm import EvalJob
+
+    job = EvalJob("runs/r", "tencrop", "best", False, ["data.num_threads=2"])
+    again = job.checkpoint()  # what submitit calls on SLURM's signal
+    assert again.function is job and (job.which_checkpoint, job.overrides) == ("best", ["data.num_threads=2"])

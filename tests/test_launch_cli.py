@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXPECTED = Path(__file__).parent / "expected" / "submit_dry_run.sbatch"
 
 
@@ -29,3 +31,32 @@ def test_bad_config_is_refused_before_submission(tmp_path):
                   cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 2 and "optim.lrr" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_options_and_overrides_go_in_any_order_and_help_shows_defaults(capsys):
+    from launch.__main__ import parse
+
+    # The option after the config, the overrides after the option: argparse alone refuses the overrides.
+    for argv in (["local", "c.yaml", "--nproc", "3", "data.root=/d", "optim.lr=0.1"],
+                 ["local", "--nproc", "3", "data.root=/d", "c.yaml", "optim.lr=0.1"]):
+        args = parse(argv)
+        assert (args.config, args.nproc, args.overrides) == ("c.yaml", 3, ["data.root=/d", "optim.lr=0.1"]), argv
+    # An option of several values followed by overrides: alone, --seeds would take them as seeds.
+    args = parse(["reproduce", "t.yaml", "--seeds", "0", "1", "data.root=/d", "--runs", "R", "--sbatch",
+                  "mail-type=END"])
+    assert (args.seeds, args.overrides, args.runs, args.sbatch) == ([0, 1], ["data.root=/d"], "R", ["mail-type=END"])
+    args = parse(["bench", "--models", "resnet50", "cifar_resnet20", "data.root=/d", "--steps", "5"])
+    assert (args.models, args.overrides, args.steps) == (["resnet50", "cifar_resnet20"], ["data.root=/d"], 5)
+    # Nothing after `--` is an override: it is data_prep's.
+    args = parse(["prep", "--num-tasks", "2", "--", "synth", "--out", "o", "x.y=1"])
+    assert args.prep_args[-1] == "x.y=1"
+    # A command that takes none says so.
+    with pytest.raises(SystemExit):
+        parse(["status", "runs", "data.root=/d"])
+    assert "`status` takes no section.key=value overrides (got data.root=/d)" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        parse(["bench", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "timed training steps per model (default: 50)" in shown and "(default: throughput.json)" in shown
+    assert "(default: None)" not in shown and "(default: False)" not in shown

@@ -4,6 +4,7 @@ the console shows them as durations, and an evaluation shows its progress on the
 from __future__ import annotations
 
 import fcntl
+import io
 import os
 import pty
 import re
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from launch.local import torchrun_command
+from pipeline.evaluation import EvalProgress
 from pipeline.metrics import read_metrics
 from tests.train_support import REPO, env, small_run, train, train_and_kill
 
@@ -92,3 +94,11 @@ def test_evaluation_progress_bar_on_a_terminal(resumed_run):
     # One rank: 297 digits in batches of 20.
     assert "evaluating center test: 100%" in text and "15/15" in text and "img/s" in text, text[-2000:]
     assert "batches (" not in text  # the bar, not the log lines
+
+
+def test_few_images_a_second_keep_their_decimals():
+    stream = io.StringIO()
+    progress = EvalProgress(4, stream=stream, every_batches=1)
+    progress.start -= 20  # one image in 20 s: multi-scale testing's pace, one whole image at a time, on a CPU
+    progress(1)
+    assert "evaluation: 1/4 batches (25%), 0.05 img/s, eta " in stream.getvalue()

@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -241,3 +242,35 @@ def test_the_report_does_not_import_its_launcher(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "[]"
+
+
+def _pixels_of(png: Path, rgb: tuple, columns: slice = slice(None)) -> int:
+    pixels = np.asarray(Image.open(png).convert("RGB")).astype(int)[:, columns]
+    return int((np.abs(pixels - np.array(rgb)).sum(axis=2) <= 6).sum())
+
+
+def test_curves_of_two_points_are_drawn_with_markers_and_an_empty_panel_says_no_data_yet(tmp_path, monkeypatch):
+    import pipeline.figures as figures
+
+    table = SimpleNamespace(title="Figure 6", metrics=["train_top1_error", "val_top1_error"])
+    two = SimpleNamespace(curves={"train_top1_error": [(100, 80.0), (200, 60.0)],
+                                  "val_top1_error": [(100, 70.0), (200, 50.0)]})
+    one = SimpleNamespace(curves={"val_top1_error": [(200, 55.0)]})
+    blue, orange = (31, 119, 180), (255, 127, 14)  # matplotlib's first two colours
+
+    def draw(name: str, right) -> Path:
+        rows = [("ResNet-20", "left", two), ("ResNet-32", "left", one), ("ResNet-1202", "right", right)]
+        return figures.plot_curves(table, rows, tmp_path / name, eval_split="test")
+
+    with_markers = draw("markers.png", None)
+    monkeypatch.setattr(figures, "FEW_POINTS", 0)  # the same figure as before markers
+    plain = draw("plain.png", None)
+    # Two points a curve: each point's marker adds to its line; one point alone is nothing but its marker.
+    assert _pixels_of(with_markers, blue) > _pixels_of(plain, blue) + 40
+    assert _pixels_of(with_markers, orange) > _pixels_of(plain, orange) + 10
+    # The right panel has no curve: it says so, in grey, in its middle (where nothing else is drawn).
+    pixels = np.asarray(Image.open(with_markers).convert("RGB")).astype(int)
+    height, width, _ = pixels.shape
+    middle = pixels[int(0.45 * height):int(0.55 * height), int(0.70 * width):int(0.83 * width)]
+    greys = (middle.max(axis=2) - middle.min(axis=2) < 8) & (middle.mean(axis=2) < 200)
+    assert greys.sum() > 30, greys.sum()

@@ -6,7 +6,11 @@ ten-crop testing has corners to take). One training is preempted and requeued on
 evaluation must wait for the requeued training to finish. `--local` runs the same chain in-process.
 """
 
+import contextlib
+import io
 import json
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -14,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from launch.__main__ import main as launch_main
+from pipeline.report import write_report
 from pipeline.results import read_results
 from pipeline.wandb_offline import offline_runs, read_offline_run
 from tests.slurm_support import job_state, launch, queue_state, require_minicluster
@@ -139,8 +145,15 @@ def test_reproduce_trains_evaluates_and_reports_a_table_with_no_further_command(
 def test_a_failed_training_removes_its_evaluation_and_the_report_says_so(digits_dataset, tmp_path):
     require_minicluster()
     table, runs = _table(tmp_path, rows={"cifar_resnet8": 10}), tmp_path / "runs"
-    out = launch("reproduce", str(table), *_common(digits_dataset), f"data.root={tmp_path / 'no-such-shards'}",
-                 "--runs", str(runs), *CPU_JOB)
+    asked = ["reproduce", str(table), *_common(digits_dataset), f"data.root={tmp_path / 'no-such-shards'}",
+             "--runs", str(runs), *CPU_JOB]
+    # A dataset that is not there: refused before anything is queued or written.
+    refused = subprocess.run([sys.executable, "-m", "launch", *asked], capture_output=True, text=True, cwd=REPO)
+    manifest = tmp_path / "no-such-shards" / "manifest.json"
+    assert refused.returncode == 2 and f"error: data.root: {manifest}: no manifest" in refused.stderr, refused.stderr
+    assert not runs.exists()
+    # Let through (as for data only the compute nodes see), it fails the training on the cluster.
+    out = launch(*asked, "--no-data-check")
     assert "submitted 1 jobs" in out, out
     _wait_for_report(runs, "digits_tencrop", timeout=600)
     run_dir = runs / "cifar_resnet8-seed0"
@@ -150,21 +163,54 @@ def test_a_failed_training_removes_its_evaluation_and_the_report_says_so(digits_
     assert job_state(evaluation) == "CANCELLED"  # its dependency can never be met: SLURM removed it
     report = (runs / "reports" / "digits_tencrop.md").read_text()
     assert "| cifar_resnet8 | – | – |" in report and "cifar_resnet8, seed 0: failed at step 0" in report, report
+    # `status` says why, and where the whole log is.
+    status = _launch_here("status", str(table), "--runs", str(runs))
+    failed = status.splitlines()[status.splitlines().index(next(l for l in status.splitlines() if " failed " in l)) + 1]
+    assert f"{manifest}: no manifest" in failed and f"(log: {runs / '_sweeps' / 'digits_tencrop'}" in failed, status
 
 
-def test_reproduce_local_runs_the_same_chain_in_process(digits_dataset, tmp_path):
-    rows = {"cifar_resnet8": 10, "cifar_plain8": 10}
-    table, runs = _table(tmp_path, rows=rows), tmp_path / "runs"
-    args = ["reproduce", str(table), *_common(digits_dataset), "logging.wandb_mode=disabled", "--runs", str(runs),
-            "--local", "--nproc", "1"]
+def _launch_here(*args: str) -> str:
+    """`python -m launch <args>` in this process (what it printed); it must succeed."""
+    out = io.StringIO()
+    with contextlib.chdir(REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = launch_main(list(args))
+    assert code == 0, out.getvalue()
+    return out.getvalue()
+
+
+def test_reproduce_local_keeps_what_it_was_asked_for_status_the_report_and_the_next_call(digits_dataset, tmp_path):
+    """Part of a table (one row of two, two seeds, shrunk by overrides) run here: `status`, the report and a second
+    call count exactly those runs; the report's command for what is left asks the same again."""
+    table, runs = _table(tmp_path, rows={"cifar_resnet8": 10, "cifar_plain8": 10}), tmp_path / "runs"
+    asked = ["reproduce", str(table), "--seeds", "0", "1", *_common(digits_dataset), "logging.wandb_mode=disabled",
+             "--runs", str(runs), "--rows", "cifar_resnet8", "--local", "--nproc", "1"]
     # Two trainings and two evaluations in one command: longer than `launch`'s limit on a busy machine.
-    proc = subprocess.run([sys.executable, "-m", "launch", *args], capture_output=True, text=True, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "launch", *asked], capture_output=True, text=True, cwd=REPO,
                           timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    for name in rows:
-        assert read_results(runs / f"{name}-seed0")["eval"]["tencrop"]["step"] == 10, out
+    for seed in (0, 1):
+        assert read_results(runs / f"cifar_resnet8-seed{seed}")["eval"]["tencrop"]["step"] == 10, out
+    assert not (runs / "cifar_plain8-seed0").exists()  # the row not asked for
+
+    status = _launch_here("status", str(table), "--runs", str(runs))
+    assert "digits_tencrop.yaml: 2/2 runs finished, 2/2 evaluated (tencrop), 100% of all steps" in status, status
+    assert "cifar_plain8" not in status and "as asked: python -m launch reproduce" in status
     report = (runs / "reports" / "digits_tencrop.md").read_text()
-    assert report.count("| 1/1 | done |") == 2, report
-    again = launch(*args)
-    assert "nothing to do" in again and "evaluate " not in again, again
+    assert report.count("| 2/2 | done |") == 1 and "cifar_plain8" not in report, report
+    # The table and the runs directory alone: the same request again, nothing left to do.
+    again = _launch_here("reproduce", str(table), "--runs", str(runs))
+    assert "as asked before: python -m launch reproduce" in again and "nothing to do" in again, again
+
+    # An evaluation lost: the report's command for what is left repeats the request, and would evaluate that alone.
+    results_file = runs / "cifar_resnet8-seed1" / "results.json"
+    results = json.loads(results_file.read_text())
+    del results["eval"]
+    results_file.write_text(json.dumps(results))
+    write_report(table, runs, runs / "reports")
+    report = (runs / "reports" / "digits_tencrop.md").read_text()
+    hint = re.search(r"stopped runs resume\): `python -m launch (reproduce [^`]+)`", report)
+    assert hint and "--rows cifar_resnet8" in hint[1] and "--seeds 0 1" in hint[1], report
+    dry = _launch_here(*shlex.split(hint[1]), "--dry-run")
+    assert "would evaluate cifar_resnet8, seed 1 here in 1 process(es)" in dry, dry
+    assert "would train" not in dry and "cifar_plain8" not in dry, dry

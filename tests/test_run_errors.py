@@ -72,6 +72,12 @@ def test_what_is_wrong_before_the_first_step_is_one_line(digits_dataset, tmp_pat
     error = ends_with_one_error(launch_local(small_run(data, tmp_path / "b"), log, nproc=1), log, exit_codes.DATA)
     assert error.startswith(f"error: {data / 'manifest.json'}: manifest version 99 is not supported")
 
+    # A net with fewer outputs than the dataset's classes (a CIFAR-100 dataset under a CIFAR-10 config).
+    error = ends_with_one_error(launch_local(small_run(digits_dataset, tmp_path / "c", "model.num_classes=5"), log,
+                                             nproc=1), log, exit_codes.USAGE)
+    assert error == (f"error: model.num_classes (5) is below the 10 classes of {digits_dataset / 'manifest.json'}: "
+                     "set model.num_classes=10")
+
 
 @contextlib.contextmanager
 def small_disk(path: Path, megabytes: int):

@@ -1,0 +1,62 @@
+"""Config checks that catch a table shrunk or moved by hand: milestones past the end, a net whose outputs are not
+the dataset's classes, bf16 on a CPU that emulates it; said before submission and logged at training's start."""
+
+import contextlib
+import io
+
+import pytest
+
+from launch.__main__ import main as launch_main
+from pipeline.config import ConfigError, load_config
+from pipeline.config_checks import num_classes_warning, precision_warning, schedule_warning
+from pipeline.config_schema import EngineConfig, ScheduleConfig
+from pipeline.metrics import read_metrics
+from tests.train_support import REPO, small_run, train
+
+
+def test_milestones_at_or_past_the_total_are_said_with_a_fix():
+    shrunk = schedule_warning(ScheduleConfig(milestones=[32000, 48000], total=400))
+    assert shrunk.startswith("schedule.milestones [32000, 48000] are at or past schedule.total (400 iterations)")
+    assert "schedule.milestones=[200,300]" in shrunk and "schedule.milestones=[]" in shrunk
+    assert "[100]" in schedule_warning(ScheduleConfig(milestones=[50, 100], total=100))  # at the end is too late
+    assert schedule_warning(ScheduleConfig(milestones=[50, 75], total=100)) is None
+    assert schedule_warning(ScheduleConfig(unit="epoch", milestones=[30, 60, 90], total=120)) is None
+    assert schedule_warning(ScheduleConfig(kind="constant", milestones=[32000], total=4)) is None
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_said_with_fp32_as_the_way_out():
+    # This machine's CPU computes bf16 natively; a CPU that does not is given here by its /proc/cpuinfo flags.
+    emulated = precision_warning(EngineConfig(precision="bf16"), "cpu", cpu_flags="flags : fpu sse2 avx2 avx512f")
+    assert "without native bf16" in emulated and "engine.precision=fp32" in emulated
+    assert precision_warning(EngineConfig(precision="bf16"), "cpu", cpu_flags="flags : avx512f avx512_bf16") is None
+    assert precision_warning(EngineConfig(precision="bf16"), "cuda", cpu_flags="flags : avx2") is None
+    assert precision_warning(EngineConfig(precision="fp32"), "cpu", cpu_flags="flags : avx2") is None
+
+
+def test_a_net_with_fewer_outputs_than_classes_is_refused_and_one_with_more_is_said():
+    with pytest.raises(ConfigError, match=r"model.num_classes \(10\) is below the 100 classes of m.json: set "
+                                          r"model.num_classes=100"):
+        num_classes_warning(10, 100, "m.json")
+    more = num_classes_warning(1000, 4, "m.json")
+    assert "model.num_classes (1000) is above the 4 classes of m.json: 996 outputs" in more
+    assert num_classes_warning(10, 10, "m.json") is None
+
+
+def test_submit_says_a_shrunk_schedule_before_anything_is_queued(tmp_path):
+    err = io.StringIO()
+    with contextlib.chdir(REPO), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert launch_main(["submit", "configs/cifar10/resnet110.yaml", "schedule.total=400", f"run.out_dir={tmp_path}",
+                            "--dry-run"]) == 0
+    assert "warning: cifar10-resnet110: schedule.milestones [32000, 48000] are at or past schedule.total" in err.getvalue()
+    assert not any(tmp_path.iterdir())
+
+
+def test_training_logs_the_warnings_at_its_start(digits_dataset, tmp_path):
+    # One start with two mistakes a shrink makes: W&B off, this is about the start's checks.
+    train(1, small_run(digits_dataset, tmp_path, "schedule.total=2", "schedule.milestones=[30]", "model.num_classes=12",
+                       "logging.wandb_mode=disabled"))
+    events = [m["event"] for m in read_metrics(tmp_path / "t") if str(m.get("event")).startswith("warning: ")]
+    manifest = digits_dataset / "manifest.json"
+    assert any("schedule.milestones [30] are at or past schedule.total (2 iterations)" in e for e in events), events
+    assert any(f"model.num_classes (12) is above the 10 classes of {manifest}" in e for e in events), events
+    assert load_config(str(tmp_path / "t" / "config.yaml")).model.num_classes == 12
