@@ -112,7 +112,7 @@ def check_startable(resources: JobResources) -> None:
                           resources.gpus_per_node, resources.mem_gb, resources.time_minutes)
     if problems:
         raise ConfigError("this job could never start: it asks " + "; ".join(problems) +
-                          ". Nothing was submitted; ask for less (the flags above), or another --partition")
+                          ". Nothing was submitted; ask for less (the flags named), or another --partition")
 
 
 def resource_flags(args: Any) -> List[str]:
