@@ -139,7 +139,10 @@ def test_bench_waiting_says_why_and_ctrl_c_cancels_its_job_and_leaves_nothing(di
                              f"data.root={digits_dataset}", "--steps", "2", "--slurm", "--gpus-per-node", "0",
                              "--tasks-per-node", "1", "--cpus-per-task", "1", "--time", "10", "--sbatch",
                              "begin=now+1hour", "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            # As from a terminal: a shell's background job (this suite under CI may be one) starts
+                            # its children with SIGINT ignored, and Python then has no KeyboardInterrupt for it.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stdout:
         lines.append(line)
