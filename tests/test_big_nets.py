@@ -81,6 +81,11 @@ def test_resnet152_trains_on_imagenet_shards_with_2_ranks(imagenet_shards, tmp_p
     assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values()), losses
     results = json.loads((run_dir / "results.json").read_text())["train"]
     assert (results["step"], results["samples"]) == (2, 5)  # every val image once across the 2 ranks
+    # A table shrunk to 2 steps on a 4-class dataset, as a user tries one: training's start says both.
+    warnings = [m["event"] for m in read_metrics(run_dir) if str(m.get("event")).startswith("warning: ")]
+    assert any("schedule.milestones [100] are at or past schedule.total (2 iterations)" in w for w in warnings)
+    assert any(f"model.num_classes (1000) is above the 4 classes of {imagenet_shards / 'manifest.json'}" in w
+               for w in warnings), warnings
 
     checkpoint = run_dir / "checkpoints" / "step-000000002"
     assert (checkpoint / "COMPLETE").exists()
