@@ -182,6 +182,8 @@ def test_reproduce_local_keeps_what_it_was_asked_for_status_the_report_and_the_n
     """Part of a table (one row of two, two seeds, shrunk by overrides) run here: `status`, the report and a second
     call count exactly those runs; the report's command for what is left asks the same again."""
     table, runs = _table(tmp_path, rows={"cifar_resnet8": 10, "cifar_plain8": 10}), tmp_path / "runs"
+    # W&B off: this is about what is counted and repeated; no run here is stopped, and the SLURM test above runs
+    # the same chain with W&B offline.
     asked = ["reproduce", str(table), "--seeds", "0", "1", *_common(digits_dataset), "logging.wandb_mode=disabled",
              "--runs", str(runs), "--rows", "cifar_resnet8", "--local", "--nproc", "1"]
     # Two trainings and two evaluations in one command: longer than `launch`'s limit on a busy machine.
