@@ -218,12 +218,19 @@ class TrainJob:
 
     def __call__(self) -> dict:
         from pipeline.dist import dist_info_from_env
-        from pipeline.train import train
+        from pipeline.train import say_error, train
 
         cfg = load_config(Path(self.run_dir) / "config.yaml")
         info = dist_info_from_env()
-        # The job id is recorded once the run directory is this job's (a start refused by its lock writes nothing).
-        result = train(cfg, info, on_start=lambda: _record_job_id(Path(self.run_dir)))
+        try:
+            # The job id is recorded once the run directory is this job's (a start refused by its lock writes
+            # nothing).
+            result = train(cfg, info, on_start=lambda: _record_job_id(Path(self.run_dir)))
+        except Exception as e:
+            # The same `error:` line as `launch local` gives (what `launch status` shows); the job still fails
+            # through submitit, whose traceback follows in the log.
+            say_error(e, info.is_primary)
+            raise
         if result.get("interrupted") and result.get("signal") != "SIGTERM":
             # The checkpoint is saved; let submitit's handler (restored when training returned)
             # requeue the job on rank 0. Other ranks return and the requeued job starts them again.

@@ -376,6 +376,17 @@ class _Window:
         }
 
 
+def say_error(error: Exception, primary: bool) -> int:
+    """The exit code for a training's error, after its one `error:` line where it is one a user can fix (a
+    dataset, a disk, a lock, a hang); FAILED, and nothing said, for the unexpected (its traceback says it)."""
+    hung = dist.hang_error(error)
+    code = exit_codes.exit_code_of(hung or error)
+    # Every rank ends with the same error (dist.on_every_rank): said once; a hang by whichever rank saw it.
+    if code != exit_codes.FAILED and (primary or hung):
+        print(f"error: {hung or error}", file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.train",
@@ -398,12 +409,9 @@ def main(argv: Optional[list] = None) -> int:
     try:
         result = train(cfg)
     except Exception as e:  # noqa: BLE001 - what a user can fix is one line; anything else keeps its traceback
-        hung = dist.hang_error(e)
-        code = exit_codes.exit_code_of(hung or e)
+        code = say_error(e, primary)
         if code == exit_codes.FAILED:
             raise
-        if primary or hung:  # every rank ends with the same error (dist.on_every_rank): said once; a hang by
-            print(f"error: {hung or e}", file=sys.stderr, flush=True)  # whichever rank saw it
         return code
     if result.get("interrupted"):
         return EXIT_INTERRUPTED

@@ -163,10 +163,11 @@ def test_a_failed_training_removes_its_evaluation_and_the_report_says_so(digits_
     assert job_state(evaluation) == "CANCELLED"  # its dependency can never be met: SLURM removed it
     report = (runs / "reports" / "digits_tencrop.md").read_text()
     assert "| cifar_resnet8 | – | – |" in report and "cifar_resnet8, seed 0: failed at step 0" in report, report
-    # `status` says why, and where the whole log is.
+    # `status` says why, with the one `error:` line `launch local` gives, and where the whole log is.
     status = _launch_here("status", str(table), "--runs", str(runs))
     failed = status.splitlines()[status.splitlines().index(next(l for l in status.splitlines() if " failed " in l)) + 1]
-    assert f"{manifest}: no manifest" in failed and f"(log: {runs / '_sweeps' / 'digits_tencrop'}" in failed, status
+    assert f"error: {manifest}: no manifest" in failed, status
+    assert f"(log: {runs / '_sweeps' / 'digits_tencrop'}" in failed, status
 
 
 def _launch_here(*args: str) -> str:
