@@ -134,7 +134,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from launch.status import run_status
     from pipeline.tables import planned_runs, unique_runs
 
-    runs = unique_runs(planned_runs(args.table, args.runs, args.seeds, tuple(args.overrides)))
+    runs = unique_runs(planned_runs(args.table, args.runs, args.seeds, tuple(args.overrides), args.rows))
     # What is left to submit is decided and submitted under one lock: a second sweep at once waits, then skips.
     folder = runs[0].run_dir.resolve().parent
     with submission_lock(folder) if not args.dry_run else contextlib.nullcontext():
@@ -241,6 +241,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return plan(args)
 
 
+def _add_rows_flag(p: argparse.ArgumentParser) -> None:
+    """--rows, as `sweep`, `plan` and `reproduce` share it: what is planned is what is then submitted."""
+    p.add_argument("--rows", nargs="+", metavar="LABEL", help="only these rows of the table (default: every row)")
+
+
 def parse(argv: List[str]) -> argparse.Namespace:
     """The command line, options and overrides in any order; the command's function is `func`."""
     from pipeline.exit_codes import describe_exit_codes
@@ -273,6 +278,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
     p.add_argument("table", help="a table config, e.g. configs/tables/table6.yaml")
     p.add_argument("overrides", nargs="*", help="section.key=value, applied to every run")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds for every row (default: the table's)")
+    _add_rows_flag(p)
     p.add_argument("--runs", help="directory for the runs (default: each config's run.out_dir)")
     p.add_argument("--array-parallelism", type=int, default=64, help="how many array tasks run at once")
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be submitted")
@@ -307,7 +313,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="section.key=value, applied to every run")
     p.add_argument("--runs", required=True, help="directory for the runs; the report goes to DIR/reports")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds for every row (default: the table's)")
-    p.add_argument("--rows", nargs="+", metavar="LABEL", help="only these rows of the table (default: every row)")
+    _add_rows_flag(p)
     p.add_argument("--array-parallelism", type=int, help="how many training tasks run at once (default: 64)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their dependencies; submit nothing")
     p.add_argument("--no-data-check", action="store_true",
@@ -334,6 +340,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="section.key=value, as given to reproduce")
     p.add_argument("--profile", help="a throughput profile from `launch bench` (default: reference figures)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds for every row (default: the table's)")
+    _add_rows_flag(p)
     p.add_argument("--array-parallelism", type=int, default=64, help="how many training tasks run at once")
     from launch.scaling import NODES_HELP, add_scaling_flags  # light: no torch, no config
 

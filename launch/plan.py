@@ -353,11 +353,12 @@ def _family(name: str) -> Optional[str]:
 
 def plan_table(table_path: str | Path, profile: dict, reference: dict, resources_of: Callable,
                seeds: Optional[List[int]] = None, overrides: Sequence[str] = (), array_parallelism: int = 64,
-               throughput: Optional[str] = None, cluster: Cluster = Cluster()) -> TablePlan:
-    """The cost of every run a table needs; `resources_of(cfg)` gives a run's JobResources, `cluster` what the
-    profile does not say about the links between GPUs (launch.scaling)."""
+               throughput: Optional[str] = None, cluster: Cluster = Cluster(),
+               rows: Optional[Sequence[str]] = None) -> TablePlan:
+    """The cost of every run a table needs (of the rows labelled `rows`, where given); `resources_of(cfg)` gives a
+    run's JobResources, `cluster` what the profile does not say about the links between GPUs (launch.scaling)."""
     table = load_table(table_path)
-    planned = planned_runs(table_path, None, seeds, tuple(overrides))
+    planned = planned_runs(table_path, None, seeds, tuple(overrides), rows)
     unique = unique_runs(planned)
     rates = Rates(profile, reference)
     sources: Dict[str, None] = {}
@@ -386,19 +387,21 @@ def plan_table(table_path: str | Path, profile: dict, reference: dict, resources
             time_limit_s=60.0 * resources.time_minutes if resources.time_minutes else math.inf,
             max_requeues=resources.max_requeues, images_per_gpu=share.images, below_recipe=share.below_recipe())
 
-    rows: List[RowCost] = []
+    row_costs: List[RowCost] = []
     for index, row in enumerate(table.rows):
+        if rows and row.label not in rows:
+            continue  # not asked for: not shown
         mine = [r for r in planned if r.row == index]
         owned = [costs[r.run_dir] for r in mine if costs[r.run_dir].row == index]
         model = mine[0].cfg.model.name if mine else "-"
         same_as = None
         if mine and not owned:
             same_as = costs[mine[0].run_dir].label
-        rows.append(RowCost(index, row.label, model, owned, same_as))
+        row_costs.append(RowCost(index, row.label, model, owned, same_as))
 
     # The report reads files and draws: no model to build or dataset to open, so the shortest start-up.
     report_s = min((cost.startup_s for cost in costs.values()), default=0.0)
-    plan = TablePlan(str(table_path), table.title, rows, array_parallelism,
+    plan = TablePlan(str(table_path), table.title, row_costs, array_parallelism,
                      throughput or describe_profile(profile), report_s=report_s)
     plan.assumptions = _assumptions(table.kind, table.protocol, list(sources), extra_views, rates, plan, cluster)
     return plan

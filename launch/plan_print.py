@@ -207,7 +207,8 @@ def plan(args: argparse.Namespace) -> int:
         """The table with `nodes` nodes per run (None: the configs' own slurm.nodes) and `slots` jobs at once."""
         flags = argparse.Namespace(**{**vars(args), "nodes": nodes})
         return plan_table(args.table, profile, reference, lambda cfg: resources_from_flags(flags, cfg.slurm),
-                          seeds=args.seeds, overrides=args.overrides, array_parallelism=slots, cluster=cluster)
+                          seeds=args.seeds, overrides=args.overrides, array_parallelism=slots, cluster=cluster,
+                          rows=args.rows)
 
     if not counts:
         print(format_plan(at(None, args.array_parallelism)))

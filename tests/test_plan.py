@@ -224,6 +224,23 @@ def test_plan_refuses_bad_input(tmp_path):
     assert proc.returncode == 2 and "--array-parallelism" in proc.stderr
 
 
+def test_rows_plan_only_the_rows_asked_for_and_sweep_submits_those(tmp_path):
+    rows = ("ResNet-50", "ResNet-152")
+    proc = launch_plan("configs/tables/table3.yaml", "--rows", *rows)
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout[proc.stdout.index("\nrow "):proc.stdout.index("\ntotal")]
+    assert [line.split("  ")[0] for line in table.splitlines()[3:-1]] == list(rows), proc.stdout  # less its rule
+    assert row_line(proc.stdout, "total")[1] == "2"
+    refused = launch_plan("configs/tables/table3.yaml", "--rows", "ResNet-5")
+    assert refused.returncode == 2 and "has no row 'ResNet-5'; its rows: plain-34" in refused.stderr
+    out = io.StringIO()
+    with contextlib.chdir(REPO), contextlib.redirect_stdout(out):
+        assert launch_main(["sweep", "configs/tables/table3.yaml", "--rows", *rows, "--runs", str(tmp_path),
+                            "--dry-run"]) == 0
+    assert [line.split()[2] for line in out.getvalue().splitlines() if line.startswith("would submit")] == [
+        str(tmp_path / "imagenet-resnet50-seed0"), str(tmp_path / "imagenet-resnet152-seed0")], out.getvalue()
+
+
 def write_imagenet_case(tmp_path: Path) -> tuple:
     """A one-row ResNet-50 table (2 epochs, ten-crop) and a profile measured on one node of 8 GPUs."""
     row = {"label": "R50", "config": str(REPO / "configs/imagenet/resnet50.yaml"),
