@@ -131,19 +131,19 @@ def cmd_local(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from launch.slurm import (check_prepared, check_startable, prepare_planned_run, print_gpu_shares, submission_lock,
                               submit_array)
-    from launch.status import run_status
+    from launch.status import run_statuses
     from pipeline.tables import planned_runs, unique_runs
 
     runs = unique_runs(planned_runs(args.table, args.runs, args.seeds, tuple(args.overrides), args.rows))
     # What is left to submit is decided and submitted under one lock: a second sweep at once waits, then skips.
     folder = runs[0].run_dir.resolve().parent
     with submission_lock(folder) if not args.dry_run else contextlib.nullcontext():
-        todo, done = [], []
-        for run in runs:
-            state = run_status(run.run_dir).state
-            (done if state in ("finished", "queued", "running", "requeued") else todo).append(run)
-        for run in done:
-            print(f"skip {run.run_dir}: {run_status(run.run_dir).state}")
+        todo = []
+        for run, status in zip(runs, run_statuses([run.run_dir for run in runs])):
+            if status.state in ("finished", "queued", "running", "requeued"):
+                print(f"skip {run.run_dir}: {status.state}")
+            else:
+                todo.append(run)
         if not todo:
             print(f"nothing to submit: all {len(runs)} runs of {args.table} are finished or in the queue")
             return 0

@@ -90,11 +90,14 @@ def table_evaluation(kind: str, protocol: str) -> Optional[Evaluation]:
 
 
 def plan_steps(runs: List[PlannedRun], evaluation: Optional[Evaluation]) -> List[RunStep]:
-    from launch.status import queue_state, run_status
+    from launch.status import queue_entries, run_statuses
 
+    # SLURM's queue asked twice in all (the trainings, then the evaluations), not twice a run.
+    statuses = run_statuses([run.run_dir for run in runs])
+    eval_jobs = [_recorded_job(run.run_dir / evaluation.job_id_file) if evaluation else None for run in runs]
+    queued_evals = queue_entries([job for job in eval_jobs if job])
     steps = []
-    for run in runs:
-        status = run_status(run.run_dir)
+    for run, status, job in zip(runs, statuses, eval_jobs):
         if status.state == "finished":
             train, train_job = "done", None
         elif status.state in IN_QUEUE:
@@ -103,11 +106,9 @@ def plan_steps(runs: List[PlannedRun], evaluation: Optional[Evaluation]) -> List
             train, train_job = "submit", None
         step = RunStep(run, train, train_job, "none")
         if evaluation is not None:
-            recorded = run.run_dir / evaluation.job_id_file
-            job = recorded.read_text().strip() if recorded.exists() else None
             if train == "done" and _evaluated(run.run_dir, evaluation):
                 step.evaluate = "done"
-            elif job and queue_state(job) is not None and train != "submit":
+            elif job in queued_evals and train != "submit":
                 step.evaluate, step.eval_job = "queued", job
             else:
                 # A training submitted again needs an evaluation that waits for it; one still waiting for the
@@ -115,6 +116,13 @@ def plan_steps(runs: List[PlannedRun], evaluation: Optional[Evaluation]) -> List
                 step.evaluate, step.stale_eval_job = "submit", job
         steps.append(step)
     return steps
+
+
+def _recorded_job(path: Path) -> Optional[str]:
+    """The SLURM job id a file records, if there is one."""
+    if not path.exists():
+        return None
+    return path.read_text().strip() or None
 
 
 def _evaluated(run_dir: Path, evaluation: Evaluation) -> bool:
@@ -285,11 +293,12 @@ def reproduce(args: argparse.Namespace) -> int:
         print("error: no SLURM here (sbatch not found); run the chain on this machine with --local --nproc N")
         return 2
     if submitting:  # jobs that could never start, or never find their data, refused before anything is written
-        from launch.status import run_status
+        from launch.status import run_statuses
 
         check_startable(resources_from_flags(args, runs[0].cfg.slurm))
         if not args.no_data_check:
-            check_prepared([run.cfg for run in runs if run_status(run.run_dir).state != "finished"])
+            states = [status.state for status in run_statuses([run.run_dir for run in runs])]
+            check_prepared([run.cfg for run, state in zip(runs, states) if state != "finished"])
     # Deciding what is missing and submitting it happen under one lock: a second call at the same moment waits,
     # then finds this one's jobs in the queue and submits nothing twice.
     with submission_lock(runs_dir) if submitting else contextlib.nullcontext():

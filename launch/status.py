@@ -18,7 +18,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from launch.partition import NEVER_STARTS
 from pipeline.metrics import format_duration
@@ -55,21 +55,33 @@ def find_runs(paths: Iterable[str | Path]) -> List[Path]:
 
 def run_status(run_dir: Path) -> RunStatus:
     """The run's state from its files (`read_run_state`), a submitted one resolved by SLURM's queue."""
-    status = RunStatus(**vars(read_run_state(run_dir)))
-    if status.state == "submitted":
-        queued = queue_entry(status.job_id)
-        if queued is None:
-            status.state = "failed"  # left the queue without finishing
-            status.log = job_log(Path(run_dir), status.job_id)
-            status.error = last_error(status.log) if status.log else None
-        else:
-            slurm_state, reason = queued
-            status.state = _SLURM_STATES.get(slurm_state, slurm_state.lower())
-            if status.state == "queued" and status.checkpoint_step is not None:
-                status.state = "requeued"  # waiting again, with a checkpoint to resume from
-            if slurm_state == "PENDING" and reason not in ("None", ""):
-                status.reason = reason
-    return status
+    return run_statuses([run_dir])[0]
+
+
+def run_statuses(run_dirs: Sequence[Path]) -> List[RunStatus]:
+    """`run_status` of each run, SLURM's queue asked once for all of them: `status` of a table of 50 runs is one
+    `squeue`, not 50 (a busy controller answers each in a fraction of a second, and its admins count them)."""
+    statuses = [RunStatus(**vars(read_run_state(run_dir))) for run_dir in run_dirs]
+    queue = queue_entries([s.job_id for s in statuses if s.state == "submitted" and s.job_id])
+    for status in statuses:
+        if status.state == "submitted":
+            _resolve_by_queue(status, queue.get(status.job_id))
+    return statuses
+
+
+def _resolve_by_queue(status: RunStatus, queued: Optional[Tuple[str, str]]) -> None:
+    """A submitted run's state as its job's entry in the queue says (none: the job left it without finishing)."""
+    if queued is None:
+        status.state = "failed"
+        status.log = job_log(Path(status.run_dir), status.job_id)
+        status.error = last_error(status.log) if status.log else None
+        return
+    slurm_state, reason = queued
+    status.state = _SLURM_STATES.get(slurm_state, slurm_state.lower())
+    if status.state == "queued" and status.checkpoint_step is not None:
+        status.state = "requeued"  # waiting again, with a checkpoint to resume from
+    if slurm_state == "PENDING" and reason not in ("None", ""):
+        status.reason = reason
 
 
 def job_log(run_dir: Path, job_id: str) -> Optional[Path]:
@@ -99,7 +111,7 @@ def print_status(paths: List[str], runs: Optional[str | Path] = None) -> int:
         print(f"no runs found under {', '.join(map(str, paths))}")
         return 1
     if found:
-        _print_runs([run_status(run) for run in found])
+        _print_runs(run_statuses(found))
     for i, table_path in enumerate(tables):
         if found or i:
             print()
@@ -115,7 +127,7 @@ def _print_table(table_path: Path, runs_dir: Optional[str | Path]) -> None:
     table = load_table(table_path)
     request = load_request(Path(runs_dir) if runs_dir else None, table_path)
     planned = unique_runs(request.planned(Path(runs_dir)) if request else planned_runs(table_path, runs_dir))
-    statuses = [run_status(run.run_dir) for run in planned]
+    statuses = run_statuses([run.run_dir for run in planned])
     print(f"{table_path}: {table.title}")
     if request:
         print(f"as asked: {request.command(Path(runs_dir))}")
@@ -174,11 +186,22 @@ def queue_state(job_id: str) -> Optional[str]:
 def queue_entry(job_id: str) -> Optional[Tuple[str, str]]:
     """(SLURM's state, its reason: None, Priority, Resources, BeginTime, PartitionConfig, ...) of a job in the
     queue; None once the job has left it (or no SLURM)."""
-    if not shutil.which("squeue"):
-        return None
-    proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True)
-    lines = proc.stdout.split()
-    if proc.returncode != 0 or not lines:
-        return None
-    state, _, reason = lines[0].partition("|")
-    return state, reason
+    return queue_entries([job_id]).get(job_id)
+
+
+def queue_entries(job_ids: Sequence[str]) -> Dict[str, Tuple[str, str]]:
+    """`queue_entry` of each job still in the queue, from one `squeue` (an array's tasks one a line, `123_4`, as
+    their ids are recorded); a job that left the queue (or no SLURM) has none."""
+    if not job_ids or not shutil.which("squeue"):
+        return {}
+    proc = subprocess.run(["squeue", "-h", "--array", "-j", ",".join(dict.fromkeys(job_ids)), "-o", "%i|%T|%r"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:  # every job asked for has left the queue ("Invalid job id specified")
+        return {}
+    entries = {}
+    for line in proc.stdout.splitlines():  # a reason may hold spaces: "ReqNodeNotAvail, UnavailableNodes:n1"
+        job_id, _, rest = line.strip().partition("|")
+        state, _, reason = rest.partition("|")
+        if job_id:
+            entries[job_id] = (state, reason)
+    return entries

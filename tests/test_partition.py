@@ -4,8 +4,12 @@ shows SLURM's reason in `launch status`. On the real minicluster (2 nodes of 2 C
 import subprocess
 import sys
 
+import pytest
+
+from launch import status as status_module
 from launch.partition import Partition, _gpus, _minutes, impossible
-from launch.status import run_status
+from launch.status import run_statuses
+from pipeline.run_state import JOB_ID_FILE
 from tests.slurm_support import require_minicluster, submit
 from tests.train_support import DEMO_CONFIG, REPO, small_run
 
@@ -42,11 +46,28 @@ def test_a_job_the_minicluster_cannot_run_is_refused_and_a_waiting_one_shows_why
     run_dir = tmp_path / "t"
     job = submit(run_dir, small_run(digits_dataset, tmp_path), "--gpus-per-node", "0", "--tasks-per-node", "1",
                  "--cpus-per-task", "1", "--sbatch", "begin=now+1hour")
+    # Beside it, the task of an array held by its user, and a job that has left the queue: one `squeue` for all.
+    array = subprocess.run(["sbatch", "--parsable", "--array=0-2", "--hold", "-o", "/dev/null", "--wrap", "true"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    for name, job_id in (("task", f"{array}_1"), ("gone", "1")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / JOB_ID_FILE).write_text(job_id)
+    squeues, real_run = [], subprocess.run
+
+    def counted(argv, **kwargs):
+        if argv[0] == "squeue":
+            squeues.append(argv)
+        return real_run(argv, **kwargs)
+
     try:
-        status = run_status(run_dir)
-        assert (status.state, status.reason) == ("queued", "BeginTime"), status
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(status_module.subprocess, "run", counted)  # counts the calls; the real squeue answers
+            statuses = run_statuses([run_dir, tmp_path / "task", tmp_path / "gone"])
+        assert [(s.state, s.reason) for s in statuses] == [
+            ("queued", "BeginTime"), ("queued", "JobHeldUser"), ("failed", None)], statuses
+        assert len(squeues) == 1, squeues
     finally:
-        subprocess.run(["scancel", job], check=True)
+        subprocess.run(["scancel", job, array], check=True)
 
 
 def test_submitits_sacct_warning_is_said_once_in_words(capsys):
