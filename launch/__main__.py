@@ -366,13 +366,14 @@ def parse(argv: List[str]) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from launch.queue import QueueUnanswered
     from pipeline.config import ConfigError
 
     args = parse(list(sys.argv[1:] if argv is None else argv))
 
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, QueueUnanswered) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -90,7 +90,8 @@ def table_evaluation(kind: str, protocol: str) -> Optional[Evaluation]:
 
 
 def plan_steps(runs: List[PlannedRun], evaluation: Optional[Evaluation]) -> List[RunStep]:
-    from launch.status import queue_entries, run_statuses
+    from launch.queue import queue_entries
+    from launch.status import run_statuses
 
     # SLURM's queue asked twice in all (the trainings, then the evaluations), not twice a run.
     statuses = run_statuses([run.run_dir for run in runs])
@@ -370,7 +371,7 @@ def _report_job_file(runs_dir: Path, table_path: Path) -> Path:
 
 
 def _report_job_queued(runs_dir: Path, table_path: Path) -> bool:
-    from launch.status import queue_state
+    from launch.queue import queue_state
 
     recorded = _report_job_file(runs_dir, table_path)
     return recorded.exists() and queue_state(recorded.read_text().strip()) is not None

@@ -14,13 +14,12 @@ one its last error line and the path of its log.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from launch.partition import NEVER_STARTS
+from launch.queue import queue_entries
 from pipeline.metrics import format_duration
 from pipeline.run_state import RunState, read_run_state
 
@@ -175,33 +174,3 @@ def _print_runs(statuses: List[RunStatus], labels: Optional[List[str]] = None) -
         if status is not None and status.state == "failed":
             print(f"    {status.error or 'no error line'}" + (f" (log: {status.log})" if status.log else
                                                               " (no log found)"))
-
-
-def queue_state(job_id: str) -> Optional[str]:
-    """SLURM's state of a job in its queue (PENDING, RUNNING, ...); None once the job has left it (or no SLURM)."""
-    entry = queue_entry(job_id)
-    return entry[0] if entry else None
-
-
-def queue_entry(job_id: str) -> Optional[Tuple[str, str]]:
-    """(SLURM's state, its reason: None, Priority, Resources, BeginTime, PartitionConfig, ...) of a job in the
-    queue; None once the job has left it (or no SLURM)."""
-    return queue_entries([job_id]).get(job_id)
-
-
-def queue_entries(job_ids: Sequence[str]) -> Dict[str, Tuple[str, str]]:
-    """`queue_entry` of each job still in the queue, from one `squeue` (an array's tasks one a line, `123_4`, as
-    their ids are recorded); a job that left the queue (or no SLURM) has none."""
-    if not job_ids or not shutil.which("squeue"):
-        return {}
-    proc = subprocess.run(["squeue", "-h", "--array", "-j", ",".join(dict.fromkeys(job_ids)), "-o", "%i|%T|%r"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:  # every job asked for has left the queue ("Invalid job id specified")
-        return {}
-    entries = {}
-    for line in proc.stdout.splitlines():  # a reason may hold spaces: "ReqNodeNotAvail, UnavailableNodes:n1"
-        job_id, _, rest = line.strip().partition("|")
-        state, _, reason = rest.partition("|")
-        if job_id:
-            entries[job_id] = (state, reason)
-    return entries

@@ -24,12 +24,19 @@ def wait_for_job(job: Any, what: str, poll_s: float = POLL_S) -> Any:
     """Wait until `job` (submitit's) has left SLURM's queue, then return its results (submitit raises the job's own
     failure). While it waits, SLURM's reason is printed when it changes. Ctrl-C cancels the job (`scancel`) and
     raises KeyboardInterrupt."""
-    from launch.status import queue_entry
+    from launch.queue import QueueUnanswered, queue_entry
 
     job_id = str(job.job_id)
     said: Optional[str] = None
     try:
-        while (entry := queue_entry(job_id)) is not None:
+        while True:
+            try:
+                entry = queue_entry(job_id)
+            except QueueUnanswered as e:  # a controller busy for a while: the job is still there, keep waiting
+                print(f"{what}: {e}; still waiting", file=sys.stderr, flush=True)
+                continue
+            if entry is None:
+                break
             state, reason = entry
             if state == "PENDING" and reason not in ("None", "", said):
                 never = ("; it can never start as asked: Ctrl-C cancels it, then ask for less"

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from launch import status as status_module
+from launch import queue
 from launch.partition import Partition, _gpus, _minutes, impossible
 from launch.status import run_statuses
 from pipeline.run_state import JOB_ID_FILE
@@ -61,7 +61,7 @@ def test_a_job_the_minicluster_cannot_run_is_refused_and_a_waiting_one_shows_why
 
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(status_module.subprocess, "run", counted)  # counts the calls; the real squeue answers
+            patch.setattr(queue.subprocess, "run", counted)  # counts the calls; the real squeue answers
             statuses = run_statuses([run_dir, tmp_path / "task", tmp_path / "gone"])
         assert [(s.state, s.reason) for s in statuses] == [
             ("queued", "BeginTime"), ("queued", "JobHeldUser"), ("failed", None)], statuses

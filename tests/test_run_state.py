@@ -92,6 +92,43 @@ def test_launch_status_resolves_a_submitted_run_with_the_queue(tmp_path):
     assert run_status(tmp_path / "plain").state == "stopped"
 
 
+def test_a_queue_that_does_not_answer_is_an_error_not_a_failed_run(tmp_path, monkeypatch, capsys):
+    """A controller that times out must not make a submitted run look failed (`reproduce` would submit it again):
+    asked again, then one error line. squeue here is a script that fails as a busy controller's does (the
+    minicluster's own controller cannot be made to time out without stopping it for the other tests)."""
+    from launch import queue
+    from launch.__main__ import main as launch_main
+
+    run_dir = tmp_path / "r"
+    _log(run_dir, [(0, {"event": "start", "total_steps": 100})])
+    (run_dir / "config.yaml").write_text("{}\n")
+    (run_dir / JOB_ID_FILE).write_text("4242_1")
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(f"""#!/bin/sh
+echo x >> {calls}
+if [ "$(wc -l < {calls})" -le "$FAILURES" ]; then
+    echo "slurm_load_jobs error: Socket timed out on send/recv operation" >&2; exit 1
+fi
+echo "4242_1|PENDING|ReqNodeNotAvail, UnavailableNodes:n1"
+""")
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(queue, "RETRY_S", 0.0)
+
+    monkeypatch.setenv("FAILURES", "2")  # a controller busy for a moment: asked again, answered
+    status = run_status(run_dir)
+    assert (status.state, status.reason) == ("queued", "ReqNodeNotAvail, UnavailableNodes:n1")
+    assert calls.read_text().count("x") == 3
+
+    calls.unlink()
+    monkeypatch.setenv("FAILURES", "99")  # one that stays silent: `status` says so and decides nothing
+    assert launch_main(["status", str(run_dir)]) == 2
+    out, err = capsys.readouterr()
+    assert "failed" not in out and calls.read_text().count("x") == queue.ATTEMPTS
+    assert err.startswith("error: SLURM's queue did not answer") and "Socket timed out" in err, err
+
+
 def test_durations_read_at_a_glance():
     assert [format_duration(s) for s in (None, 0.4, 42, 187, 3720, 11400, 2 * 86400 + 3 * 3600)] == [
         "-", "0s", "42s", "3m07s", "1h02m", "3h10m", "2d03h"]
