@@ -204,8 +204,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return subprocess.run(torchrun_command("pipeline.evaluate", [str(run_dir), *flags], args.nproc)).returncode
     from launch.slurm import check_startable, submit_evaluation
 
-    check_startable(_resources(args, cfg))
-    job = submit_evaluation(run_dir, _resources(args, cfg), args.protocol, args.checkpoint, args.layer_responses,
+    resources = _resources(args, cfg)
+    check_startable(resources)
+    job = submit_evaluation(run_dir, resources, args.protocol, args.checkpoint, args.layer_responses,
                             overrides=args.overrides)
     print(f"submitted evaluation job {job.job_id}: {run_dir} ({args.protocol}, checkpoint {args.checkpoint})")
     if args.wait:
@@ -241,6 +242,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return plan(args)
 
 
+def _add_no_data_check_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-data-check", action="store_true",
+                   help="submit even where data.root holds no prepared dataset here (the compute nodes alone see it)")
+
+
 def _add_rows_flag(p: argparse.ArgumentParser) -> None:
     """--rows, as `sweep`, `plan` and `reproduce` share it: what is planned is what is then submitted."""
     p.add_argument("--rows", nargs="+", metavar="LABEL", help="only these rows of the table (default: every row)")
@@ -260,8 +266,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script and resolved config only")
-    p.add_argument("--no-data-check", action="store_true",
-                   help="submit even where data.root holds no prepared dataset here (the compute nodes alone see it)")
+    _add_no_data_check_flag(p)
     _add_resource_flags(p)
     p.set_defaults(func=cmd_submit)
 
@@ -282,8 +287,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--runs", help="directory for the runs (default: each config's run.out_dir)")
     p.add_argument("--array-parallelism", type=int, default=64, help="how many array tasks run at once")
     p.add_argument("--dry-run", action="store_true", help="list the runs that would be submitted")
-    p.add_argument("--no-data-check", action="store_true",
-                   help="submit even where data.root holds no prepared dataset here (the compute nodes alone see it)")
+    _add_no_data_check_flag(p)
     _add_resource_flags(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -316,8 +320,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
     _add_rows_flag(p)
     p.add_argument("--array-parallelism", type=int, help="how many training tasks run at once (default: 64)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their dependencies; submit nothing")
-    p.add_argument("--no-data-check", action="store_true",
-                   help="submit even where data.root holds no prepared dataset here (the compute nodes alone see it)")
+    _add_no_data_check_flag(p)
     p.add_argument("--local", action="store_true", help="run the same chain here, in-process, instead of on SLURM")
     p.add_argument("--nproc", type=int, default=1, help="with --local: processes (ranks) per run")
     _add_resource_flags(p)

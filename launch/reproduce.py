@@ -158,10 +158,10 @@ class ReportJob:
 
 def write_table_report(table_path: Path, runs_dir: Path) -> List[Path]:
     """The report, with SLURM's word on each run (a run whose job failed shows as failed) and its W&B table."""
-    from launch.status import run_status
+    from launch.status import run_statuses
     from pipeline.report import write_report
 
-    return write_report(table_path, runs_dir, runs_dir / REPORTS_DIR, state_of=run_status, wandb=True)
+    return write_report(table_path, runs_dir, runs_dir / REPORTS_DIR, states_of=run_statuses, wandb=True)
 
 
 def _report_resources(resources: JobResources) -> JobResources:
@@ -294,12 +294,11 @@ def reproduce(args: argparse.Namespace) -> int:
         print("error: no SLURM here (sbatch not found); run the chain on this machine with --local --nproc N")
         return 2
     if submitting:  # jobs that could never start, or never find their data, refused before anything is written
-        from launch.status import run_statuses
+        from pipeline.run_state import read_run_state  # "finished" is the files' word alone: no need to ask SLURM
 
         check_startable(resources_from_flags(args, runs[0].cfg.slurm))
         if not args.no_data_check:
-            states = [status.state for status in run_statuses([run.run_dir for run in runs])]
-            check_prepared([run.cfg for run, state in zip(runs, states) if state != "finished"])
+            check_prepared([run.cfg for run in runs if read_run_state(run.run_dir).state != "finished"])
     # Deciding what is missing and submitting it happen under one lock: a second call at the same moment waits,
     # then finds this one's jobs in the queue and submits nothing twice.
     with submission_lock(runs_dir) if submitting else contextlib.nullcontext():
@@ -373,5 +372,5 @@ def _report_job_file(runs_dir: Path, table_path: Path) -> Path:
 def _report_job_queued(runs_dir: Path, table_path: Path) -> bool:
     from launch.queue import queue_state
 
-    recorded = _report_job_file(runs_dir, table_path)
-    return recorded.exists() and queue_state(recorded.read_text().strip()) is not None
+    job = _recorded_job(_report_job_file(runs_dir, table_path))
+    return job is not None and queue_state(job) is not None

@@ -50,7 +50,7 @@ def plot_curves(table, rows: Sequence[Tuple[str, Optional[str], object]], out: P
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, panel in zip(axes[0], panels):
         in_panel = [(label, run) for label, p, run in rows if (p or "") == panel]
-        handles = []
+        handles, panel_drawn = [], False
         for i, (label, run) in enumerate(in_panel):
             colour = colours[i % len(colours)]
             curves = run.curves if run is not None else {}
@@ -60,10 +60,10 @@ def plot_curves(table, rows: Sequence[Tuple[str, Optional[str], object]], out: P
                     ax.plot(*zip(*points), color=colour, linewidth=width, linestyle=style,
                             marker="o" if len(points) < FEW_POINTS else None, markersize=3)
             drawn = any(curves.get(m) for m in (train_metric, val_metric))
+            panel_drawn = panel_drawn or drawn
             handles.append(Line2D([], [], color=colour, linewidth=2.2,
                                   label=label if drawn else f"{label} (no data yet)"))
-        if not any(run is not None and any(run.curves.get(m) for m in (train_metric, val_metric))
-                   for _, run in in_panel):
+        if not panel_drawn:
             ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center", va="center", color="grey")
             ax.set_xticks([])
             ax.set_yticks([])

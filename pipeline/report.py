@@ -17,7 +17,8 @@ data.batch_size=8192` lists `data.batch_size: 256 → 8192` and the `peak lr` it
 Everything is read from the run directories' own files: results.json, metrics.jsonl, layer_responses.json,
 config.yaml, and a run's state from them too (`pipeline.run_state`): the report never asks SLURM, so a
 submitted run is "submitted" whether its job waits, runs or failed (`python -m launch status` asks the
-queue). A caller that knows more passes its own `state_of` (e.g. `launch.status.run_status`).
+queue). A caller that knows more passes its own `states_of` (e.g. `launch.status.run_statuses`, which asks
+the queue once for all the runs).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pipeline.config import ConfigError, load_config
 from pipeline.metrics import read_metrics
@@ -37,8 +38,12 @@ from pipeline.table_request import load_request
 from pipeline.tables import PaperSpread, PlannedRun, TableConfig, load_table, planned_runs, recipe_departures
 
 
-# run_dir -> its state: an object with .state, .step, .total_steps, .progress and .job_id
-StateOf = Callable[[Path], Any]
+# run directories -> their states, in order: objects with .state, .step, .total_steps, .progress and .job_id
+StatesOf = Callable[[Sequence[Path]], Sequence[Any]]
+
+
+def states_from_files(run_dirs: Sequence[Path]) -> List[Any]:
+    return [read_run_state(run_dir) for run_dir in run_dirs]
 
 
 class ReportError(Exception):
@@ -95,24 +100,25 @@ class RowReading:
 # -- reading runs -------------------------------------------------------------------------------------
 
 def read_table(table_path: Path, runs_dir: Optional[Path] = None,
-               state_of: StateOf = read_run_state) -> tuple[TableConfig, List[RowReading]]:
+               states_of: StatesOf = states_from_files) -> tuple[TableConfig, List[RowReading]]:
     """The table's rows and runs: those `launch reproduce` was asked for in `runs_dir` (its seeds, rows and
     overrides), else every row with its seeds."""
     table = load_table(table_path)
     request = load_request(runs_dir, table_path)
     rows = [RowReading(row.label, row.panel, dict(row.paper), [], dict(row.paper_spread)) for row in table.rows]
-    for run in request.planned(runs_dir) if request else planned_runs(table_path, runs_dir):
-        rows[run.row].runs.append(read_run(run, table, state_of))
+    planned = request.planned(runs_dir) if request else planned_runs(table_path, runs_dir)
+    for run, status in zip(planned, states_of([run.run_dir for run in planned])):
+        rows[run.row].runs.append(read_run(run, table, status))
     asked = request.rows if request and request.rows else [row.label for row in table.rows]
     return table, [row for row in rows if row.label in asked]
 
 
-def read_run(run: PlannedRun, table: TableConfig, state_of: StateOf = read_run_state) -> RunReading:
+def read_run(run: PlannedRun, table: TableConfig, status: Any) -> RunReading:
+    """What the report shows of a run, `status` its state (see StatesOf)."""
     run_dir = run.run_dir
     departures = _departures(run)
     if not (run_dir / "config.yaml").exists() and not (run_dir / "metrics.jsonl").exists():
         return RunReading(run, "missing", f"no run directory {run_dir}", departures=departures)
-    status = state_of(run_dir)
     reading = RunReading(run, status.state, departures=departures)
     if table.kind == "curves":
         reading.curves = _curves(run_dir, table.metrics)
@@ -315,14 +321,14 @@ def _fmt_stats(stats: Optional[tuple]) -> str:
 
 
 def write_report(table_path: Path, runs_dir: Optional[Path], out_dir: Path,
-                 state_of: StateOf = read_run_state, wandb: bool = False) -> List[Path]:
+                 states_of: StatesOf = states_from_files, wandb: bool = False) -> List[Path]:
     """Read the table's runs and write `<out_dir>/<table>.md` (and `.png` for figures); returns the files.
 
-    `state_of`: how a run's state is read (default: from its files alone). `wandb`: also log the table as a
+    `states_of`: how the runs' states are read (default: from their files alone). `wandb`: also log the table as a
     W&B table, in the W&B project and mode of the table's runs (`pipeline.report_wandb`)."""
     from pipeline.figures import plot_curves, plot_responses
 
-    table, rows = read_table(table_path, runs_dir, state_of)
+    table, rows = read_table(table_path, runs_dir, states_of)
     out_dir.mkdir(parents=True, exist_ok=True)
     figure = None
     if table.kind == "curves":

@@ -213,8 +213,8 @@ def test_a_run_config_that_does_not_load_is_named(tmp_path):
 
 def test_a_submitted_run_is_told_from_its_files_and_the_queue_from_launch(tmp_path):
     """The report reads files only: a run with a SLURM job id is "submitted" (queued, running or failed, the
-    files cannot tell); a caller that asks SLURM passes its own `state_of`."""
-    from launch.status import run_status
+    files cannot tell); a caller that asks SLURM passes its own `states_of`."""
+    from launch.status import run_statuses
     from pipeline.run_state import JOB_ID_FILE
 
     runs = _runs("table6.yaml", tmp_path)
@@ -226,7 +226,7 @@ def test_a_submitted_run_is_told_from_its_files_and_the_queue_from_launch(tmp_pa
     assert "- ResNet-20, seed 0: submitted: SLURM job 999999999, at step 500 of 1000 (50%)" in markdown
     assert f"`python -m launch status {TABLES / 'table6.yaml'} --runs {tmp_path}`" in markdown
 
-    asked = write_report(TABLES / "table6.yaml", tmp_path, tmp_path / "asked", state_of=run_status)[0].read_text()
+    asked = write_report(TABLES / "table6.yaml", tmp_path, tmp_path / "asked", states_of=run_statuses)[0].read_text()
     assert _row(asked, "ResNet-20")[-2] == "failed"  # no queue knows the job: it left without finishing
 
 
