@@ -1,0 +1,1 @@
+"""The sections of `benchmarks/scale_overheads.py`, a module each, and what they share (`common`)."""
