@@ -34,11 +34,11 @@ def child(checkpointing: bool, batch: int, device_name: str, threads: int) -> No
 
     if threads:
         torch.set_num_threads(threads)
-    from pipeline.config_schema import EngineConfig, ModelConfig, OptimConfig
+    from pipeline.config.schema import EngineConfig, ModelConfig, OptimConfig
     from pipeline.dist import DistInfo
-    from pipeline.engine import DDPEngine
+    from pipeline.engine.ddp import DDPEngine
     from pipeline.models import build_model
-    from pipeline.runtime import resolve_device
+    from pipeline.dist.process import resolve_device
 
     info = DistInfo()
     device = resolve_device(device_name, info)

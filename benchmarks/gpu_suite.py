@@ -179,7 +179,7 @@ def loader_rate(s: Setting, root: Path, gpu: bool) -> float:
     import torch
     from loader_throughput import dali_decode_only, rate
 
-    from pipeline.config_schema import DataConfig
+    from pipeline.config.schema import DataConfig
     from pipeline.data import build_loader
     from pipeline.dist import DistInfo
 

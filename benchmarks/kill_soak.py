@@ -42,8 +42,8 @@ from typing import Dict, List
 from train_throughput import REPO, machine, sh, write_report  # benchmarks/ is this script's directory
 
 sys.path.insert(0, str(REPO))
-from launch.local import child_processes, process_tree  # noqa: E402
-from pipeline.exit_codes import LOCKED  # noqa: E402
+from launch.submit.local import child_processes, process_tree  # noqa: E402
+from pipeline.dist.exit_codes import LOCKED  # noqa: E402
 
 CONFIG = str(REPO / "configs" / "demo" / "digits.yaml")
 ACTIONS = ("kill-rank", "usr2", "sigterm", "truncate", "second-start")
@@ -199,7 +199,7 @@ def soak(engine: str, kills: int, data: Path, out: Path, nproc: int, rng: random
     run = Run(overrides(data, soaked, engine, total), nproc, run_dir, log)
     finished = run.wait() == 0
 
-    from pipeline.engine import load_weights
+    from pipeline.engine.weights import load_weights
 
     a = load_weights(reference / "run" / "checkpoints" / f"step-{total:09d}")
     b = load_weights(run_dir / "checkpoints" / f"step-{total:09d}") if finished else {}

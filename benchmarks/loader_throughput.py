@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.config_schema import DataConfig  # noqa: E402
+from pipeline.config.schema import DataConfig  # noqa: E402
 from pipeline.data import build_loader  # noqa: E402
-from pipeline.data.shards import open_split  # noqa: E402
+from pipeline.data.dataset import open_split  # noqa: E402
 from pipeline.dist import DistInfo  # noqa: E402
 
 

@@ -58,7 +58,7 @@ def write_report(out: Path, lines: Sequence[str]) -> None:
 def machine() -> str:
     import torch
 
-    from launch.profile import cpu_model
+    from launch.plan.profile import cpu_model
 
     cpu = cpu_model()
 

@@ -2,7 +2,7 @@
 
 Each planned run of a table gets its resolved `config.yaml`, a `metrics.jsonl` written by `RunLogger`
 (start record, training and validation records), and, once finished, `results.json` (and optionally
-`layer_responses.json`) written by `pipeline.results`: the report reads exactly what a real run leaves.
+`layer_responses.json`) written by `pipeline.run.results`: the report reads exactly what a real run leaves.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import time
 from typing import Dict, List, Optional
 
 from pipeline.config import save_config
-from pipeline.config_schema import LoggingConfig
-from pipeline.metrics import METRICS_FILE, make_logger
-from pipeline.results import update_results, write_layer_responses
-from pipeline.tables import PlannedRun
+from pipeline.config.schema import LoggingConfig
+from pipeline.run.logger import METRICS_FILE, make_logger
+from pipeline.run.results import update_results, write_layer_responses
+from pipeline.tables.spec import PlannedRun
 
 TOTAL_STEPS = 1000
 

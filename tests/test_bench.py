@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from launch.bench import EvalTimer, paper_configs, resolve_model, train_throughput
-from launch.profile import load_profile
+from launch.plan.bench import EvalTimer, paper_configs, resolve_model, train_throughput
+from launch.plan.profile import load_profile
 from pipeline.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

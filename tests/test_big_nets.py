@@ -19,8 +19,9 @@ from typing import Dict
 import pytest
 import torch
 
-from pipeline.engine import DEEPSPEED_TAG, load_weights
-from pipeline.metrics import read_metrics
+from pipeline.engine.deepspeed_engine import DEEPSPEED_TAG
+from pipeline.engine.weights import load_weights
+from pipeline.run.logger import read_metrics
 from tests.train_support import REPO, final_weights, train, train_and_kill
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointStore, load_state, save_state
+from pipeline.checkpoint.store import CheckpointStore, load_state, save_state
 
 
 def save(store, step, **meta):
@@ -94,7 +94,7 @@ def test_a_save_records_every_file_and_verify_finds_what_changed(tmp_path):
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint_and_says_so(tmp_path):
-    from pipeline.checkpoint import CheckpointWriteError
+    from pipeline.checkpoint.store import CheckpointWriteError
 
     store = CheckpointStore(tmp_path)
     save(store, 4)

@@ -7,10 +7,10 @@ import io
 
 import pytest
 
-from launch.__main__ import main as launch_main
+from launch.cli.parsers import main as launch_main
 from pipeline.config import ConfigError
-from pipeline.config_checks import num_classes_warning, precision_warning, schedule_warning
-from pipeline.config_schema import EngineConfig, ScheduleConfig
+from pipeline.config.checks import num_classes_warning, precision_warning, schedule_warning
+from pipeline.config.schema import EngineConfig, ScheduleConfig
 from tests.train_support import REPO
 
 

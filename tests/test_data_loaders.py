@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from launch.local import torchrun_command
-from pipeline.config_schema import DataConfig
+from launch.submit.local import torchrun_command
+from pipeline.config.schema import DataConfig
 from pipeline.data import DatasetError, build_loader, dataset_num_classes
 from pipeline.dist import DistInfo
 from tests.data_loader_fixtures import BACKENDS, HAS_DALI, make_dataset
@@ -130,7 +130,7 @@ def dali_test_views(root: Path, kind: str, seed: int = 0, **kw) -> np.ndarray:
     """The 9 test images through `build_pipeline` alone (DALI's own resize and normalisation, on the CPU)."""
     from pipeline.data.augment import Geometry, Normalize
     from pipeline.data.dali_loader import build_pipeline
-    from pipeline.data.shards import open_split
+    from pipeline.data.dataset import open_split
 
     pipe = build_pipeline(open_split(root, "test"), Geometry(kind, 48, 56, 96, flip=kind == "rrc"), train=False,
                           batch_size=9, shard_id=0, num_shards=1, seed=seed, num_threads=1, shuffle_buffer=1,
@@ -318,7 +318,7 @@ def test_index_reads_match_the_webdataset_library(imagenet):
     """The torch backend reads members by the DALI index; the `webdataset` library must see the same bytes."""
     import webdataset as wds
 
-    from pipeline.data.shards import open_split
+    from pipeline.data.dataset import open_split
 
     split = open_split(imagenet, "train")
     refs = split.sample_refs()
@@ -335,7 +335,7 @@ def test_index_reads_match_the_webdataset_library(imagenet):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_corrupt_image_names_its_dataset(imagenet, tmp_path, backend):
-    from pipeline.data.shards import read_index
+    from pipeline.data.dataset import read_index
 
     root = tmp_path / "ds"
     shutil.copytree(imagenet, root)
@@ -413,8 +413,8 @@ def test_cpu_window_finish_flips_and_lights(imagenet):
 # error.
 _WORKERS_UNDER_SIGTERM = """
 import os, subprocess, sys
-from launch.local import child_processes
-from pipeline.config_schema import DataConfig
+from launch.submit.local import child_processes
+from pipeline.config.schema import DataConfig
 from pipeline.data import build_loader
 from pipeline.dist import DistInfo
 cfg = DataConfig(root=sys.argv[1], backend="torch", augmentation="cifar", image_size=32, batch_size=2, num_threads=2)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config_schema import DataConfig
+from pipeline.config.schema import DataConfig
 from pipeline.data import build_loader
 from pipeline.dist import DistInfo
 from tests.data_loader_fixtures import make_dataset

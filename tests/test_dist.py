@@ -97,7 +97,7 @@ def test_a_slurm_task_computes_with_the_cpus_slurm_gave_it():
     """Without CPU binding, each task would start a thread per core of the node and fight the others."""
     import torch
 
-    from pipeline.runtime import use_task_cpus
+    from pipeline.dist.process import use_task_cpus
 
     before = torch.get_num_threads()
     try:

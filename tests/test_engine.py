@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from pipeline.dist import free_port
-from pipeline.config_schema import EngineConfig
-from pipeline.engine import ZERO_BUCKET_ELEMENTS, checkpoint_blocks, deepspeed_config
+from pipeline.config.schema import EngineConfig
+from pipeline.engine.deepspeed_engine import ZERO_BUCKET_ELEMENTS, deepspeed_config
+from pipeline.engine.common import checkpoint_blocks
 from pipeline.models import build
 
 WORKER = Path(__file__).parent / "workers" / "engine_worker.py"

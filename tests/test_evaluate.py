@@ -13,16 +13,18 @@ import pytest
 import torch
 from PIL import Image
 
-from launch.local import torchrun_command
-from pipeline.checkpoint import CheckpointDamaged, CheckpointStore
+from launch.submit.local import torchrun_command
+from pipeline.checkpoint.store import CheckpointDamaged, CheckpointStore
 from pipeline.config import load_config
-from pipeline.config_schema import DataConfig
+from pipeline.config.schema import DataConfig
 from pipeline.data import build_loader
 from pipeline.data.base import rank_range
 from pipeline.dist import DistInfo
-import pipeline.evaluate
-from pipeline.evaluate import evaluate_run
-from pipeline.evaluation import LayerResponses, evaluate, view_scores
+import pipeline.evaluate.job as evaluate_job
+from pipeline.evaluate.__main__ import main as evaluate_main
+from pipeline.evaluate.job import evaluate_run
+from pipeline.evaluate.layer_responses import LayerResponses
+from pipeline.evaluate.protocols import evaluate, view_scores
 from pipeline.models import build
 from tests.data_loader_fixtures import make_dataset, stored_images
 from tests.workers.counting_evaluate import counting
@@ -154,7 +156,7 @@ def test_evaluation_is_exact_over_one_two_and_three_ranks_without_a_host_sync_pe
     run_dir = tmp_path / "t"
     shutil.copytree(trained_digits[0], run_dir)
     seen: dict = {}
-    monkeypatch.setattr(pipeline.evaluate, "evaluate", counting(seen))
+    monkeypatch.setattr(evaluate_job, "evaluate", counting(seen))
     one = evaluate_run(run_dir, "center", "last", layer_responses=True)
     single_responses = json.loads((run_dir / "layer_responses.json").read_text())
     # 8 batches of 40 on one rank, and the evaluation reads the device once in all: its hits, at the end.
@@ -202,7 +204,7 @@ def test_an_evaluation_takes_data_and_eval_overrides_and_nothing_else(trained_di
     run_dir = tmp_path / "t"
     shutil.copytree(trained_digits[0], run_dir)
     # Options and overrides in any order; the batch changes how the split is read, not what is counted.
-    assert pipeline.evaluate.main([str(run_dir), "--protocol", "center", "data.eval_batch_per_gpu=7",
+    assert evaluate_main([str(run_dir), "--protocol", "center", "data.eval_batch_per_gpu=7",
                                    "--checkpoint", "last"]) == 0
     record = json.loads((run_dir / "results.json").read_text())["eval"]["center"]
     trained = json.loads((run_dir / "results.json").read_text())["train"]
@@ -210,12 +212,12 @@ def test_an_evaluation_takes_data_and_eval_overrides_and_nothing_else(trained_di
     assert record["top1_error"] == trained["top1_error"]
     assert load_config(str(run_dir / "config.yaml")).data.eval_batch_per_gpu == 40  # the run's own config kept
     # What the weights were trained as is not an evaluation's to change.
-    assert pipeline.evaluate.main([str(run_dir), "model.name=cifar_resnet8"]) == 2
+    assert evaluate_main([str(run_dir), "model.name=cifar_resnet8"]) == 2
     assert "error: an evaluation takes data.* and eval.* overrides only" in capsys.readouterr().err
 
 
 def test_an_evaluation_job_preempted_is_submitted_again_whole():
-    from launch.slurm import EvalJob
+    from launch.submit.slurm import EvalJob
 
     job = EvalJob("runs/r", "tencrop", "best", False, ["data.num_threads=2"])
     again = job.checkpoint()  # what submitit calls on SLURM's signal

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from pipeline.config import ConfigError, load_config
-from pipeline.gpu_share import check_bn_groups, gpu_share
+from pipeline.config.per_gpu_batch import check_bn_groups, gpu_share
 from pipeline.models import build_model
 from pipeline.models.ghost_bn import GhostBatchNorm2d, use_ghost_batchnorm
-from pipeline.report import write_report
-from pipeline.tables import planned_runs, recipe_departures
+from pipeline.report.write import write_report
+from pipeline.tables.spec import planned_runs, recipe_departures
 from tests.report_fixtures import write_run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import json
 import subprocess
 import sys
 
-from pipeline.metrics import read_metrics
-from pipeline.wandb_offline import offline_runs
+from pipeline.run.logger import read_metrics
+from tests.support.wandb_offline import offline_runs
 from tests.train_support import REPO, env
 
 

@@ -34,7 +34,7 @@ def test_bad_config_is_refused_before_submission(tmp_path):
 
 
 def test_options_and_overrides_go_in_any_order_and_help_shows_defaults(capsys):
-    from launch.__main__ import parse
+    from launch.cli.parsers import parse
 
     # The option after the config, the overrides after the option: argparse alone refuses the overrides.
     for argv in (["local", "c.yaml", "--nproc", "3", "data.root=/d", "optim.lr=0.1"],

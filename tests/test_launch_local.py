@@ -12,11 +12,11 @@ from typing import Callable, List
 
 import pytest
 
-from pipeline.checkpoint import CheckpointStore
-from pipeline.exit_codes import HUNG, LOCKED
-from pipeline.metrics import read_metrics
-from pipeline.train import EXIT_INTERRUPTED
-from pipeline.wandb_offline import offline_runs
+from pipeline.checkpoint.store import CheckpointStore
+from pipeline.dist.exit_codes import HUNG, LOCKED
+from pipeline.run.logger import read_metrics
+from pipeline.train.loop import EXIT_INTERRUPTED
+from tests.support.wandb_offline import offline_runs
 from tests.train_support import DEMO_CONFIG, REPO, env, small_run
 
 pytestmark = pytest.mark.slow

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from pipeline.config import load_config, loggable_config
-from pipeline.config_schema import LoggingConfig
-from pipeline.metrics import NullLogger, make_logger, read_metrics
-from pipeline.wandb_offline import offline_runs
+from pipeline.config.schema import LoggingConfig
+from pipeline.run.logger import NullLogger, make_logger, read_metrics
+from tests.support.wandb_offline import offline_runs
 
 
 def test_resumed_run_continues_one_wandb_run_with_increasing_steps(tmp_path):
@@ -41,7 +41,7 @@ def test_records_lost_with_a_killed_wandb_service_are_sent_again_by_the_next_sta
     import signal
     import time
 
-    from launch.local import child_processes
+    from launch.submit.local import child_processes
 
     cfg = load_config(None, ["logging.wandb_mode=offline"])
     first = make_logger(True, tmp_path, cfg.logging, "demo", loggable_config(cfg))

@@ -28,13 +28,14 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 import torch
 
-from launch.local import torchrun_command
-from pipeline.checkpoint import CheckpointStore
+from launch.submit.local import torchrun_command
+from pipeline.checkpoint.store import CheckpointStore
 from pipeline.dist import DistInfo
-from pipeline.engine import DEEPSPEED_TAG, load_weights
-from pipeline.metrics import read_metrics
+from pipeline.engine.deepspeed_engine import DEEPSPEED_TAG
+from pipeline.engine.weights import load_weights
+from pipeline.run.logger import read_metrics
 from pipeline.models import build as build_model
-from pipeline.runtime import resolve_device
+from pipeline.dist.process import resolve_device
 from tests.train_support import DEMO_CONFIG, REPO, env, final_weights, kill_when, small_run, train
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def _probe_main(argv: List[str]) -> int:
     With `HELD_SAVE=<folder>:<step>` the background writer of that step's checkpoint stops before its first file,
     after writing `<folder>/held-rank<r>` (see `train_and_kill_during_save`)."""
     from torch import nn
-    from pipeline.train import main
+    from pipeline.train.__main__ import main
 
     if os.environ.get(HELD_SAVE):
         _hold_the_save(*os.environ[HELD_SAVE].rsplit(":", 1))
@@ -89,7 +90,7 @@ def _hold_the_save(folder: str, step: str) -> None:
     """The writer thread of checkpoint `step` waits forever (training goes on); it says so by a file."""
     import threading
 
-    from pipeline import background_save
+    from pipeline.checkpoint import background as background_save
 
     write = background_save.save_state
 

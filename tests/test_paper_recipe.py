@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.config_schema import DataConfig, EvalConfig
+from pipeline.config.schema import DataConfig, EvalConfig
 from pipeline.data import build_loader
 from pipeline.data.augment import (PCA_EIGVAL, PCA_EIGVEC, Finish, geometry_for, lighting, lighting_offsets,
                                    pad_crop_flip)
 from pipeline.dist import DistInfo
 from pipeline.models import build
 from pipeline.models.registry import _shortcut_option, get_spec
-from pipeline.tables import load_table, planned_runs
+from pipeline.tables.spec import load_table, planned_runs
 from tests.data_loader_fixtures import BACKENDS, make_dataset, needs_dali, stored_images
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from launch import queue
-from launch.partition import Partition, _gpus, _minutes, impossible
-from launch.status import run_statuses
-from pipeline.run_state import JOB_ID_FILE
+from launch.submit import queue
+from launch.submit.partition import Partition, _gpus, _minutes, impossible
+from launch.reproduce.status import run_statuses
+from pipeline.run.state import JOB_ID_FILE
 from tests.slurm_support import require_minicluster, submit
 from tests.train_support import DEMO_CONFIG, REPO, small_run
 
@@ -73,7 +73,7 @@ def test_a_job_the_minicluster_cannot_run_is_refused_and_a_waiting_one_shows_why
 def test_submitits_sacct_warning_is_said_once_in_words(capsys):
     import logging
 
-    from launch import waiting
+    from launch.submit import waiting
 
     waiting.explain_sacct_once()
     waiting.explain_sacct_once()  # installed once however often executors are made

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from pipeline.config import load_config
-from pipeline.config_schema import DataConfig
+from pipeline.config.schema import DataConfig
 from pipeline.data import build_loader
 from pipeline.dist import DistInfo
 from tests.data_loader_fixtures import make_dataset, needs_dali
@@ -177,7 +177,7 @@ def test_backends_and_dali_finishes_give_the_same_normalised_views(pngs):
     centre view and the ten crops, with the mean image subtracted after each flip."""
     from pipeline.data.augment import Geometry, Normalize
     from pipeline.data.dali_loader import build_pipeline
-    from pipeline.data.shards import open_split
+    from pipeline.data.dataset import open_split
 
     cfg = dict(image_size=24, resize_min=32, resize_max=32, eval_batch_per_gpu=5)
     torch_views = _views(_cfg(pngs, "torch", **cfg))

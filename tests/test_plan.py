@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from launch.__main__ import main as launch_main
-from launch.bench import startup_seconds
-from launch.plan import (Rates, makespan, plan_table, protocol_views, table_evaluation_views, train_steps,
-                         training_evaluations)
-from launch.profile import REFERENCE, load_profile
-from launch.scaling import checkpoint_saves, parse_bandwidth
-from launch.slurm import JobResources
+from launch.cli.parsers import main as launch_main
+from launch.plan.bench import startup_seconds
+from launch.plan.costs import Rates, makespan, plan_table, protocol_views, table_evaluation_views, train_steps, training_evaluations
+from launch.plan.profile import REFERENCE, load_profile
+from launch.plan.scaling import checkpoint_saves, parse_bandwidth
+from launch.submit.slurm import JobResources
 from pipeline.config import ConfigError, load_config
-from pipeline.config_schema import CheckpointConfig
+from pipeline.config.schema import CheckpointConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

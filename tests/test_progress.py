@@ -16,9 +16,9 @@ import termios
 import pytest
 import torch
 
-from launch.local import torchrun_command
-from pipeline.evaluation import EvalProgress
-from pipeline.metrics import read_metrics
+from launch.submit.local import torchrun_command
+from pipeline.evaluate.progress import EvalProgress
+from pipeline.run.logger import read_metrics
 from tests.train_support import REPO, env, small_run, train, train_and_kill
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ def test_training_records_carry_elapsed_time_and_eta_across_a_resume(resumed_run
 
 
 def test_an_older_checkpoint_without_elapsed_time_still_loads():
-    from pipeline.train import Progress
+    from pipeline.train.loop import Progress
 
     assert Progress(**{"step": 16, "epoch": 0}) == Progress(16, 0, 0.0)
 

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.figures import figure_size
+from pipeline.report.figures import figure_size
 from pipeline.config import load_config
-from pipeline.report import ReportError, write_report
-from pipeline.tables import PlannedRun, planned_runs
+from pipeline.report.reading import ReportError
+from pipeline.report.write import write_report
+from pipeline.tables.spec import PlannedRun, planned_runs
 from tests.report_fixtures import write_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,8 +215,8 @@ def test_a_run_config_that_does_not_load_is_named(tmp_path):
 def test_a_submitted_run_is_told_from_its_files_and_the_queue_from_launch(tmp_path):
     """The report reads files only: a run with a SLURM job id is "submitted" (queued, running or failed, the
     files cannot tell); a caller that asks SLURM passes its own `states_of`."""
-    from launch.status import run_statuses
-    from pipeline.run_state import JOB_ID_FILE
+    from launch.reproduce.status import run_statuses
+    from pipeline.run.state import JOB_ID_FILE
 
     runs = _runs("table6.yaml", tmp_path)
     write_run(runs[("ResNet-20", 0)], steps=500, active=True)
@@ -235,8 +236,8 @@ def test_the_report_does_not_import_its_launcher(tmp_path):
     runs = _runs("table6.yaml", tmp_path)
     write_run(runs[("ResNet-20", 0)], final_error=8.1)
     write_run(runs[("ResNet-56", 0)], steps=300)
-    code = ("import sys\nimport pipeline.report\n"
-            f"assert pipeline.report.main([{str(TABLES / 'table6.yaml')!r}, '--runs', {str(tmp_path)!r}, "
+    code = ("import sys\nfrom pipeline.report.__main__ import main\n"
+            f"assert main([{str(TABLES / 'table6.yaml')!r}, '--runs', {str(tmp_path)!r}, "
             f"'--out', {str(tmp_path / 'r')!r}]) == 0\n"
             "print(sorted(m for m in sys.modules if m == 'launch' or m.startswith('launch.')))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -250,7 +251,7 @@ def _pixels_of(png: Path, rgb: tuple, columns: slice = slice(None)) -> int:
 
 
 def test_curves_of_two_points_are_drawn_with_markers_and_an_empty_panel_says_no_data_yet(tmp_path, monkeypatch):
-    import pipeline.figures as figures
+    import pipeline.report.figures as figures
 
     table = SimpleNamespace(title="Figure 6", metrics=["train_top1_error", "val_top1_error"])
     two = SimpleNamespace(curves={"train_top1_error": [(100, 80.0), (200, 60.0)],

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from launch.__main__ import main as launch_main
-from pipeline.report import write_report
-from pipeline.results import read_results
-from pipeline.wandb_offline import offline_runs, read_offline_run
+from launch.cli.parsers import main as launch_main
+from pipeline.report.write import write_report
+from pipeline.run.results import read_results
+from tests.support.wandb_offline import offline_runs, read_offline_run
 from tests.slurm_support import job_state, launch, queue_state, require_minicluster
 from tests.train_support import DEMO_CONFIG, REPO
 

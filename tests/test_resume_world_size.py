@@ -16,7 +16,7 @@ from typing import Dict
 
 import pytest
 
-from launch.local import local_command
+from launch.submit.local import local_command
 from tests.train_support import DEMO_CONFIG, REPO, env, small_run, train, train_and_kill
 
 TOTAL = 70

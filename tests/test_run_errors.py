@@ -20,8 +20,8 @@ from typing import List
 
 import pytest
 
-from pipeline import exit_codes
-from pipeline.checkpoint import CheckpointStore
+from pipeline.dist import exit_codes
+from pipeline.checkpoint.store import CheckpointStore
 from tests.train_support import DEMO_CONFIG, REPO, env, small_run
 
 pytestmark = pytest.mark.slow

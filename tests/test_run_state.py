@@ -1,4 +1,4 @@
-"""A run's state from its files (`pipeline.run_state`), SLURM's word on it (`launch.status`), and
+"""A run's state from its files (`pipeline.run.state`), SLURM's word on it (`launch.reproduce.status`), and
 `python -m launch status` on runs and on a table config: run directories written by the project's own writers."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from launch.slurm import prepare_planned_run
-from launch.status import run_status
-from pipeline.checkpoint import CheckpointStore
-from pipeline.config_schema import LoggingConfig
-from pipeline.metrics import METRICS_FILE, format_duration, make_logger
-from pipeline.results import update_results
-from pipeline.run_state import ACTIVE_WINDOW_S, JOB_ID_FILE, read_run_state
-from pipeline.tables import planned_runs
+from launch.submit.slurm import prepare_planned_run
+from launch.reproduce.status import run_status
+from pipeline.checkpoint.store import CheckpointStore
+from pipeline.config.schema import LoggingConfig
+from pipeline.run.logger import METRICS_FILE, format_duration, make_logger
+from pipeline.run.results import update_results
+from pipeline.run.state import ACTIVE_WINDOW_S, JOB_ID_FILE, read_run_state
+from pipeline.tables.spec import planned_runs
 from tests.report_fixtures import TOTAL_STEPS, write_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,8 +96,8 @@ def test_a_queue_that_does_not_answer_is_an_error_not_a_failed_run(tmp_path, mon
     """A controller that times out must not make a submitted run look failed (`reproduce` would submit it again):
     asked again, then one error line. squeue here is a script that fails as a busy controller's does (the
     minicluster's own controller cannot be made to time out without stopping it for the other tests)."""
-    from launch import queue
-    from launch.__main__ import main as launch_main
+    from launch.submit import queue
+    from launch.cli.parsers import main as launch_main
 
     run_dir = tmp_path / "r"
     _log(run_dir, [(0, {"event": "start", "total_steps": 100})])

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.config_schema import OptimConfig, ScheduleConfig
+from pipeline.config.schema import OptimConfig, ScheduleConfig
 from pipeline.models import build
-from pipeline.optim import build_optimizer, parameter_groups
-from pipeline.schedule import LRSchedule
+from pipeline.engine.optimizer import build_optimizer, parameter_groups
+from pipeline.train.schedule import LRSchedule
 
 
 def test_cifar_recipe_divides_at_32k_and_48k_and_stops_at_64k():

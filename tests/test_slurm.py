@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from pipeline.metrics import read_metrics
-from pipeline.wandb_offline import offline_runs
+from pipeline.run.logger import read_metrics
+from tests.support.wandb_offline import offline_runs
 from tests.slurm_support import (job_logs, job_state, launch, queue_state, require_minicluster, submit, wait_finished,
                                  wait_for)
 from tests.train_support import DEMO_CONFIG, small_run, train

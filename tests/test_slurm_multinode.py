@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.engine import load_weights
-from pipeline.metrics import read_metrics
-from pipeline.wandb_offline import offline_runs
+from pipeline.engine.weights import load_weights
+from pipeline.run.logger import read_metrics
+from tests.support.wandb_offline import offline_runs
 from tests.slurm_support import job_logs, queue_state, require_minicluster, submit, wait_finished, wait_for
 from tests.train_support import small_run
 

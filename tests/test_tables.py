@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, config_to_dict, load_config
-from pipeline.tables import load_table, planned_runs, recipe_departures, unique_runs
+from pipeline.tables.spec import load_table, planned_runs, recipe_departures, unique_runs
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = REPO / "configs" / "tables"

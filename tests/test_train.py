@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from pipeline import dist
-from pipeline.checkpoint import CheckpointStore
+from pipeline.checkpoint.store import CheckpointStore
 from pipeline.config import load_config
-from pipeline.engine import load_weights
-from pipeline.evaluate import evaluate_run
-from pipeline.metrics import read_metrics
-from pipeline.train import train as train_in_process
+from pipeline.engine.weights import load_weights
+from pipeline.evaluate.job import evaluate_run
+from pipeline.run.logger import read_metrics
+from pipeline.train.loop import train as train_in_process
 from tests.train_support import DEMO_CONFIG, REPO, env, small_run, train, train_and_kill
 
 pytestmark = pytest.mark.slow

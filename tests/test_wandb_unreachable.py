@@ -15,8 +15,8 @@ import time
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.metrics import WANDB_ID_FILE, read_metrics
-from pipeline.wandb_offline import offline_runs
+from pipeline.run.logger import WANDB_ID_FILE, read_metrics
+from tests.support.wandb_offline import offline_runs
 from tests.train_support import REPO, env, small_run, train
 
 TIMEOUT_S = 5
@@ -50,7 +50,7 @@ LOGGER_SCRIPT = textwrap.dedent("""
     import logging, sys
     from pathlib import Path
     from pipeline.config import load_config, loggable_config
-    from pipeline.metrics import make_logger
+    from pipeline.run.logger import make_logger
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     run_dir, overrides = Path(sys.argv[1]), sys.argv[2:]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.config_schema import ScheduleConfig
-from pipeline.schedule import LRSchedule
+from pipeline.config.schema import ScheduleConfig
+from pipeline.train.schedule import LRSchedule
 from tests.train_support import small_run, train, train_and_kill
 
 

@@ -12,7 +12,7 @@ from typing import Callable, List, Sequence
 
 import torch
 
-from launch.local import local_command, process_tree
+from launch.submit.local import local_command, process_tree
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = str(REPO / "configs" / "demo" / "digits.yaml")

@@ -17,17 +17,17 @@ def _engine_and_write(config: Path) -> Tuple[object, Callable[[int], Callable], 
     """A real ImageNet net in the DDP engine (world of 1) after one SGD step (so it has momentum), and what the
     trainer hands a save for a step (as `save_checkpoint` in pipeline/train.py builds it); with the state's MB.
 
-    Before `pipeline.background_save` that is `write(staging) -> records` for `CheckpointStore.save`; with it,
+    Before `pipeline.checkpoint.background` that is `write(staging) -> records` for `CheckpointStore.save`; with it,
     `queue_files(staging, writer)` for `CheckpointSaves.save`."""
     import torch
 
-    from pipeline.checkpoint import save_state
+    from pipeline.checkpoint.store import save_state
     from pipeline.config import config_to_dict
     from pipeline.dist import DistInfo
     from pipeline.engine import build_engine
     from pipeline.models import build_model
-    from pipeline.runtime import rng_state
-    from pipeline.schedule import LRSchedule
+    from pipeline.dist.process import rng_state
+    from pipeline.train.schedule import LRSchedule
 
     cfg, _ = load_tolerant(config, ["run.device=cpu"])
     info, device = DistInfo(), torch.device("cpu")
@@ -60,11 +60,11 @@ def _engine_and_write(config: Path) -> Tuple[object, Callable[[int], Callable], 
 
 
 def _background_save_api():
-    """The trainer's background-save module (`pipeline.background_save`), or None at a commit without one."""
+    """The trainer's background-save module (`pipeline.checkpoint.background`), or None at a commit without one."""
     import importlib
 
     try:
-        return importlib.import_module("pipeline.background_save")
+        return importlib.import_module("pipeline.checkpoint.background")
     except ModuleNotFoundError:
         return None
 
@@ -85,12 +85,12 @@ def measure_background_save(engine, write_for: Callable[[int], Callable], tmp: P
     """Seconds the loop is blocked by one periodic save (written in the background), and seconds until that save
     is complete (`CheckpointSaves.finish`, which the trainer calls at its next check once the writes are done).
 
-    None at a commit without `pipeline.background_save`."""
+    None at a commit without `pipeline.checkpoint.background`."""
     api = _background_save_api()
     if api is None:
         print("background: not available at this commit", flush=True)
         return None
-    from pipeline.checkpoint import CheckpointStore
+    from pipeline.checkpoint.store import CheckpointStore
 
     store = CheckpointStore(tmp / "background")
     saves = api.CheckpointSaves(store, True)
@@ -110,7 +110,7 @@ def measure_background_save(engine, write_for: Callable[[int], Callable], tmp: P
 def checkpoint_blocking(args: argparse.Namespace, work: Path) -> Lines:
     import gc
 
-    from pipeline.checkpoint import CheckpointStore
+    from pipeline.checkpoint.store import CheckpointStore
 
     rows, background_rows = [], []
     for name, config in IMAGENET_CONFIGS.items():
@@ -149,6 +149,6 @@ def checkpoint_blocking(args: argparse.Namespace, work: Path) -> Lines:
     if background_rows:
         lines += table(["net", "background: blocking seconds (median)", "until complete (median)"], background_rows)
     else:
-        lines += ["background: not available at this commit (no `pipeline.background_save`)."]
+        lines += ["background: not available at this commit (no `pipeline.checkpoint.background`)."]
     return lines
 

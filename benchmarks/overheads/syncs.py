@@ -122,7 +122,7 @@ def _process_group_of_one() -> None:
 
 
 def host_syncs(args: argparse.Namespace, work: Path) -> Lines:
-    from pipeline.train import train
+    from pipeline.train.loop import train
 
     shards = digits(work)
     out = work / "sync-runs"

@@ -9,6 +9,6 @@ Importing this package is cheap: DALI is imported only when a DALI loader is bui
 """
 
 from pipeline.data.factory import build_loader, dataset_num_classes
-from pipeline.data.shards import DatasetError
+from pipeline.data.dataset import DatasetError
 
 __all__ = ["build_loader", "dataset_num_classes", "DatasetError"]

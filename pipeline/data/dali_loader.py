@@ -30,7 +30,7 @@ import numpy as np
 from pipeline.data.augment import (PCA_EIGVAL, PCA_EIGVEC, RRC_RATIO, TENCROP_POSITIONS, Geometry, Normalize,
                                    lighting_offsets)
 from pipeline.data.base import Loader, log
-from pipeline.data.shards import Split
+from pipeline.data.dataset import Split
 
 READER = "Reader"
 LABEL_BYTES = 12  # labels arrive as ASCII digits, zero-padded to this many bytes
@@ -207,7 +207,7 @@ class DaliLoader(Loader):
         # On the CPU, the crop views are resized and normalised by torch, beside DALI (window_finish).
         self._window_finish = None
         if device.type != "cuda" and geometry.kind in ("paper", "rrc", "center"):
-            from pipeline.data.window_finish import WindowFinish
+            from pipeline.data.dali_cpu_finish import WindowFinish
 
             self._window_finish = WindowFinish(geometry.out, normalize, num_threads)
         self._checkpoint: Optional[bytes] = None  # to restore from, at the next (lazy) build

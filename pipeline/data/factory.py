@@ -9,12 +9,12 @@ import torch
 
 from data_prep.manifest import MANIFEST_NAME
 
-from pipeline.config_schema import DataConfig
+from pipeline.config.schema import DataConfig
 from pipeline.data.augment import Finish, Normalize, geometry_for
 from pipeline.data.base import Loader, local_batch, log, rank_range, train_steps_per_epoch
-from pipeline.data.shards import DatasetError, Split, open_split, read_manifest, sample_table
+from pipeline.data.dataset import DatasetError, Split, open_split, read_manifest, sample_table
 from pipeline.dist import DistInfo, from_primary
-from pipeline.runtime import resolve_device
+from pipeline.dist.process import resolve_device
 
 # The synthetic backend without a dataset directory: ImageNet's or CIFAR-10's size.
 _SYNTHETIC_SIZES = {False: (1_281_167, 1000), True: (50_000, 10)}  # keyed by "is CIFAR"

@@ -24,8 +24,8 @@ from PIL import Image
 
 from pipeline.data.augment import Geometry, sample_window, shorter_side_size, tencrop_boxes
 from pipeline.data.base import Loader, rank_range
-from pipeline.data.shards import Split, sample_table
-from pipeline.runtime import ignore_stop_signals, stop_signals_held
+from pipeline.data.dataset import Split, sample_table
+from pipeline.dist.process import ignore_stop_signals, stop_signals_held
 
 
 def epoch_order(refs_per_shard: Sequence[int], seed: int, epoch: int, rank: int, world_size: int,

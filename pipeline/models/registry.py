@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 if TYPE_CHECKING:  # keep `import pipeline.models` free of torch until a model is built
     from torch import nn
 
-    from pipeline.config_schema import ModelConfig
+    from pipeline.config.schema import ModelConfig
 
 IMAGENET_STAGES = {
     18: ("basic", (2, 2, 2, 2)),

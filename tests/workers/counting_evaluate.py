@@ -10,18 +10,19 @@ import json
 import sys
 from pathlib import Path
 
-import pipeline.evaluate
-from pipeline import evaluation
+import pipeline.evaluate.job as evaluate_job
+from pipeline.evaluate import protocols
+from pipeline.evaluate.__main__ import main as evaluate_main
 from pipeline.dist import dist_info_from_env
 from tests.host_syncs import HostSyncs
 
 
 def counting(seen: dict):
-    """`evaluation.evaluate`, recording into `seen` its batches and the host syncs it made."""
+    """`protocols.evaluate`, recording into `seen` its batches and the host syncs it made."""
     def counted(predict, batches, **kwargs):
         batches = list(batches)  # loaded first: the loader's own work is not the evaluation's
         with HostSyncs() as syncs:
-            result = evaluation.evaluate(predict, batches, **kwargs)
+            result = protocols.evaluate(predict, batches, **kwargs)
         seen.update(batches=len(batches), syncs=dict(syncs.by_call))
         return result
     return counted
@@ -29,8 +30,8 @@ def counting(seen: dict):
 
 def main(out: str, *evaluate_args: str) -> None:
     seen: dict = {}
-    pipeline.evaluate.evaluate = counting(seen)
-    assert pipeline.evaluate.main(list(evaluate_args)) == 0
+    evaluate_job.evaluate = counting(seen)
+    assert evaluate_main(list(evaluate_args)) == 0
     rank = dist_info_from_env().rank
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(seen))
 

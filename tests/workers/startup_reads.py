@@ -18,7 +18,7 @@ import torch
 from pipeline import dist
 from pipeline.config import load_config
 from pipeline.dist import dist_info_from_env
-from pipeline.train import _open_data
+from pipeline.train.loop import _open_data
 from tests.train_support import DEMO_CONFIG
 
 

@@ -1,0 +1,253 @@
+"""What a run's step and pauses cost on N GPUs over M nodes: the model `launch plan` applies to every run.
+
+A profile measures a GPU's images/s, not the network between GPUs, so the rest is arithmetic on stated
+assumptions (each printed by `launch plan` and each an option of it, `Cluster` below):
+
+- compute per step = images per GPU / the profile's per-GPU images/s (the all-reduce of the profile's own
+  run, on one node, counts as part of it);
+- all-reduce per step: the gradients (parameters x 4 bytes, 2 with engine.reduce_dtype=bf16 or DeepSpeed's
+  fp16) in a ring, 2 (N-1)/N x bytes / the bandwidth of the slowest link it crosses: NVLink within one node,
+  the node's network link across several; plus a fixed latency per bucket (DDP reduces in 25 MiB buckets,
+  ZeRO in 5M-element ones). One GPU reduces nothing;
+- exposed all-reduce = what is left of it after the overlappable part of the step: DDP and ZeRO 1/2 reduce
+  each bucket while backward goes on (backward taken as a fraction of compute); DeepSpeed without ZeRO
+  reduces after backward, so all of it shows;
+- step time = compute + exposed all-reduce;
+- a checkpoint blocks training for its snapshot to host memory (weights, SGD momentum and BN buffers); the
+  write to disk goes on in the background. Saves: every epoch's end but the last, every_steps, every_minutes
+  in the stretches between those (the clock restarts at every save), and the final one;
+- a job's start-up (process start, imports, dataset open, model build, the first slow steps, teardown) is
+  the profile's measured `startup_s`, paid at every start of a job and once by the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import re
+from dataclasses import astuple, dataclass
+from typing import TYPE_CHECKING, List
+
+if TYPE_CHECKING:  # the config classes come with the library; nothing here imports it at module load
+    from pipeline.config.schema import CheckpointConfig, EngineConfig, ModelConfig
+
+GIGA = 1e9
+DDP_BUCKET_BYTES = 25 * 2**20  # torch DDP's bucket_cap_mb=25 (of fp32 gradients, also under a bf16 hook)
+
+NODES_HELP = ("node counts to compare, e.g. --nodes 1 2 4 8. Runs on several GPUs: each count is nodes per run "
+              "(x --gpus-per-node GPUs); the table is costed at the first count, and a line per count shows the "
+              "step time, the exposed all-reduce, the pauses and the speed-up against 1 node. Runs on one GPU "
+              "each (CIFAR): each count is nodes of the cluster, which run more runs at once (--node-gpus each); "
+              "the makespan per count is shown. Default: the configs' slurm.nodes, no comparison")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the profile cannot tell about the machines a table will run on; every field is a `plan` option."""
+
+    intra_node_bytes_per_s: float = 150 * GIGA  # NVLink within a node (A100: 300 GB/s per direction, less in use)
+    inter_node_bytes_per_s: float = 25 * GIGA  # per node: one 200 Gb/s InfiniBand link
+    backward_fraction: float = 2 / 3  # of a step's compute: backward is about twice the forward
+    bucket_latency_s: float = 50e-6  # per bucket and step: a collective's launch and its ring's hops
+    host_copy_bytes_per_s: float = 10 * GIGA  # device (or CPU) memory to pinned host memory, per GPU
+    node_gpus: int = 8  # GPUs in one node, for packing one-GPU runs
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Cluster":
+        names = cls.__dataclass_fields__
+        cluster = cls(**{n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
+        if not 0 <= cluster.backward_fraction <= 1:
+            from pipeline.config import ConfigError
+
+            raise ConfigError(f"--backward-fraction must be between 0 and 1, got {cluster.backward_fraction}")
+        return cluster
+
+    def describe(self) -> List[str]:
+        """The assumptions, as `launch plan` prints them under the table."""
+        return [
+            "step time = compute (images per GPU / the profile's per-GPU images/s; the profile's own one-node "
+            "all-reduce is part of it) + the exposed part of the gradient all-reduce",
+            "all-reduce: the gradients (parameters x 4 bytes; 2 with engine.reduce_dtype=bf16) in a ring, "
+            "2 (N-1)/N x bytes / the slowest link crossed: within one node "
+            f"{bandwidth_text(self.intra_node_bytes_per_s)} (NVLink; --intra-node-bandwidth), across nodes "
+            f"{bandwidth_text(self.inter_node_bytes_per_s)} per node (InfiniBand; --inter-node-bandwidth); plus "
+            f"{self.bucket_latency_s * 1e6:g} µs per bucket (DDP: 25 MiB buckets; ZeRO: 5M elements; "
+            "--bucket-latency-us)",
+            f"overlap: DDP and ZeRO 1/2 reduce during backward, taken as {self.backward_fraction:.2f} of compute "
+            "(--backward-fraction): only the all-reduce beyond it is exposed; DeepSpeed without ZeRO reduces after "
+            "backward, all of it exposed",
+            "checkpoints: a save blocks for its snapshot to host memory, (2 x parameters + BN buffers) x 4 bytes "
+            f"(weights, SGD momentum) at {bandwidth_text(self.host_copy_bytes_per_s)} (--host-copy-bandwidth), "
+            "the write to disk running in the background; saves at checkpoint.at_epoch_end, every_steps, "
+            "every_minutes, and the final one",
+        ]
+
+
+# --- bandwidths on the command line -----------------------------------------------------------------------------
+
+_BANDWIDTH = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kMGT]?)(B|b|bit)/s\s*$")
+_PREFIX = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def parse_bandwidth(text: str) -> float:
+    """Bytes/s from "25GB/s" (bytes) or "200Gb/s" / "200Gbit/s" (bits): the unit is required, since a bare
+    number would leave bits and bytes (a factor of 8) to a guess."""
+    match = _BANDWIDTH.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a bandwidth: give a number and a unit, e.g. 25GB/s "
+                                         "(bytes) or 200Gb/s (bits)")
+    value, prefix, unit = match.groups()
+    per_s = float(value) * _PREFIX[prefix]
+    per_s = per_s if unit == "B" else per_s / 8
+    if per_s <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a bandwidth must be positive")
+    return per_s
+
+
+def bandwidth_text(bytes_per_s: float) -> str:
+    return f"{bytes_per_s / GIGA:g} GB/s ({bytes_per_s * 8 / GIGA:g} Gb/s)"
+
+
+def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
+    """`plan`'s options for the links between GPUs and the overlap (its --nodes is with the resource flags)."""
+    d = Cluster()
+    group = parser.add_argument_group("scaling assumptions (printed under the plan)")
+    group.add_argument("--intra-node-bandwidth", type=parse_bandwidth, dest="intra_node_bytes_per_s",
+                       metavar="RATE", help="all-reduce bandwidth among the GPUs of one node, with a unit: GB/s "
+                                            f"or Gb/s (default: {bandwidth_text(d.intra_node_bytes_per_s)}, NVLink)")
+    group.add_argument("--inter-node-bandwidth", type=parse_bandwidth, dest="inter_node_bytes_per_s",
+                       metavar="RATE", help="network bandwidth of one node, for runs over several nodes, e.g. "
+                                            f"400Gb/s (default: {bandwidth_text(d.inter_node_bytes_per_s)}, "
+                                            "one 200 Gb/s InfiniBand link)")
+    group.add_argument("--backward-fraction", type=float, metavar="F",
+                       help="the share of a step's compute that backward takes, during which DDP's all-reduce is "
+                            f"hidden (default: {d.backward_fraction:.2f})")
+    group.add_argument("--bucket-latency-us", type=_microseconds, dest="bucket_latency_s", metavar="US",
+                       help="fixed cost of each gradient bucket's all-reduce per step, in microseconds "
+                            f"(default: {d.bucket_latency_s * 1e6:g})")
+    group.add_argument("--host-copy-bandwidth", type=parse_bandwidth, dest="host_copy_bytes_per_s", metavar="RATE",
+                       help="how fast a checkpoint's snapshot reaches host memory, the part of a save that blocks "
+                            f"training (default: {bandwidth_text(d.host_copy_bytes_per_s)})")
+    group.add_argument("--node-gpus", type=int, metavar="G",
+                       help="GPUs in one node of the cluster, for tables whose runs use one GPU each: how many of "
+                            f"them a node runs at once (default: {d.node_gpus})")
+
+
+def _microseconds(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a latency cannot be negative: {text}")
+    return value * 1e-6
+
+
+# --- the model's size -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSize:
+    params: int
+    buffer_bytes: int  # BN's running statistics (and its int64 step counters)
+
+    def gradient_bytes(self, engine: "EngineConfig") -> int:
+        """What one all-reduce moves: fp32 gradients, bf16 with engine.reduce_dtype=bf16 or DeepSpeed's fp16."""
+        half = engine.reduce_dtype == "bf16" or (engine.name == "deepspeed" and engine.precision == "fp16")
+        return self.params * (2 if half else 4)
+
+    @property
+    def state_bytes(self) -> int:
+        """A checkpoint's snapshot: fp32 weights and SGD momentum (both kept in fp32 under bf16), BN buffers."""
+        return 2 * 4 * self.params + self.buffer_bytes
+
+    def buckets(self, engine: "EngineConfig") -> int:
+        if engine.name == "deepspeed":
+            if not engine.zero_stage:
+                return 1  # one flat all-reduce after backward
+            from pipeline.engine.deepspeed_engine import ZERO_BUCKET_ELEMENTS
+
+            return max(1, math.ceil(self.params / ZERO_BUCKET_ELEMENTS))
+        return max(1, math.ceil(4 * self.params / DDP_BUCKET_BYTES))
+
+
+def model_size(model: "ModelConfig") -> ModelSize:
+    """Parameters and buffer bytes of the net a `model` section builds (counted on the meta device: no memory)."""
+    return _model_size(astuple(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _model_size(fields: tuple) -> ModelSize:
+    import torch
+
+    from pipeline.config.schema import ModelConfig
+    from pipeline.models import build_model
+
+    with torch.device("meta"):
+        net = build_model(ModelConfig(*fields))
+    return ModelSize(sum(p.numel() for p in net.parameters()),
+                     sum(b.numel() * b.element_size() for b in net.buffers()))
+
+
+# --- a step -----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StepTime:
+    compute_s: float
+    allreduce_s: float  # the whole ring all-reduce with its latencies, hidden or not
+    exposed_s: float  # the part of it that lengthens the step
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.exposed_s
+
+
+def allreduce_seconds(gradient_bytes: float, gpus: int, nodes: int, buckets: int, cluster: Cluster) -> float:
+    """A ring all-reduce of `gradient_bytes` over `gpus` GPUs on `nodes` nodes: 2 (N-1)/N x bytes through the
+    slowest link it crosses, plus a fixed latency per bucket. One GPU has nothing to reduce."""
+    if gpus <= 1:
+        return 0.0
+    bandwidth = cluster.intra_node_bytes_per_s if nodes <= 1 else cluster.inter_node_bytes_per_s
+    return 2 * (gpus - 1) / gpus * gradient_bytes / bandwidth + buckets * cluster.bucket_latency_s
+
+
+def step_time(images_per_gpu: float, images_per_s_per_gpu: float, allreduce_s: float,
+              overlappable_fraction: float) -> StepTime:
+    """Compute, then whatever of the all-reduce the overlappable part of compute (backward) does not hide."""
+    compute = images_per_gpu / images_per_s_per_gpu
+    return StepTime(compute, allreduce_s, max(0.0, allreduce_s - overlappable_fraction * compute))
+
+
+def overlappable_fraction(engine: "EngineConfig", cluster: Cluster) -> float:
+    """How much of a step's compute the all-reduce can hide behind: backward's share, except where the engine
+    reduces only after backward (DeepSpeed without ZeRO)."""
+    return 0.0 if engine.name == "deepspeed" and not engine.zero_stage else cluster.backward_fraction
+
+
+def run_step(cfg, gpus: int, nodes: int, images_per_s_per_gpu: float, cluster: Cluster) -> StepTime:
+    """The step time of the run `cfg` on `gpus` GPUs over `nodes` nodes at the profile's per-GPU rate."""
+    size = model_size(cfg.model)
+    allreduce = allreduce_seconds(size.gradient_bytes(cfg.engine), gpus, nodes, size.buckets(cfg.engine), cluster)
+    return step_time(cfg.data.batch_size / gpus, images_per_s_per_gpu, allreduce,
+                     overlappable_fraction(cfg.engine, cluster))
+
+
+# --- pauses -----------------------------------------------------------------------------------------------------
+
+def checkpoint_saves(checkpoint: "CheckpointConfig", total_steps: int, steps_per_epoch: int, step_s: float) -> float:
+    """How many checkpoints training writes, as pipeline.train decides them.
+
+    Every epoch's end but the last (`at_epoch_end`), every `every_steps` steps, `every_minutes` in the stretches
+    between those saves (its clock restarts at any save, so a run saving every epoch of 20 minutes never
+    saves by a 30-minute clock), and the final save after the final evaluation.
+    """
+    at_epoch_end = (total_steps - 1) // steps_per_epoch if checkpoint.at_epoch_end else 0
+    by_steps = total_steps // checkpoint.every_steps if checkpoint.every_steps else 0
+    by_minutes = 0.0
+    if checkpoint.every_minutes:
+        stretches = [n for n in (steps_per_epoch if checkpoint.at_epoch_end else 0, checkpoint.every_steps) if n]
+        stretch = min([*stretches, total_steps])
+        by_minutes = total_steps / stretch * math.floor(stretch * step_s / (60 * checkpoint.every_minutes))
+    return at_epoch_end + by_steps + by_minutes + 1
+
+
+def snapshot_seconds(size: ModelSize, cluster: Cluster) -> float:
+    """The blocking part of one save: the training state copied to host memory."""
+    return size.state_bytes / cluster.host_copy_bytes_per_s

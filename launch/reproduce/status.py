@@ -1,0 +1,176 @@
+"""`python -m launch status [RUN_DIR | FOLDER | TABLE.yaml ...] [--runs DIR]`: where runs stand.
+
+A run's state is what its run directory's files say (`pipeline.run.state`) plus what only SLURM knows:
+a run with a recorded job id is queued, running, requeued (waiting again, with a checkpoint to resume
+from) or failed (left the queue without finishing), as `squeue` tells. Each run shows its state, step of
+total steps and percent, training wall time, ETA (while running: the last record's estimate less the time
+since it was written), SLURM job id and last training metrics. A table config (`configs/tables/*.yaml`)
+shows its planned runs (a run directory that does not exist yet is not started) and a last line with the
+table's progress: runs finished, runs evaluated with the table's protocol, percent of all steps, and the
+longest ETA among the running runs. A waiting job shows SLURM's reason (`queued (BeginTime)`), a failed
+one its last error line and the path of its log.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from launch.submit.partition import NEVER_STARTS
+from launch.submit.queue import queue_entries
+from pipeline.run.logger import format_duration
+from pipeline.run.state import RunState, read_run_state
+
+_SLURM_STATES = {"PENDING": "queued", "CONFIGURING": "queued", "RUNNING": "running", "COMPLETING": "running",
+                 "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued",
+                 "SUSPENDED": "running", "PREEMPTED": "requeued"}
+_SHOWN_METRICS = ("loss", "train_top1_error", "lr", "images_per_s")
+NEVER_SAID = ": can never start as asked; scancel it and submit with less"
+
+
+@dataclass
+class RunStatus(RunState):
+    """A run's state with SLURM's word on it: not started | queued | running | requeued | stopped | finished |
+    failed (`submitted`, the files' own state of a SLURM run, is resolved by asking the queue). A waiting job
+    has SLURM's reason (Priority, Resources, BeginTime, ...); a failed one its log and last error line."""
+
+    reason: Optional[str] = None
+    log: Optional[Path] = None
+    error: Optional[str] = None
+
+
+def find_runs(paths: Iterable[str | Path]) -> List[Path]:
+    """Run directories (holding a config.yaml) at or under the given paths."""
+    found: List[Path] = []
+    for path in map(Path, paths):
+        if (path / "config.yaml").exists():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(p.parent for p in path.rglob("config.yaml") if "checkpoints" not in p.parts)
+    return found
+
+
+def run_status(run_dir: Path) -> RunStatus:
+    """The run's state from its files (`read_run_state`), a submitted one resolved by SLURM's queue."""
+    return run_statuses([run_dir])[0]
+
+
+def run_statuses(run_dirs: Sequence[Path]) -> List[RunStatus]:
+    """`run_status` of each run, SLURM's queue asked once for all of them: `status` of a table of 50 runs is one
+    `squeue`, not 50 (a busy controller answers each in a fraction of a second, and its admins count them)."""
+    statuses = [RunStatus(**vars(read_run_state(run_dir))) for run_dir in run_dirs]
+    queue = queue_entries([s.job_id for s in statuses if s.state == "submitted" and s.job_id])
+    for status in statuses:
+        if status.state == "submitted":
+            _resolve_by_queue(status, queue.get(status.job_id))
+    return statuses
+
+
+def _resolve_by_queue(status: RunStatus, queued: Optional[Tuple[str, str]]) -> None:
+    """A submitted run's state as its job's entry in the queue says (none: the job left it without finishing)."""
+    if queued is None:
+        status.state = "failed"
+        status.log = job_log(Path(status.run_dir), status.job_id)
+        status.error = last_error(status.log) if status.log else None
+        return
+    slurm_state, reason = queued
+    status.state = _SLURM_STATES.get(slurm_state, slurm_state.lower())
+    if status.state == "queued" and status.checkpoint_step is not None:
+        status.state = "requeued"  # waiting again, with a checkpoint to resume from
+    if slurm_state == "PENDING" and reason not in ("None", ""):
+        status.reason = reason
+
+
+def job_log(run_dir: Path, job_id: str) -> Optional[Path]:
+    """The stderr log of the job's first task: submitit's, in the run's slurm/ folder (`launch submit`) or its
+    table's _sweeps/<table>/ folder (`sweep`, `reproduce`)."""
+    folders = [run_dir / "slurm", *sorted((run_dir.parent / "_sweeps").glob("*"))]
+    found = [log for folder in folders for log in sorted(folder.glob(f"{job_id}_*log.err"))]
+    return found[0] if found else None
+
+
+def last_error(log: Path) -> Optional[str]:
+    """What a failed job said last: its last `error:` line (every error a user can fix is one), else the last
+    line of its traceback (`SomeError: message`)."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith("error: ")]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b.*", line)]
+    return (said or raised or [None])[-1]
+
+
+def print_status(paths: List[str], runs: Optional[str | Path] = None) -> int:
+    """Print each path's runs (a table config: its planned runs and its overall progress); 1 if none found.
+
+    A table config that does not load raises `pipeline.config.ConfigError`, naming the file and the key."""
+    tables = [p for p in paths if str(p).endswith((".yaml", ".yml"))]
+    found = find_runs([p for p in paths if p not in tables])
+    if not found and not tables:
+        print(f"no runs found under {', '.join(map(str, paths))}")
+        return 1
+    if found:
+        _print_runs(run_statuses(found))
+    for i, table_path in enumerate(tables):
+        if found or i:
+            print()
+        _print_table(Path(table_path), runs)
+    return 0
+
+
+def _print_table(table_path: Path, runs_dir: Optional[str | Path]) -> None:
+    from pipeline.run.results import protocol_result, read_results
+    from pipeline.tables.request import load_request
+    from pipeline.tables.spec import load_table, planned_runs, unique_runs
+
+    table = load_table(table_path)
+    request = load_request(Path(runs_dir) if runs_dir else None, table_path)
+    planned = unique_runs(request.planned(Path(runs_dir)) if request else planned_runs(table_path, runs_dir))
+    statuses = run_statuses([run.run_dir for run in planned])
+    print(f"{table_path}: {table.title}")
+    if request:
+        print(f"as asked: {request.command(Path(runs_dir))}")
+    _print_runs(statuses, [f"{run.label}, seed {run.seed}" for run in planned])
+
+    totals = [s.total_steps or _planned_total(run.cfg) for s, run in zip(statuses, planned)]
+    known = [t for t in totals if t]
+    # A run that has not started has no recorded total: it counts as long as the others (a table's runs
+    # mostly share their schedule), and where nothing is known, the percent is not shown.
+    guess = sum(known) / len(known) if known else None
+    steps = sum(min(s.step, t or s.step) for s, t in zip(statuses, totals))
+    overall = steps / sum(t or guess for t in totals) if guess else None
+    finished = sum(s.state == "finished" for s in statuses)
+    evaluated = sum(protocol_result(read_results(s.run_dir), table.protocol) is not None for s in statuses)
+    etas = [s.eta_s for s in statuses if s.state == "running" and s.eta_s is not None]
+    print(f"{table_path.name}: {finished}/{len(statuses)} runs finished, {evaluated}/{len(statuses)} evaluated "
+          f"({table.protocol}), " + (f"{overall:.0%} of all steps" if overall is not None else "steps unknown")
+          + (f", longest ETA {format_duration(max(etas))}" if etas else ""))
+
+
+def _planned_total(cfg) -> Optional[int]:
+    """Total steps a run's config fixes without its dataset: only a schedule counted in iterations."""
+    return cfg.schedule.total if cfg.schedule.unit == "iteration" else None
+
+
+def _print_runs(statuses: List[RunStatus], labels: Optional[List[str]] = None) -> None:
+    rows = [["run", "state", "step", "%", "elapsed", "eta", "job", "last metrics"]]
+    for i, s in enumerate(statuses):
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in s.last_metrics.items()
+                 if k in _SHOWN_METRICS}
+        rows.append([
+            str(s.run_dir) + (f" ({labels[i]})" if labels else ""),
+            s.state + (f" ({s.reason}{NEVER_SAID if s.reason in NEVER_STARTS else ''})" if s.reason else ""),
+            f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step),
+            f"{s.progress:.0%}" if s.progress is not None else "-",
+            format_duration(s.elapsed_s),
+            format_duration(s.eta_s) if s.state == "running" else "-",
+            s.job_id or "-",
+            " ".join(f"{k}={v}" for k, v in shown.items()) or "-",
+        ])
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
+    for row, status in zip(rows, [None, *statuses]):
+        cells = [cell.ljust(w) if c < 2 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths))]
+        print("  ".join(cells) + "  " + row[-1])
+        if status is not None and status.state == "failed":
+            print(f"    {status.error or 'no error line'}" + (f" (log: {status.log})" if status.log else
+                                                              " (no log found)"))

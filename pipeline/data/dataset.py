@@ -1,0 +1,174 @@
+"""A prepared dataset as the loaders see it: the manifest, its shards and their DALI index files.
+
+The directory layout and manifest fields are `data_prep`'s contract (see docs / DESIGN.md):
+`manifest.json`, `<split>-NNNNNN.tar`, `<split>-NNNNNN.idx` (DALI `wds2idx` format, "v1.2"),
+optional `mean_image.npy`. Opening a split checks what can be checked cheaply - manifest version,
+every shard present with its recorded byte size, every index parseable and consistent with its tar
+and sample count - so a broken dataset stops at start-up with a message naming the file, never
+as a hang or a silent short epoch on one rank.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from data_prep.index import IndexError_, parse_index
+from data_prep.manifest import FORMAT as MANIFEST_FORMAT
+from data_prep.manifest import MANIFEST_NAME
+from data_prep.manifest import VERSION as MANIFEST_VERSION
+from pipeline.dist import exit_codes
+
+
+class DatasetError(RuntimeError):
+    """A prepared dataset that cannot be read; the message names the file."""
+
+    exit_code = exit_codes.DATA
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample's two members lie inside its tar: (offset, size) of the image and the label."""
+
+    shard: int
+    image: Tuple[int, int]
+    label: Tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Shard:
+    tar: Path
+    index: Path
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a prepared dataset, validated."""
+
+    root: Path
+    name: str
+    image_ext: str
+    label_ext: str
+    num_classes: int
+    shards: Tuple[Shard, ...]
+    mean: Tuple[float, float, float]  # per channel, 0-255
+    std: Tuple[float, float, float]
+    mean_image_path: Optional[Path]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.num_samples for s in self.shards)
+
+    def mean_image(self) -> Optional[np.ndarray]:
+        """The per-pixel mean (float32 HxWx3, 0-255), or None when the dataset has none."""
+        if self.mean_image_path is None:
+            return None
+        try:
+            image = np.load(self.mean_image_path).astype(np.float32)
+        except Exception as e:
+            raise DatasetError(f"{self.mean_image_path}: cannot read the mean image: {e}") from e
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise DatasetError(f"{self.mean_image_path}: the mean image has shape {image.shape}, not H x W x 3")
+        return image
+
+    def sample_refs(self) -> List[SampleRef]:
+        """Every sample of the split, in manifest (shard, then tar) order, from the index files."""
+        refs: List[SampleRef] = []
+        for i, shard in enumerate(self.shards):
+            for members in read_index(shard.index):
+                try:
+                    refs.append(SampleRef(i, members[self.image_ext][:2], members[self.label_ext][:2]))
+                except KeyError as e:
+                    raise DatasetError(f"{shard.index}: a sample lacks its .{e.args[0]} member") from e
+        return refs
+
+
+def sample_table(refs: List[SampleRef]) -> np.ndarray:
+    """The samples as one int64 row each, (shard, image offset, size, label offset, size): compact to keep, share
+    between processes and send to other ranks."""
+    return np.array([(r.shard, *r.image, *r.label) for r in refs], dtype=np.int64).reshape(-1, 5)
+
+
+def read_manifest(root: str | Path) -> dict:
+    """The manifest of the dataset directory `root`, with its format and version checked."""
+    path = Path(root) / MANIFEST_NAME
+    if not path.is_file():
+        raise DatasetError(f"{path}: no manifest (is data.root a directory made by `python -m data_prep`?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as e:
+        raise DatasetError(f"{path}: not valid JSON: {e}") from e
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise DatasetError(f"{path}: format {manifest.get('format')!r} is not {MANIFEST_FORMAT!r}")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise DatasetError(f"{path}: manifest version {manifest.get('version')!r} is not supported "
+                           f"(this reader knows {MANIFEST_VERSION})")
+    return manifest
+
+
+def open_split(root: str | Path, split: str) -> Split:
+    """Validate and describe one split of the dataset at `root` (cheap: sizes and indexes, no checksums)."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    splits: Dict[str, dict] = manifest.get("splits", {})
+    if split not in splits:
+        raise DatasetError(f"{root / MANIFEST_NAME}: no split {split!r} (it has {', '.join(sorted(splits))})")
+    shards = []
+    for entry in splits[split]["shards"]:
+        shard = Shard(root / entry["tar"], root / entry["index"], int(entry["num_samples"]))
+        _check_shard(shard, entry.get("bytes"))
+        shards.append(shard)
+    total = sum(s.num_samples for s in shards)
+    if total != int(splits[split]["num_samples"]):
+        raise DatasetError(f"{root / MANIFEST_NAME}: split {split!r} says {splits[split]['num_samples']} samples "
+                           f"but its shards hold {total}")
+    stats = manifest.get("stats") or {}
+    mean_image = stats.get("mean_image")
+    return Split(
+        root=root, name=split, image_ext=manifest["image_ext"], label_ext=manifest.get("label_ext", "cls"),
+        num_classes=int(manifest["num_classes"]), shards=tuple(shards),
+        mean=tuple(float(v) for v in stats.get("mean", (0.0, 0.0, 0.0))),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in stats.get("std", (1.0, 1.0, 1.0))),  # type: ignore[arg-type]
+        mean_image_path=root / mean_image if mean_image else None,
+    )
+
+
+def read_index(path: Path) -> List[Dict[str, Tuple[int, int, str]]]:
+    """Parse a DALI webdataset index (data_prep's parser): per sample, {extension: (offset, size, member name)}."""
+    try:
+        samples = parse_index(path)
+    except IndexError_ as e:
+        raise DatasetError(str(e)) from None
+    return [{ext: (offset, size, name) for ext, offset, size, name in members} for members in samples]
+
+
+def _check_shard(shard: Shard, expected_bytes: Optional[int]) -> None:
+    if not shard.tar.is_file():
+        raise DatasetError(f"{shard.tar}: shard missing")
+    if not shard.index.is_file():
+        raise DatasetError(f"{shard.index}: index file missing (make it with DALI's wds2idx)")
+    size = shard.tar.stat().st_size
+    if expected_bytes is not None and size != int(expected_bytes):
+        raise DatasetError(f"{shard.tar}: {size} bytes, the manifest says {expected_bytes} (truncated or replaced?)")
+    samples = read_index(shard.index)
+    if len(samples) != shard.num_samples:
+        raise DatasetError(f"{shard.index}: indexes {len(samples)} samples, the manifest says {shard.num_samples} "
+                           f"for {shard.tar.name}")
+    end = max((o + s for members in samples for o, s, _ in members.values()), default=0)
+    if end > size:
+        raise DatasetError(f"{shard.index}: points past the end of {shard.tar} ({end} > {size} bytes): "
+                           f"the index does not match its tar")
+    # Spot-check the first and last sample: the tar header just before each member names that member.
+    with open(shard.tar, "rb") as f:
+        for members in samples[:1] + samples[-1:]:
+            for offset, _, name in members.values():
+                f.seek(offset - 512)
+                header_name = f.read(100).split(b"\0", 1)[0].decode("utf-8", "replace")
+                if offset < 512 or not name.endswith(header_name):
+                    raise DatasetError(f"{shard.index}: entry {name!r} does not match {shard.tar} at byte {offset} "
+                                       f"(found {header_name!r}): the index does not match its tar")

@@ -1,0 +1,22 @@
+"""Where a process stands in a distributed job, and how its ranks agree.
+
+- `environment`: rank, world size and master from whichever launcher started the process (torchrun, srun or
+  submitit, none), exported under torchrun's names for the libraries that read them;
+- `collectives`: the process group, and the few collectives that make ranks agree (a flag on any rank, a
+  failure on one rank ended on every rank, what the primary read given to all), the hang watch;
+- `process`: one process's set-up (device, threads, seeds, RNG state, stop signals);
+- `exit_codes`: one code per kind of end, shared with `launch`.
+
+The names of `environment` and `collectives` are importable from here (`from pipeline import dist;
+dist.on_every_rank(...)`); importing this package loads neither torch nor anything else heavy.
+"""
+
+from pipeline.dist.collectives import (RankFailed, RankHung, all_reduce_sum, any_rank, barrier, destroy_process_group,
+                                       from_primary, hang_error, init_process_group, on_every_rank, watch_for_hangs)
+from pipeline.dist.environment import (DEFAULT_PORT, JOB_PORTS, DistInfo, cuda_device_index, dist_info_from_env,
+                                       export_env, first_host, free_port, job_hosts, job_port, with_free_port)
+
+__all__ = ["DEFAULT_PORT", "JOB_PORTS", "DistInfo", "RankFailed", "RankHung", "all_reduce_sum", "any_rank", "barrier",
+           "cuda_device_index", "destroy_process_group", "dist_info_from_env", "export_env", "first_host", "free_port",
+           "from_primary", "hang_error", "init_process_group", "job_hosts", "job_port", "on_every_rank",
+           "watch_for_hangs", "with_free_port"]

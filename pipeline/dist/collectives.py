@@ -1,0 +1,216 @@
+"""The job's process group and the collectives that make its ranks agree.
+
+- `init_process_group` / `destroy_process_group`: join (nccl on GPU, gloo on CPU) and leave it cleanly;
+- `watch_for_hangs`: once training runs, a collective that waits `engine.hang_timeout_minutes` for another rank
+  fails, and `hang_error` says it as `RankHung` (exit code 8);
+- `any_rank`, `all_reduce_sum`: a flag or a few numbers over every rank (a stop signal, evaluation counts);
+- `on_every_rank`, `from_primary`: a step that can fail on one rank ends every rank the same way (`RankFailed`),
+  and what one rank can read for all is read once and broadcast.
+
+Every function is a no-op (or the local value) without a process group: one process needs no collectives.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, TypeVar
+
+from pipeline.dist import exit_codes
+from pipeline.dist.environment import DistInfo, export_env
+
+T = TypeVar("T")
+
+
+def init_process_group(info: DistInfo, device_type: str, timeout_minutes: float) -> None:
+    """Join the job's process group: nccl on GPU, gloo on CPU (after `export_env`, for DeepSpeed).
+
+    The timeout bounds every collective, so a rank that died makes the others fail instead of
+    waiting forever (SLURM or torchrun then ends or requeues the job).
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    export_env(info)
+    _timeout.update(minutes=timeout_minutes, hangs_watched=False)
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(
+        backend=backend,
+        init_method=f"tcp://{info.master_addr}:{info.master_port}",
+        rank=info.rank,
+        world_size=info.world_size,
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+    )
+
+
+_timeout = {"minutes": 0.0, "hangs_watched": False}  # what a collective of this process waits at most, now
+
+
+def watch_for_hangs(timeout_minutes: float) -> None:
+    """From now on, a collective that waits `timeout_minutes` for another rank fails (on every process group:
+    DeepSpeed makes its own), ending this rank; the launcher (torchrun's agent, srun with --kill-on-bad-exit)
+    then ends the rest, the hung one included. Training calls it after its first step: what may legitimately
+    keep one rank busy while the others wait (compilation, a checkpoint load) is over, and a step, an
+    evaluation's end or a save's gather waits seconds. Raises nothing; a no-op without a process group."""
+    import datetime
+
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d
+
+    if not dist.is_initialized():
+        return
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    _timeout.update(minutes=timeout_minutes, hangs_watched=True)
+    # `_set_pg_timeout` is torch's own (private) setter; the groups are every one this process belongs to.
+    for group in list(distributed_c10d._world.pg_map):
+        distributed_c10d._set_pg_timeout(timeout, group)
+
+
+class RankHung(RuntimeError):
+    """A collective waited past the hang timeout: another rank hung (or died without its connection closing)."""
+
+    exit_code = exit_codes.HUNG
+
+
+def hang_error(error: BaseException) -> Optional[RankHung]:
+    """`error` said as a RankHung when it is a collective's timeout (gloo and NCCL word it differently), else None."""
+    text = str(error)
+    if not isinstance(error, RuntimeError) or not any(w in text for w in ("Timed out", "timed out", "Timeout")):
+        return None
+    which = "engine.hang_timeout_minutes" if _timeout["hangs_watched"] else "engine.timeout_minutes, at start-up"
+    return RankHung(f"a collective waited {_timeout['minutes']:g} min ({which}) for another rank, "
+                    "which hung or died: every process of the job is ended so that it frees its GPUs; run the same "
+                    "command (or requeue the job) to resume from the latest checkpoint")
+
+
+# How long the end of a run leaves communication threads to finish (see destroy_process_group).
+_COMM_THREAD_GRACE_S = 0.5
+
+
+def destroy_process_group() -> None:
+    """Leave the process group, then give its communication threads a moment to go idle.
+
+    A gloo worker thread drops its reference to a finished collective just after the caller's wait
+    returns; when it holds the last one (DeepSpeed all-reduces tensors created in Python), that drop
+    takes the GIL. During interpreter shutdown taking the GIL ends the thread, which C++ turns into
+    `terminate called without an active exception` and exit code -6 for a run that succeeded.
+    Sleeping releases the GIL, so any such thread finishes before the interpreter starts shutting down.
+    """
+    import time
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+        time.sleep(_COMM_THREAD_GRACE_S)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def any_rank(flags: "list[bool]") -> "list[bool]":
+    """Each flag, true on every rank when it is true on at least one (e.g. a signal seen by one rank)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return list(flags)
+    tensor = torch.tensor([1.0 if f else 0.0 for f in flags], device=_collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in tensor.tolist()]
+
+
+def all_reduce_sum(values: "list[float]") -> "list[float]":
+    """Sum a few numbers over ranks (evaluation counts); float64 so counts stay exact."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+class RankFailed(RuntimeError):
+    """Raised on every rank by `on_every_rank` when another rank failed: its message, exit code and rank."""
+
+    def __init__(self, message: str, exit_code: int, rank: int) -> None:
+        super().__init__(message)
+        self.exit_code, self.rank = exit_code, rank
+
+
+def on_every_rank(work: Callable[[], T], gather: bool = False):
+    """Run `work` here; if it failed on any rank, fail on every rank. Returns this rank's result, or with `gather`
+    every rank's (in rank order; they must pickle).
+
+    A step that can fail on one rank only (a file it cannot write, a checkpoint it cannot read) would
+    otherwise leave the others waiting at their next collective until the process-group timeout, then
+    dying with a communication traceback of their own. Here every rank learns of the failure at once:
+    the failing rank raises its own error (with its traceback where it is unexpected), the others
+    `RankFailed` with its message and exit code, so every process of the job ends the same way.
+    Costs one all-gather, like a barrier: use it where a barrier was needed anyway."""
+    import torch.distributed as dist
+
+    from pipeline.dist.exit_codes import exit_code_of
+
+    try:
+        result, error = work(), None
+    except Exception as e:  # noqa: BLE001 - shared with the other ranks, then raised again here
+        result, error = None, e
+    if not dist.is_initialized():
+        if error is not None:
+            raise error
+        return [result] if gather else result
+    outcome = (True, result if gather else None) if error is None else (False, (str(error), exit_code_of(error)))
+    outcomes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(outcomes, outcome)
+    if error is not None:
+        raise error
+    for rank, (ok, value) in enumerate(outcomes):
+        if not ok:
+            message, code = value
+            raise RankFailed(message, code, rank)
+    return [value for _, value in outcomes] if gather else result
+
+
+def from_primary(work: Callable[[], T]) -> T:
+    """`work()` on the primary rank only, its result (or its failure) given to every rank with one broadcast.
+
+    For what one rank per job can do for all (validating a dataset's thousand index files): the others read
+    nothing. A failure ends every rank as in `on_every_rank` (the primary raises its own error, the others
+    `RankFailed` with its message and exit code). The result must pickle."""
+    import torch.distributed as dist
+
+    from pipeline.dist.exit_codes import exit_code_of
+
+    if not dist.is_initialized():
+        return work()
+    error: Optional[Exception] = None
+    outcome: object = None
+    if dist.get_rank() == 0:
+        try:
+            outcome = (True, work())
+        except Exception as e:  # noqa: BLE001 - shared with the other ranks, then raised again here
+            error, outcome = e, (False, (str(e), exit_code_of(e)))
+    shared = [outcome]
+    dist.broadcast_object_list(shared, src=0)
+    if error is not None:
+        raise error
+    ok, value = shared[0]  # type: ignore[misc]
+    if not ok:
+        message, code = value
+        raise RankFailed(message, code, 0)
+    return value
+
+
+def _collective_device() -> str:
+    import torch
+    import torch.distributed as dist
+
+    return "cuda" if dist.get_backend() == "nccl" and torch.cuda.is_available() else "cpu"

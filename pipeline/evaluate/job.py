@@ -1,0 +1,120 @@
+"""The evaluation job: a trained run's checkpoint evaluated with one of the paper's protocols on every rank, the
+result recorded in its `results.json` (and Fig. 7's layer responses in `layer_responses.json`).
+
+`run_config` is the config a run was trained with, with the evaluation's own `data.*` and `eval.*` settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from pipeline import dist
+from pipeline.checkpoint.store import CheckpointDamaged, CheckpointStore
+from pipeline.config import ConfigError, ExperimentConfig, load_config
+from pipeline.dist import DistInfo, dist_info_from_env
+from pipeline.evaluate.progress import EvalProgress
+from pipeline.evaluate.layer_responses import LayerResponses
+from pipeline.evaluate.protocols import evaluate
+from pipeline.run.results import update_results, write_layer_responses
+from pipeline.dist.process import resolve_device, use_task_cpus
+
+log = logging.getLogger("pipeline.evaluate")
+
+PROTOCOLS = ("center", "tencrop", "multiscale")
+EVALUATION_SECTIONS = ("data.", "eval.")  # what an evaluation may set for itself
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def evaluate_run(run_dir: Path, protocol: str = "center", checkpoint: str = "last", split: Optional[str] = None,
+                 layer_responses: bool = False, info: Optional[DistInfo] = None, overrides: Sequence[str] = ()) -> dict:
+    """Evaluate `run_dir`'s checkpoint with `protocol` (`overrides`: data.* and eval.* settings for this evaluation
+    only); the primary rank records and returns the result."""
+    from pipeline.data import build_loader
+    from pipeline.engine.weights import load_weights
+    from pipeline.models import build_model
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir, overrides)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if layer_responses and protocol != "center":
+        raise ValueError("layer responses are measured on the centre view: use --protocol center")
+    store = CheckpointStore(run_dir / "checkpoints")
+    chosen = store.select(checkpoint)
+    info = info or dist_info_from_env()
+    device = resolve_device(cfg.run.device, info)
+    use_task_cpus()
+    if info.distributed:
+        dist.init_process_group(info, device.type, cfg.engine.timeout_minutes)
+    try:
+        # Its files are what training wrote (the primary compares them with the marker; every rank learns the verdict).
+        dist.on_every_rank(lambda: _check_intact(store, chosen) if info.is_primary else None)
+        split = split or cfg.data.eval_split
+        loader = build_loader(cfg.data, split, info, train=False, device=device, seed=cfg.run.seed,
+                              protocol=protocol, scales=cfg.eval.scales, eval_resize=cfg.eval.resize)
+        model = build_model(cfg.model)
+        model.load_state_dict(dist.from_primary(lambda: load_weights(chosen.path)))  # read once, for every rank
+        model = model.to(device).eval()
+        responses = LayerResponses(model) if layer_responses else contextlib.nullcontext()
+        # Progress on the primary rank's stderr (each rank holds about as many batches): a bar on a terminal,
+        # a line now and then in a log file.
+        progress = EvalProgress(len(loader), enabled=info.is_primary, desc=f"evaluating {protocol} {split}")
+        with responses, progress:
+            result = evaluate(_predictor(model, cfg, device), loader, progress=progress)
+        record = {"protocol": protocol, "split": split, "checkpoint": str(chosen.path.resolve()),
+                  "step": chosen.step, "world_size": info.world_size, **result.as_dict()}
+        if overrides:
+            record["overrides"] = list(overrides)
+        stds = responses.result() if layer_responses else None
+        if info.is_primary:
+            update_results(run_dir, "eval", record, protocol=protocol)
+            if stds is not None:
+                write_layer_responses(run_dir, {**stds, "samples": result.samples, "split": split,
+                                                "checkpoint": record["checkpoint"], "step": chosen.step})
+        return record
+    finally:
+        dist.destroy_process_group()
+
+
+def _check_intact(store: CheckpointStore, chosen) -> None:
+    problem = store.verify(chosen)
+    if problem:
+        raise CheckpointDamaged(f"{chosen.path} is damaged and cannot be evaluated: {problem}; evaluate another "
+                                "checkpoint (--checkpoint last, best or a checkpoint directory)")
+
+
+def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The resolved config a run was trained with (`RUN_DIR/config.yaml`), with `overrides` of how to evaluate it:
+    `data.*` (where the data is, batch per GPU, loader threads) and `eval.*` (scales, resize). The rest is what
+    the weights were trained as, and stays."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no config.yaml; is this a run directory (<run.out_dir>/<run.name>)?")
+    other = [o for o in overrides if not o.startswith(EVALUATION_SECTIONS)]
+    if other:
+        raise ConfigError(f"an evaluation takes data.* and eval.* overrides only (the net, engine and schedule are "
+                          f"the run's): {other[0]}")
+    cfg = load_config(path, list(overrides))
+    if cfg.model.num_classes is None:  # training writes it once it has read the dataset
+        from pipeline.data import dataset_num_classes
+
+        cfg.model.num_classes = dataset_num_classes(cfg.data)
+    return cfg
+
+
+def _predictor(model: torch.nn.Module, cfg: ExperimentConfig, device: torch.device) -> Callable:
+    dtype = _AUTOCAST.get(cfg.engine.precision)
+
+    @torch.no_grad()
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        if cfg.engine.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            return model(images).float()
+
+    return predict

@@ -1,0 +1,46 @@
+"""A table's report written: its runs read, the Markdown and the figure (curves, layer responses) written, and
+the table logged to W&B where asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+from pipeline.config import load_config
+from pipeline.report.reading import RowReading, StatesOf, read_table, states_from_files
+from pipeline.report.markdown import shown_run, render, table_cells
+
+
+def write_report(table_path: Path, runs_dir: Optional[Path], out_dir: Path,
+                 states_of: StatesOf = states_from_files, wandb: bool = False) -> List[Path]:
+    """Read the table's runs and write `<out_dir>/<table>.md` (and `.png` for figures); returns the files.
+
+    `states_of`: how the runs' states are read (default: from their files alone). `wandb`: also log the table as a
+    W&B table, in the W&B project and mode of the table's runs (`pipeline.report.wandb_table`)."""
+    from pipeline.report.figures import plot_curves, plot_responses
+
+    table, rows = read_table(table_path, runs_dir, states_of)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure = None
+    if table.kind == "curves":
+        splits = [run.run.cfg.data.eval_split for row in rows for run in row.runs]
+        figure = plot_curves(table, [(row.label, row.panel, shown_run(row)) for row in rows],
+                             out_dir / f"{table_path.stem}.png", eval_split=(splits or ["val"])[0])
+    elif table.kind == "responses":
+        shown = [(row.label, next((r.responses for r in row.done if r.responses), None)) for row in rows]
+        figure = plot_responses(table, shown, out_dir / f"{table_path.stem}.png")
+    markdown = out_dir / f"{table_path.stem}.md"
+    markdown.write_text(render(table_path, table, rows, figure.name if figure else None, runs_dir))
+    if wandb:
+        from pipeline.report.wandb_table import log_report_table
+
+        header, cells = table_cells(table, rows)
+        log_report_table(table_path.stem, table.title, header, cells, _runs_logging(rows), out_dir)
+    return [markdown] + ([figure] if figure else [])
+
+
+def _runs_logging(rows: List[RowReading]):
+    """The W&B settings the table's runs used: the first run's saved config, else its planned one."""
+    first = next(r.run for row in rows for r in row.runs)
+    saved = first.run_dir / "config.yaml"
+    return (load_config(saved) if saved.exists() else first.cfg).logging

@@ -1,0 +1,214 @@
+"""The run logger: metrics to the console, the run's `metrics.jsonl` and Weights & Biases, from the primary rank only.
+
+Other ranks get a `NullLogger`, so the training loop calls `logger.log(...)` everywhere without asking
+which rank it is. W&B is imported only when enabled. Its run id is kept in the run directory
+(`wandb_id`), so a restarted or requeued job continues the same W&B run, and `metrics.jsonl` is cut back to
+the checkpoint's step so the local record follows the trajectory that the resumed run really took.
+What W&B holds for sure is known only once a start closes it cleanly (`wandb_last_step` is written then):
+a start whose W&B service was killed with the job, or that was killed itself, may have lost whatever
+W&B had not yet written. The next start therefore sends W&B again the records of `metrics.jsonl` after
+that step, up to where it resumes, then goes on live (W&B drops a step it already has).
+An online run whose server cannot be reached within `logging.wandb_init_timeout_s` continues offline with
+the same id (to be synced later), so a dead server delays training, and the ranks waiting for this one at
+their next collective, by that long at most instead of ending the run.
+
+W&B never ends a run. Its service process belongs to the job like the training processes, so SLURM's
+SIGTERM (scancel, a requeue, a preemption, a node going down) ends it too, while training saves its
+checkpoint; its next call then fails. The first failure is one warning (on the console and as an event
+in metrics.jsonl) and W&B is off for the rest of this start: `metrics.jsonl` keeps every record, and the
+next start continues the same W&B run. A `metrics.jsonl` that cannot be written (a full disk) is likewise
+one warning: the checkpoint save that follows fails on every rank and ends the run with one error.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from pipeline.config.schema import LoggingConfig
+from pipeline.run.wandb_run import forget_wandb_service, start_wandb
+
+METRICS_FILE = "metrics.jsonl"
+WANDB_ID_FILE = "wandb_id"
+WANDB_STEP_FILE = "wandb_last_step"
+
+
+class NullLogger:
+    """What non-primary ranks log through: nothing."""
+
+    run_id: Optional[str] = None
+
+    def log(self, record: Dict[str, Any], step: int, console: bool = True) -> None:
+        pass
+
+    def summary(self, values: Dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RunLogger(NullLogger):
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, run_name: str, config: Dict[str, Any],
+                 resume_step: int = 0) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / METRICS_FILE
+        _truncate_after(self.metrics_path, resume_step)
+        self.run_id = _read(self.run_dir / WANDB_ID_FILE) or secrets.token_hex(4)
+        (self.run_dir / WANDB_ID_FILE).write_text(self.run_id)
+        self._wandb_last_step = int(_read(self.run_dir / WANDB_STEP_FILE) or -1)  # the last one known written
+        self._sent = False  # whether this start has sent W&B anything (its row at _wandb_last_step is open)
+        self._metrics_failed = False
+        self._wandb = start_wandb(self.run_dir, cfg, run_name, config, self.run_id)
+        self._resend_to_wandb(resume_step)
+
+    def _resend_to_wandb(self, resume_step: int) -> None:
+        """Send W&B the records it may have lost with an earlier start (after the last clean close, up to here)."""
+        if self._wandb is None:
+            return
+        for record in read_metrics(self.run_dir):
+            step = int(record.get("step", 0))
+            if self._wandb_last_step < step <= resume_step:
+                self._send(record, step)
+
+    def log(self, record: Dict[str, Any], step: int, console: bool = True) -> None:
+        record = {"step": step, **record}
+        self._append(record)
+        if console:
+            print(_format(record), file=sys.stderr, flush=True)
+        self._send(record, step)
+
+    def _send(self, record: Dict[str, Any], step: int) -> None:
+        # W&B refuses steps that go backwards; several records of one step of this start go to the same row.
+        if self._wandb is None or step < self._wandb_last_step or (step == self._wandb_last_step and not self._sent):
+            return
+        values = {k: v for k, v in record.items() if k != "step"}
+        if self._call_wandb(step, lambda: self._wandb.log(values, step=step)):
+            self._wandb_last_step, self._sent = step, True
+
+    def summary(self, values: Dict[str, Any]) -> None:
+        if self._wandb is not None:
+            self._call_wandb(None, lambda: self._wandb.summary.update(values))
+
+    def close(self) -> None:
+        if self._wandb is None:
+            return
+        import wandb
+
+        run, self._wandb = self._wandb, None
+        try:
+            run.finish()
+            # `finish` can return before W&B's service process has written the last records of an offline
+            # run; shutting the service down waits for it, so the files are whole once `close` returns.
+            wandb.teardown()
+        except BaseException as error:  # noqa: BLE001 - W&B's service ended with the job's signal (or exit())
+            self._wandb_failed(None, error)
+            forget_wandb_service(run)
+            return
+        try:  # every step sent is written now: the next start sends only what comes after it
+            (self.run_dir / WANDB_STEP_FILE).write_text(str(self._wandb_last_step))
+        except OSError:
+            pass  # a full disk: the next start sends some records again, which W&B drops
+
+    def _append(self, record: Dict[str, Any]) -> None:
+        try:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+        except OSError as e:
+            if not self._metrics_failed:
+                self._metrics_failed = True
+                print(f"warning: cannot write {self.metrics_path}: {e.strerror or e}; records are printed only "
+                      "until it can be written again", file=sys.stderr, flush=True)
+        else:
+            self._metrics_failed = False
+
+    def _call_wandb(self, step: Optional[int], call) -> bool:
+        """`call()`; False (and W&B off for this start, said once) when W&B has failed."""
+        try:
+            call()
+            return True
+        except Exception as error:  # noqa: BLE001 - W&B's failure must not end training
+            self._wandb, run = None, self._wandb
+            self._wandb_failed(step, error)
+            forget_wandb_service(run)
+            return False
+
+    def _wandb_failed(self, step: Optional[int], error: BaseException) -> None:
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        where = f"at step {step}" if step is not None else "while closing"
+        why = " (its service process has ended: SLURM signals every process of a job it stops)" \
+            if isinstance(error, (ConnectionError, EOFError)) else ""
+        goes_on = "Training goes on without it; " if step is not None else ""
+        message = (f"W&B stopped working {where}: {reason}{why}. {goes_on}{self.metrics_path} keeps every record, "
+                   "and the next start of this run continues the same W&B run")
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+        self._append({"step": step if step is not None else self._wandb_last_step, "event": f"warning: {message}"})
+
+    @property
+    def wandb_dir(self) -> Optional[Path]:
+        return self.run_dir / "wandb" if (self.run_dir / "wandb").exists() else None
+
+
+def make_logger(is_primary: bool, run_dir: Path, cfg: LoggingConfig, run_name: str, config: Dict[str, Any],
+                resume_step: int = 0) -> NullLogger:
+    if not is_primary:
+        return NullLogger()
+    return RunLogger(run_dir, cfg, run_name, config, resume_step)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Drop records past `step`: they belong to work lost with the process that logged them."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
+
+def _read(path: Path) -> Optional[str]:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """42s, 3m07s, 1h02m, 2d03h: short enough for a log line or a status column; "-" for None."""
+    if seconds is None:
+        return "-"
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+# Seconds kept as numbers in metrics.jsonl and W&B, shown on the console as durations.
+_DURATIONS = {"elapsed_s": "elapsed", "eta_s": "eta"}
+
+
+def _format(record: Dict[str, Any]) -> str:
+    parts = []
+    for key, value in record.items():
+        if key in _DURATIONS and isinstance(value, (int, float)):
+            parts.append(f"{_DURATIONS[key]} {format_duration(value)}")
+        else:
+            parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(parts)
