@@ -2,7 +2,7 @@
 
 import sys
 
-from launch.cli.parsers import main
+from launch.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

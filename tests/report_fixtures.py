@@ -14,7 +14,8 @@ from typing import Dict, List, Optional
 
 from pipeline.config import save_config
 from pipeline.config.schema import LoggingConfig
-from pipeline.run.logger import METRICS_FILE, make_logger
+from pipeline.run.layout import RunDir
+from pipeline.run.logger import make_logger
 from pipeline.run.results import update_results, write_layer_responses
 from pipeline.tables.spec import PlannedRun
 
@@ -58,4 +59,4 @@ def write_run(run: PlannedRun, *, steps: int = TOTAL_STEPS, final_error: float =
                                             "std": responses, "samples": 10000, "step": steps})
     if not active:
         an_hour_ago = time.time() - 3600
-        os.utime(run_dir / METRICS_FILE, (an_hour_ago, an_hour_ago))
+        os.utime(RunDir(run_dir).metrics, (an_hour_ago, an_hour_ago))

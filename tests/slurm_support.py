@@ -66,7 +66,7 @@ def wait_for(condition: Callable[[], bool], what: str, run_dir: Path, timeout: f
 
 def wait_finished(run_dirs: Iterable[Path], timeout: float = 600) -> None:
     """Wait until every run has results; release requeued jobs from SLURM's begin-time hold."""
-    from launch.reproduce.status import run_status
+    from launch.submit.run_status import run_status
 
     deadline = time.time() + timeout
     pending = list(run_dirs)

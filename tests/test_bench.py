@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from launch.plan.bench import EvalTimer, paper_configs, resolve_model, train_throughput
+from launch.plan.bench import paper_configs, resolve_model
+from launch.plan.bench_results import EvalTimer, train_throughput
 from launch.plan.profile import load_profile
 from pipeline.config import ConfigError
 

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from launch.cli.parsers import main as launch_main
+from launch.cli import main as launch_main
 from pipeline.config import ConfigError
 from pipeline.config.checks import num_classes_warning, precision_warning, schedule_warning
 from pipeline.config.schema import EngineConfig, ScheduleConfig

@@ -217,7 +217,7 @@ def test_an_evaluation_takes_data_and_eval_overrides_and_nothing_else(trained_di
 
 
 def test_an_evaluation_job_preempted_is_submitted_again_whole():
-    from launch.submit.slurm import EvalJob
+    from launch.submit.jobs import EvalJob
 
     job = EvalJob("runs/r", "tencrop", "best", False, ["data.num_threads=2"])
     again = job.checkpoint()  # what submitit calls on SLURM's signal

@@ -44,7 +44,8 @@ def test_options_and_overrides_go_in_any_order_and_help_shows_defaults(capsys):
     # An option of several values followed by overrides: alone, --seeds would take them as seeds.
     args = parse(["reproduce", "t.yaml", "--seeds", "0", "1", "data.root=/d", "--runs", "R", "--sbatch",
                   "mail-type=END"])
-    assert (args.seeds, args.overrides, args.runs, args.sbatch) == ([0, 1], ["data.root=/d"], "R", ["mail-type=END"])
+    assert (args.seeds, args.overrides, args.runs, args.resources.sbatch) == ([0, 1], ["data.root=/d"], "R",
+                                                                           ("mail-type=END",))
     args = parse(["bench", "--models", "resnet50", "cifar_resnet20", "data.root=/d", "--steps", "5"])
     assert (args.models, args.overrides, args.steps) == (["resnet50", "cifar_resnet20"], ["data.root=/d"], 5)
     # Nothing after `--` is an override: it is data_prep's.

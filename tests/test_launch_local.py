@@ -15,7 +15,7 @@ import pytest
 from pipeline.checkpoint.store import CheckpointStore
 from pipeline.dist.exit_codes import HUNG, LOCKED
 from pipeline.run.logger import read_metrics
-from pipeline.train.loop import EXIT_INTERRUPTED
+from pipeline.dist.exit_codes import INTERRUPTED as EXIT_INTERRUPTED
 from tests.support.wandb_offline import offline_runs
 from tests.train_support import DEMO_CONFIG, REPO, env, small_run
 

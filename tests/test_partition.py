@@ -8,8 +8,8 @@ import pytest
 
 from launch.submit import queue
 from launch.submit.partition import Partition, _gpus, _minutes, impossible
-from launch.reproduce.status import run_statuses
-from pipeline.run.state import JOB_ID_FILE
+from launch.submit.run_status import run_statuses
+from pipeline.run.layout import RunDir
 from tests.slurm_support import require_minicluster, submit
 from tests.train_support import DEMO_CONFIG, REPO, small_run
 
@@ -51,7 +51,7 @@ def test_a_job_the_minicluster_cannot_run_is_refused_and_a_waiting_one_shows_why
                            capture_output=True, text=True, check=True).stdout.strip()
     for name, job_id in (("task", f"{array}_1"), ("gone", "1")):
         (tmp_path / name).mkdir()
-        (tmp_path / name / JOB_ID_FILE).write_text(job_id)
+        RunDir(tmp_path / name).slurm_job_id.write_text(job_id)
     squeues, real_run = [], subprocess.run
 
     def counted(argv, **kwargs):

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from launch.cli.parsers import main as launch_main
-from launch.plan.bench import startup_seconds
-from launch.plan.costs import Rates, makespan, plan_table, protocol_views, table_evaluation_views, train_steps, training_evaluations
+from launch.cli import main as launch_main
+from launch.plan.bench_results import startup_seconds
+from launch.plan.costs import plan_table
+from launch.plan.rates import Rates
+from launch.plan.workload import makespan, protocol_views, table_evaluation_views, train_steps, training_evaluations
 from launch.plan.profile import REFERENCE, load_profile
 from launch.plan.scaling import checkpoint_saves, parse_bandwidth
-from launch.submit.slurm import JobResources
+from pipeline.config import SlurmConfig
 from pipeline.config import ConfigError, load_config
 from pipeline.config.schema import CheckpointConfig
 
@@ -102,7 +104,7 @@ def write_profile(tmp_path: Path) -> Path:
 def test_plan_arithmetic_on_a_given_profile(tmp_path):
     table, profile = write_table(tmp_path), load_profile(write_profile(tmp_path))
     reference = load_profile(REFERENCE)
-    two_gpus = lambda cfg: JobResources(nodes=1, gpus_per_node=2, time_minutes=240)
+    two_gpus = lambda cfg: SlurmConfig(nodes=1, gpus_per_node=2, time_minutes=240)
     no_manifest = [f"data.root={tmp_path / 'none'}"]  # the paper's CIFAR-10 sizes: 10,000 test images
     plan = plan_table(table, profile, reference, two_gpus, overrides=no_manifest, array_parallelism=2)
 
@@ -203,7 +205,7 @@ def test_split_sizes_come_from_the_manifest_when_data_root_has_one(digits_datase
     path = tmp_path / "p.json"
     path.write_text(json.dumps(profile))
     plan = plan_table(REPO / "configs/demo/tables/digits.yaml", load_profile(path), load_profile(REFERENCE),
-                      lambda cfg: JobResources(gpus_per_node=1), overrides=[f"data.root={digits_dataset}"])
+                      lambda cfg: SlurmConfig(gpus_per_node=1), overrides=[f"data.root={digits_dataset}"])
     (run,) = plan.runs
     # 1,500 train digits: floor(1500 / 64) = 23 steps an epoch, 15 epochs; 14 epoch-end evaluations and the
     # final one, each of the 297 test digits; 14 epoch-end saves and the final one, each a snapshot of
@@ -268,7 +270,7 @@ def test_scaling_arithmetic_on_a_given_profile(tmp_path):
     no_manifest = [f"data.root={tmp_path / 'none'}"]  # the paper's ImageNet: 1,281,167 train, 50,000 val
 
     def at(nodes: int):
-        resources = lambda cfg: JobResources(nodes=nodes, gpus_per_node=8, time_minutes=1440)
+        resources = lambda cfg: SlurmConfig(nodes=nodes, gpus_per_node=8, time_minutes=1440)
         return plan_table(table, profile, reference, resources, overrides=no_manifest).runs[0]
 
     one, four = at(1), at(4)

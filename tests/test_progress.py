@@ -53,7 +53,7 @@ def test_training_records_carry_elapsed_time_and_eta_across_a_resume(resumed_run
 
 
 def test_an_older_checkpoint_without_elapsed_time_still_loads():
-    from pipeline.train.loop import Progress
+    from pipeline.train.progress import Progress
 
     assert Progress(**{"step": 16, "epoch": 0}) == Progress(16, 0, 0.0)
 

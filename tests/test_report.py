@@ -18,6 +18,7 @@ from pipeline.config import load_config
 from pipeline.report.reading import ReportError
 from pipeline.report.write import write_report
 from pipeline.tables.spec import PlannedRun, planned_runs
+from pipeline.run.layout import RunDir
 from tests.report_fixtures import write_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,12 +216,11 @@ def test_a_run_config_that_does_not_load_is_named(tmp_path):
 def test_a_submitted_run_is_told_from_its_files_and_the_queue_from_launch(tmp_path):
     """The report reads files only: a run with a SLURM job id is "submitted" (queued, running or failed, the
     files cannot tell); a caller that asks SLURM passes its own `states_of`."""
-    from launch.reproduce.status import run_statuses
-    from pipeline.run.state import JOB_ID_FILE
+    from launch.submit.run_status import run_statuses
 
     runs = _runs("table6.yaml", tmp_path)
     write_run(runs[("ResNet-20", 0)], steps=500, active=True)
-    (runs[("ResNet-20", 0)].run_dir / JOB_ID_FILE).write_text("999999999")
+    RunDir(runs[("ResNet-20", 0)].run_dir).slurm_job_id.write_text("999999999")
 
     markdown = write_report(TABLES / "table6.yaml", tmp_path, tmp_path / "report")[0].read_text()
     assert _row(markdown, "ResNet-20")[-2:] == ["submitted", "none"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.cli.parsers import main as launch_main
+from launch.cli import main as launch_main
 from pipeline.report.write import write_report
 from pipeline.run.results import read_results
 from tests.support.wandb_offline import offline_runs, read_offline_run

@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 
 from launch.submit.slurm import prepare_planned_run
-from launch.reproduce.status import run_status
+from launch.submit.run_status import run_status
 from pipeline.checkpoint.store import CheckpointStore
 from pipeline.config.schema import LoggingConfig
-from pipeline.run.logger import METRICS_FILE, format_duration, make_logger
+from pipeline.run.layout import RunDir
+from pipeline.run.logger import format_duration, make_logger
 from pipeline.run.results import update_results
-from pipeline.run.state import ACTIVE_WINDOW_S, JOB_ID_FILE, read_run_state
+from pipeline.run.state import ACTIVE_WINDOW_S, read_run_state
 from pipeline.tables.spec import planned_runs
 from tests.report_fixtures import TOTAL_STEPS, write_run
 
@@ -52,7 +53,7 @@ def test_the_files_tell_each_state(tmp_path):
 
     running = tmp_path / "running"
     _log(running, [start, (40, {"loss": 1.5, "lr": 0.1, "elapsed_s": 80.0, "eta_s": 1000.0})])
-    _age(running / METRICS_FILE, 100)  # the estimate was made 100 s ago
+    _age(RunDir(running).metrics, 100)  # the estimate was made 100 s ago
     state = read_run_state(running)
     assert (state.state, state.step, state.total_steps, state.progress, state.job_id) == ("running", 40, 100, 0.4,
                                                                                          None)
@@ -60,7 +61,7 @@ def test_the_files_tell_each_state(tmp_path):
 
     stopped = tmp_path / "stopped"
     _log(stopped, [start, (40, {"loss": 1.5})])
-    _age(stopped / METRICS_FILE, ACTIVE_WINDOW_S + 5)
+    _age(RunDir(stopped).metrics, ACTIVE_WINDOW_S + 5)
     assert read_run_state(stopped).state == "stopped"
     only_checkpoint = tmp_path / "only-checkpoint"
     _checkpoint(only_checkpoint, 60)
@@ -70,7 +71,7 @@ def test_the_files_tell_each_state(tmp_path):
     # A SLURM job id, not finished: the files alone cannot tell queued from running from failed.
     submitted = tmp_path / "submitted"
     _log(submitted, [start, (40, {"loss": 1.5})])  # fresh: it would be "running" without the job id
-    (submitted / JOB_ID_FILE).write_text("1234_5\n")
+    RunDir(submitted).slurm_job_id.write_text("1234_5\n")
     state = read_run_state(submitted)
     assert (state.state, state.job_id, state.step) == ("submitted", "1234_5", 40)
 
@@ -82,7 +83,7 @@ def test_the_files_tell_each_state(tmp_path):
 def test_launch_status_resolves_a_submitted_run_with_the_queue(tmp_path):
     submitted = tmp_path / "r"
     _log(submitted, [(0, {"event": "start", "total_steps": 100})])
-    (submitted / JOB_ID_FILE).write_text(UNKNOWN_JOB)
+    RunDir(submitted).slurm_job_id.write_text(UNKNOWN_JOB)
     assert read_run_state(submitted).state == "submitted"
     status = run_status(submitted)
     assert (status.state, status.job_id, status.step, status.total_steps, status.progress) == (
@@ -97,12 +98,12 @@ def test_a_queue_that_does_not_answer_is_an_error_not_a_failed_run(tmp_path, mon
     asked again, then one error line. squeue here is a script that fails as a busy controller's does (the
     minicluster's own controller cannot be made to time out without stopping it for the other tests)."""
     from launch.submit import queue
-    from launch.cli.parsers import main as launch_main
+    from launch.cli import main as launch_main
 
     run_dir = tmp_path / "r"
     _log(run_dir, [(0, {"event": "start", "total_steps": 100})])
     (run_dir / "config.yaml").write_text("{}\n")
-    (run_dir / JOB_ID_FILE).write_text("4242_1")
+    RunDir(run_dir).slurm_job_id.write_text("4242_1")
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir()
     (bin_dir / "squeue").write_text(f"""#!/bin/sh
@@ -156,7 +157,7 @@ def test_launch_status_on_a_table_shows_its_runs_and_overall_progress(tmp_path):
     _log(running.run_dir, [(510, {"loss": 0.5, "elapsed_s": 3000.0, "eta_s": 2 * 3600.0})], resume_step=500)
     write_run(runs[("ResNet-56", 0)], steps=300)  # stopped an hour ago
     submitted = prepare_planned_run(runs[("ResNet-56", 1)])  # submitted, never started: config and job id
-    (submitted / JOB_ID_FILE).write_text(UNKNOWN_JOB)
+    RunDir(submitted).slurm_job_id.write_text(UNKNOWN_JOB)
     # ResNet-56 seed 2: no run directory at all.
 
     proc = subprocess.run([sys.executable, "-m", "launch", "status", str(table), "--runs", str(runs_dir)],

@@ -19,6 +19,7 @@ from pipeline.engine.weights import load_weights
 from pipeline.evaluate.job import evaluate_run
 from pipeline.run.logger import read_metrics
 from pipeline.train.loop import train as train_in_process
+from pipeline.train.outcome import Finished, Interrupted
 from tests.train_support import DEMO_CONFIG, REPO, env, small_run, train, train_and_kill
 
 pytestmark = pytest.mark.slow
@@ -102,8 +103,8 @@ def test_ranks_agree_on_stopping_only_every_check_every_steps_steps(digits_datas
 
     threading.Thread(target=signal_after_first_checkpoint, daemon=True).start()
     result = train_in_process(cfg)
-    assert result["interrupted"] and result["step"] % 10 == 0, result  # at a check, not the step after the signal
-    assert len(checks) == result["step"] // 10
-    assert (tmp_path / "t" / "checkpoints" / f"step-{result['step']:09d}" / "COMPLETE").exists()
+    assert isinstance(result, Interrupted) and result.step % 10 == 0, result  # at a check, not after the signal
+    assert len(checks) == result.step // 10
+    assert (tmp_path / "t" / "checkpoints" / f"step-{result.step:09d}" / "COMPLETE").exists()
     resumed = train_in_process(cfg)
-    assert resumed["step"] == 40 and len(checks) == 4  # steps 10..40: one check each ten steps, none between
+    assert isinstance(resumed, Finished) and resumed.step == 40 and len(checks) == 4  # steps 10..40: one check each ten steps, none between

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.run.logger import WANDB_ID_FILE, read_metrics
+from pipeline.run.layout import RunDir
+from pipeline.run.logger import read_metrics
 from tests.support.wandb_offline import offline_runs
 from tests.train_support import REPO, env, small_run, train
 
@@ -95,7 +96,7 @@ def test_logger_gives_up_on_unreachable_server_and_keeps_the_run_offline(dead_se
     assert len(warnings) == 2, out[-6000:]  # one clear line per start
     assert f"{tmp_path / 'wandb'}" in warnings[0] and "offline" in warnings[0]
 
-    run_id = (tmp_path / WANDB_ID_FILE).read_text()
+    run_id = RunDir(tmp_path).wandb_id.read_text()
     runs = offline_runs(tmp_path)
     assert [r.run_id for r in runs] == [run_id, run_id]  # the same W&B run, to sync later
     assert [row["_step"] for r in runs for row in r.history] == [1, 2, 3, 4, 5, 6]  # nothing sent twice
@@ -119,7 +120,7 @@ def test_two_rank_training_finishes_offline_when_server_unreachable(dead_server,
     assert str(run_dir / "wandb") in warning
 
     (run,) = offline_runs(run_dir)
-    assert run.run_id == (run_dir / WANDB_ID_FILE).read_text()
+    assert run.run_id == RunDir(run_dir).wandb_id.read_text()
     logged = [row["_step"] for row in run.history if "loss" in row]
     assert logged == [m["step"] for m in read_metrics(run_dir) if "loss" in m] == [2, 4, 6, 8]
     assert json.loads((run_dir / "results.json").read_text())["train"]["samples"] == 297  # training finished

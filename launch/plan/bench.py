@@ -23,24 +23,31 @@ replace their old entries, the others stay.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import math
 import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from launch.plan.profile import REPO, load_profile, machine_info, software_versions, write_profile
-from pipeline.config import ConfigError, ExperimentConfig, load_config
-from pipeline.run.logger import METRICS_FILE, read_metrics
+from launch.plan.bench_results import EvalTimer, merged_profile, startup_seconds, summary, train_throughput
+from launch.plan.profile import REPO, machine_info, software_versions, write_profile
+from launch.plan.requests import BenchRequest
+from pipeline.config import ConfigError, ExperimentConfig, SlurmConfig, load_config
+from launch.submit.checks import check_startable
+from launch.submit.jobs import TrainJob
+from launch.submit.local import run_local, stopped_by_user
+from launch.submit.slurm import make_executor, prepare_run
+from launch.submit.waiting import cancel, wait_for_job
+from pipeline.data.dataset import DatasetError, read_manifest
+from pipeline.dist import dist_info_from_env
+from pipeline.models.registry import get_spec
+from pipeline.run.layout import RunDir
+from pipeline.run.logger import read_metrics
 
 PAPER_CONFIG_DIRS = (REPO / "configs" / "imagenet", REPO / "configs" / "cifar10")
 FAMILY_BASE = {"imagenet": REPO / "configs" / "imagenet" / "_base.yaml",
@@ -48,31 +55,29 @@ FAMILY_BASE = {"imagenet": REPO / "configs" / "imagenet" / "_base.yaml",
 MIN_EVAL_SECONDS = 1.0  # a shorter final evaluation is not timed: the clock here resolves ~0.05 s
 
 
-def bench(args: argparse.Namespace) -> int:
+def bench(request: BenchRequest) -> int:
     """The `bench` command; returns the exit code (1 if a model's measurement failed)."""
-    models, overrides = args.models, args.overrides  # `launch` took the overrides out of --models' values
-    if args.steps < 1 or args.warmup_steps < 0:
-        raise ConfigError(f"--steps must be at least 1 and --warmup-steps at least 0 (got {args.steps}, "
-                          f"{args.warmup_steps})")
-    out = Path(args.out)
-    plans = [_prepare(i, model, overrides, args) for i, model in enumerate(models)]  # all checked before a run
+    models, overrides = request.models, request.overrides
+    if request.steps < 1 or request.warmup_steps < 0:
+        raise ConfigError(f"--steps must be at least 1 and --warmup-steps at least 0 (got {request.steps}, "
+                          f"{request.warmup_steps})")
+    out = Path(request.out)
+    plans = [_prepare(i, model, overrides, request) for i, model in enumerate(models)]  # all checked before a run
     nets = [plan.model for plan in plans]
     if len(set(nets)) < len(nets):
         raise ConfigError(f"--models names one net twice ({', '.join(nets)}): a profile holds one entry per net")
     work = Path(tempfile.mkdtemp(prefix=".bench-", dir=out.resolve().parent))  # the job must see it on SLURM
-    print(f"bench: {len(plans)} model(s), {args.warmup_steps} warm-up + {args.steps} timed steps each; "
+    print(f"bench: {len(plans)} model(s), {request.warmup_steps} warm-up + {request.steps} timed steps each; "
           f"run directories under {work}", flush=True)
     measured: Dict[str, dict] = {}
     failed: List[str] = []
     stopped = False
     machine: Optional[dict] = None
     software: Optional[dict] = None
-    if args.slurm:
-        outcomes = _run_slurm(plans, work, args)
+    if request.slurm:
+        outcomes = _run_slurm(plans, work, request)
     else:
-        outcomes = (_run_local(plan, work, args) for plan in plans)
-    from launch.submit.local import stopped_by_user
-
+        outcomes = (_run_local(plan, work, request) for plan in plans)
     for plan, (code, extra) in zip(plans, outcomes):
         run_dir = work / plan.name
         if stopped_by_user(code):  # Ctrl-C or a kill: stop here, keep what was measured
@@ -87,7 +92,7 @@ def bench(args: argparse.Namespace) -> int:
             failed.append(plan.model)
             continue
         try:
-            entry = _entry(plan, run_dir, args, extra.get("eval_window"), extra.get("wall_s"))
+            entry = _entry(plan, run_dir, request, extra.get("eval_window"), extra.get("wall_s"))
         except ConfigError as e:
             print(f"bench: {plan.model}: {e}; its run directory is kept: {run_dir}", file=sys.stderr, flush=True)
             failed.append(plan.model)
@@ -104,9 +109,9 @@ def bench(args: argparse.Namespace) -> int:
         return 1
     machine = machine or machine_info()  # local runs: this machine, asked after the ranks are done with it
     software = software or software_versions()
-    launcher = ({"launcher": "slurm", "resources": asdict(_resources(args, plans[0].cfg))} if args.slurm
-                else {"launcher": "local", "nproc": args.nproc})
-    profile = _merge(out, measured, machine, software, launcher)
+    launcher = ({"launcher": "slurm", "resources": asdict(_resources(request, plans[0].cfg))} if request.slurm
+                else {"launcher": "local", "nproc": request.nproc})
+    profile = merged_profile(out, measured, machine, software, launcher)
     write_profile(out, profile)
     print(summary(profile))
     print(f"profile written to {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
@@ -151,8 +156,6 @@ def resolve_model(model: str) -> Tuple[Path, List[str]]:
     configs = paper_configs()
     if model in configs:
         return configs[model], []
-    from pipeline.models.registry import get_spec
-
     try:
         spec = get_spec(model)
     except KeyError:
@@ -171,12 +174,12 @@ def bench_overrides(steps: int, warmup: int) -> List[str]:
             "logging.wandb_mode=disabled"]
 
 
-def _prepare(index: int, model: str, overrides: List[str], args: argparse.Namespace) -> _Plan:
+def _prepare(index: int, model: str, overrides: List[str], request: BenchRequest) -> _Plan:
     config, own = resolve_model(model)
-    all_overrides = [*own, *overrides, *bench_overrides(args.steps, args.warmup_steps)]
+    all_overrides = [*own, *overrides, *bench_overrides(request.steps, request.warmup_steps)]
     cfg = load_config(config, all_overrides)
     _check_data(cfg)
-    world = _world_size(args, cfg)
+    world = _world_size(request, cfg)
     if cfg.data.batch_size % world:
         raise ConfigError(f"{model}: data.batch_size ({cfg.data.batch_size}) is not divisible by the "
                           f"{world} processes")
@@ -189,8 +192,6 @@ def _check_data(cfg: ExperimentConfig) -> None:
     if cfg.data.backend == "synthetic":
         print("bench: data.backend=synthetic: the input pipeline is not measured", file=sys.stderr)
         return
-    from pipeline.data.dataset import DatasetError, read_manifest
-
     try:
         splits = read_manifest(cfg.data.root)["splits"]
     except DatasetError as e:
@@ -200,43 +201,36 @@ def _check_data(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{cfg.data.root}: no split {split!r} (has: {', '.join(splits)})")
 
 
-def _world_size(args: argparse.Namespace, cfg: ExperimentConfig) -> int:
-    if not args.slurm:
-        return args.nproc
-    resources = _resources(args, cfg)
+def _world_size(request: BenchRequest, cfg: ExperimentConfig) -> int:
+    if not request.slurm:
+        return request.nproc
+    resources = _resources(request, cfg)
     return resources.nodes * resources.ntasks_per_node
 
 
-def _resources(args: argparse.Namespace, cfg: ExperimentConfig):
-    from launch.submit.slurm import resources_from_flags  # the flags mean what they mean for `submit`
-
-    return resources_from_flags(args, cfg.slurm)
+def _resources(request: BenchRequest, cfg: ExperimentConfig) -> SlurmConfig:
+    return request.resources.applied_to(cfg.slurm)  # the flags mean what they mean for `submit`
 
 
 # --- running it -----------------------------------------------------------------------------------------------
 
-def _run_local(plan: _Plan, work: Path, args: argparse.Namespace) -> Tuple[int, dict]:
-    from launch.submit.local import run_local
-
-    print(f"bench: {plan.model}: {args.nproc} process(es), {plan.config}", flush=True)
+def _run_local(plan: _Plan, work: Path, request: BenchRequest) -> Tuple[int, dict]:
+    print(f"bench: {plan.model}: {request.nproc} process(es), {plan.config}", flush=True)
     overrides = [*plan.overrides, f"run.out_dir={work}", f"run.name={plan.name}"]
     started = time.perf_counter()
-    with EvalTimer(work / plan.name / METRICS_FILE) as timer:
-        code = run_local(str(plan.config), overrides, args.nproc)
+    with EvalTimer(RunDir(work / plan.name).metrics) as timer:
+        code = run_local(str(plan.config), overrides, request.nproc)
     return code, {"eval_window": timer.window(), "wall_s": time.perf_counter() - started}
 
 
-def _run_slurm(plans: List[_Plan], work: Path, args: argparse.Namespace):
+def _run_slurm(plans: List[_Plan], work: Path, request: BenchRequest):
     """Submit one job per model (they may run side by side), then wait for each in turn."""
-    from launch.submit.slurm import SLURM_DIR, check_startable, make_executor, prepare_run
-    from launch.submit.waiting import cancel, wait_for_job
-
     for plan in plans:  # every job checked before the first is submitted
-        check_startable(_resources(args, plan.cfg))
+        check_startable(_resources(request, plan.cfg))
     jobs = []
     for plan in plans:
         _, run_dir = prepare_run(str(plan.config), [*plan.overrides, f"run.out_dir={work}", f"run.name={plan.name}"])
-        executor = make_executor(run_dir / SLURM_DIR, _resources(args, plan.cfg), plan.name)
+        executor = make_executor(RunDir(run_dir).slurm_logs, _resources(request, plan.cfg), plan.name)
         job = executor.submit(BenchJob(run_dir))
         print(f"bench: {plan.model}: submitted job {job.job_id}", flush=True)
         jobs.append(job)
@@ -269,12 +263,9 @@ class BenchJob:
         self.run_dir = str(run_dir)
 
     def __call__(self) -> dict:
-        from launch.submit.slurm import TrainJob
-        from pipeline.dist import dist_info_from_env
-
         primary = dist_info_from_env().is_primary
         started = time.perf_counter()  # the job's process is up: its interpreter's own start is not counted
-        with EvalTimer(Path(self.run_dir) / METRICS_FILE, enabled=primary) as timer:
+        with EvalTimer(RunDir(self.run_dir).metrics, enabled=primary) as timer:
             result = TrainJob(self.run_dir)()
         return {"interrupted": bool(result.get("interrupted")), "eval_window": timer.window(),
                 "wall_s": time.perf_counter() - started, "machine": machine_info(), "software": software_versions()}
@@ -285,104 +276,18 @@ class BenchJob:
         return submitit.helpers.DelayedSubmission(self)
 
 
-class EvalTimer:
-    """Watches a run's metrics.jsonl for the final evaluation's start event and its record, noting when each came.
-
-    Training writes no times into its records, so the final evaluation is timed from outside, by polling.
-    """
-
-    POLL_S = 0.05
-
-    def __init__(self, metrics: Path, enabled: bool = True) -> None:
-        self.metrics, self.enabled = metrics, enabled
-        self.started: Optional[float] = None
-        self.ended: Optional[float] = None
-        self.samples: Optional[int] = None
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="bench-eval-timer", daemon=True)
-        self._offset = 0
-
-    def __enter__(self) -> "EvalTimer":
-        if self.enabled:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._done.set()
-        if self.enabled:
-            self._thread.join()
-            self._read()  # whatever came after the last poll (its time is then not known: see window())
-
-    def window(self) -> Optional[dict]:
-        """{"samples", "seconds"} of the final evaluation, if both ends were seen while it ran."""
-        if self.started is None or self.ended is None or self.samples is None:
-            return None
-        return {"samples": self.samples, "seconds": self.ended - self.started}
-
-    def _watch(self) -> None:
-        while not self._done.wait(self.POLL_S):
-            self._read(now=time.perf_counter())
-
-    def _read(self, now: Optional[float] = None) -> None:
-        try:
-            with self.metrics.open() as f:
-                f.seek(self._offset)
-                chunk = f.read()
-        except OSError:
-            return  # not written yet
-        complete = chunk[:chunk.rfind("\n") + 1]  # a line being written is read next time
-        self._offset += len(complete.encode())
-        for line in complete.splitlines():
-            record = json.loads(line) if line.strip() else {}
-            if record.get("event") == "final evaluation":
-                self.started = now
-            elif record.get("kind") == "final" and "val_samples" in record:
-                self.ended, self.samples = now, int(record["val_samples"])
-
-
-# --- reading the result ---------------------------------------------------------------------------------------
-
-def train_throughput(records: List[dict], warmup: int) -> Tuple[float, float, int]:
-    """(images/s, data-wait fraction, timed steps) over the logging windows after step `warmup`.
-
-    Each record is one window's images/s; the rate over all of them is images over time, i.e. their
-    harmonic mean weighted by each window's steps.
-    """
-    previous, steps, seconds_per_image, wait = warmup, 0, 0.0, 0.0
-    for record in sorted((r for r in records if "images_per_s" in r), key=lambda r: r["step"]):
-        if record["step"] <= warmup:
-            continue
-        n = record["step"] - previous
-        previous = record["step"]
-        steps += n
-        seconds_per_image += n / record["images_per_s"]
-        wait += n * record.get("data_wait_fraction", 0.0)
-    if not steps:
-        raise ConfigError(f"no training records after the {warmup} warm-up steps in {METRICS_FILE}")
-    return steps / seconds_per_image, wait / steps, steps
-
-
-def startup_seconds(wall_s: float, total_steps: int, global_batch: int, images_per_s: float,
-                    eval_window: Optional[dict]) -> float:
-    """What a run spent besides its steps (all at the timed rate) and its final evaluation: process start,
-    imports, dataset open, model build, the warm-up steps' extra time (compilation, autotuning), the final
-    save, teardown. `launch plan` charges it to every start of a job."""
-    evaluation = eval_window["seconds"] if eval_window else 0.0
-    return max(0.0, wall_s - total_steps * global_batch / images_per_s - evaluation)
-
-
-def _entry(plan: _Plan, run_dir: Path, args: argparse.Namespace, eval_window: Optional[dict],
+def _entry(plan: _Plan, run_dir: Path, request: BenchRequest, eval_window: Optional[dict],
            wall_s: Optional[float] = None) -> dict:
     cfg = plan.cfg
-    rate, wait, steps = train_throughput(read_metrics(run_dir), args.warmup_steps)
-    world = _world_size(args, cfg)
+    rate, wait, steps = train_throughput(read_metrics(run_dir), request.warmup_steps)
+    world = _world_size(request, cfg)
     entry = {"config": " ".join([_shown(plan.config), *plan.own]), "images_per_s": rate,
              "images_per_s_per_gpu": rate / world, "world_size": world, "precision": cfg.engine.precision,
              "engine": cfg.engine.name, "zero_stage": cfg.engine.zero_stage, "channels_last": cfg.engine.channels_last,
              "compile": cfg.engine.compile, "batch_size": cfg.data.batch_size, "image_size": cfg.data.image_size,
-             "data_backend": cfg.data.backend, "steps": steps, "warmup_steps": args.warmup_steps,
+             "data_backend": cfg.data.backend, "steps": steps, "warmup_steps": request.warmup_steps,
              "data_wait_fraction": wait, "eval_images_per_s": None, "eval_images_per_s_per_gpu": None,
-             "startup_s": None if wall_s is None else startup_seconds(wall_s, args.warmup_steps + args.steps,
+             "startup_s": None if wall_s is None else startup_seconds(wall_s, request.warmup_steps + request.steps,
                                                                       cfg.data.batch_size, rate, eval_window),
              "eval_batch_per_gpu": cfg.data.eval_batch_per_gpu, "eval_note": None}
     if eval_window and eval_window["seconds"] >= MIN_EVAL_SECONDS:
@@ -403,49 +308,3 @@ def _shown(path: Path) -> str:
         return str(path.resolve())
 
 
-def _merge(out: Path, measured: Dict[str, dict], machine: dict, software: dict, launcher: dict) -> dict:
-    """The new profile; an existing one at `out` from the same kind of machine keeps its other models."""
-    models: Dict[str, dict] = {}
-    if out.is_file():
-        try:
-            old = load_profile(out)
-        except ConfigError as e:
-            print(f"bench: {out} is replaced ({e})", file=sys.stderr)
-        else:
-            same = old["kind"] == "measured" and all(old.get("machine", {}).get(k) == machine.get(k)
-                                                     for k in ("device", "gpu", "cpu"))
-            if same:
-                models = {k: v for k, v in old["models"].items() if k not in measured}
-                if models:
-                    print(f"bench: {out} was measured on the same kind of machine: keeping its "
-                          f"{', '.join(models)}", flush=True)
-            else:
-                print(f"bench: {out} was measured on another machine; it is replaced", file=sys.stderr)
-    return {"kind": "measured", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["python -m launch bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else None,
-            **launcher, "machine": machine, "software": software, "models": {**models, **measured}}
-
-
-def summary(profile: dict) -> str:
-    """The profile as a table: one line per model."""
-    header = (f"{'model':<18} {'procs':>5} {'batch':>6} {'prec':>5} {'engine':>9} {'images/s':>10} "
-              f"{'per proc':>9} {'eval/proc':>9} {'data wait':>9} {'start-up':>8}")
-    lines = [f"machine: {_machine_line(profile['machine'])}",
-             "software: " + ", ".join(f"{k} {v}" for k, v in profile["software"].items() if v is not None),
-             header, "-" * len(header)]
-    startup = "startup_s"  # absent from profiles written before bench measured it
-    for name, e in sorted(profile["models"].items()):
-        evaluation = e.get("eval_images_per_s_per_gpu")
-        lines.append(f"{name:<18} {e['world_size']:>5} {e['batch_size']:>6} {e['precision']:>5} "
-                     f"{e.get('engine', '-'):>9} {e['images_per_s']:>10.1f} {e['images_per_s_per_gpu']:>9.1f} "
-                     f"{(f'{evaluation:.1f}' if evaluation else '-'):>9} "
-                     f"{e.get('data_wait_fraction', 0.0):>9.3f} "
-                     f"{(f'{e[startup]:.1f} s' if e.get(startup) is not None else '-'):>8}")
-    return "\n".join(lines)
-
-
-def _machine_line(machine: dict) -> str:
-    if machine.get("gpu"):
-        return (f"{machine['gpu_count']} x {machine['gpu']}, {machine['cpu_count']} CPUs ({machine['cpu']}), "
-                f"{machine['host']}")
-    return f"cpu: {machine['cpu_count']} x {machine['cpu']}, no GPU, {machine['host']}"

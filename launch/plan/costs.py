@@ -48,29 +48,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
+from launch.plan.rates import Rate, Rates
 from launch.plan.scaling import Cluster, StepTime, checkpoint_saves, model_size, run_step, snapshot_seconds
-from pipeline.config import ConfigError, ExperimentConfig
+from launch.plan.workload import (makespan, split_size, split_sizes, table_evaluation_views, train_steps,
+                                  training_evaluations)
 from pipeline.config.per_gpu_batch import gpu_share
 from pipeline.tables.spec import load_table, planned_runs, unique_runs
-
-PAPER_SPLITS: Dict[str, Tuple[str, Dict[str, int]]] = {
-    "imagenet": ("ImageNet", {"train": 1_281_167, "val": 50_000}),
-    "cifar": ("CIFAR-10", {"train": 50_000, "test": 10_000}),
-}
-MULTISCALE_ASPECT = 4 / 3  # ImageNet's typical 500x375: a whole image at shorter side s has s * 4s/3 pixels
-
-
-@dataclass(frozen=True)
-class Rate:
-    """Images/s per GPU of one run's training and of its evaluation (centre views), and how they were had."""
-
-    train: float
-    eval: float
-    notes: Tuple[str, ...] = ()
-    eval_measured: bool = False
-    startup_s: Optional[float] = None  # a job's start-up, as `launch bench` measured it (None: not measured)
 
 
 @dataclass(frozen=True)
@@ -192,171 +177,13 @@ class TablePlan:
         return sum(run.gpu_s_train + run.gpu_s_eval for run in self.runs)
 
 
-# --- the arithmetic -------------------------------------------------------------------------------------------
-
-def split_sizes(cfg: ExperimentConfig) -> Tuple[Dict[str, int], str]:
-    """Sample count of each split: from data.root's manifest, else the paper's dataset (by the net's family)."""
-    from pipeline.data.dataset import DatasetError, read_manifest
-    from pipeline.models.registry import get_spec
-
-    try:
-        manifest = read_manifest(cfg.data.root)
-        return ({name: int(split["num_samples"]) for name, split in manifest["splits"].items()},
-                f"the manifest of {cfg.data.root}")
-    except DatasetError:
-        dataset, sizes = PAPER_SPLITS[get_spec(cfg.model.name).family]
-        sizes_text = ", ".join(f"{n:,} {split}" for split, n in sizes.items())
-        return sizes, f"the paper's {dataset} ({sizes_text}; no manifest at data.root={cfg.data.root})"
-
-
-def split_size(sizes: Dict[str, int], split: str, source: str) -> int:
-    if split not in sizes:
-        raise ConfigError(f"split {split!r} has no known size: {source} gives {', '.join(sizes)}; pass "
-                          "data.root=<the prepared dataset> so its manifest is read")
-    return sizes[split]
-
-
-def train_steps(cfg: ExperimentConfig, train_size: int) -> Tuple[int, int]:
-    """(total steps, steps per epoch) of the config's schedule, as the trainer counts them."""
-    from pipeline.data.base import train_steps_per_epoch
-    from pipeline.train.schedule import LRSchedule
-
-    per_epoch = train_steps_per_epoch(train_size, cfg.data.batch_size)
-    if per_epoch < 1:
-        raise ConfigError(f"{cfg.run.name}: the train split ({train_size} samples) is smaller than one global "
-                          f"batch ({cfg.data.batch_size})")
-    schedule = LRSchedule(cfg.schedule, cfg.optim.lr, steps_per_epoch=per_epoch, global_batch=cfg.data.batch_size)
-    return schedule.total_steps, per_epoch
-
-
-def training_evaluations(cfg: ExperimentConfig, total_steps: int, steps_per_epoch: int) -> int:
-    """How many passes over the evaluation split training makes: its periodic ones and the final one.
-
-    As the loop runs: every `every_steps` steps (the last step included), and at the end of every
-    `every_epochs`-th epoch that ends before the schedule does (the final evaluation takes that one's place).
-    """
-    periodic = total_steps // cfg.eval.every_steps if cfg.eval.every_steps else 0
-    if cfg.eval.every_epochs:
-        periodic += ((total_steps - 1) // steps_per_epoch) // cfg.eval.every_epochs
-    return periodic + 1
-
-
-def protocol_views(protocol: str, cfg: ExperimentConfig) -> float:
-    """The cost of evaluating one image with `protocol`, in centre views of the training side."""
-    if protocol == "center":
-        return 1.0
-    if protocol == "tencrop":
-        return 10.0
-    return sum((side / cfg.data.image_size) ** 2 * MULTISCALE_ASPECT for side in cfg.eval.scales)
-
-
-def table_evaluation_views(kind: str, protocol: str, cfg: ExperimentConfig) -> float:
-    """Views per image of the evaluation a table adds after training, as `launch reproduce` submits it: a
-    table's protocol other than the centre view, or Fig. 7's layer responses (a centre pass of their own);
-    0 where training's final centre evaluation is the result."""
-    from launch.reproduce.chain import table_evaluation
-
-    evaluation = table_evaluation(kind, protocol)
-    return protocol_views(evaluation.protocol, cfg) if evaluation else 0.0
-
-
-def makespan(durations: Sequence[float], slots: int) -> float:
-    """The finishing time of jobs placed longest first, each onto the slot that frees first (LPT)."""
-    if slots < 1:
-        raise ConfigError(f"--array-parallelism must be at least 1, got {slots}")
-    loads = [0.0] * max(1, min(slots, len(durations)))
-    for duration in sorted(durations, reverse=True):
-        loads[loads.index(min(loads))] += duration
-    return max(loads)
-
-
-# --- images/s -------------------------------------------------------------------------------------------------
-
-class Rates:
-    """Per-GPU images/s of a run: from the profile, else scaled by FLOPs from a measured or reference net."""
-
-    def __init__(self, profile: dict, reference: dict) -> None:
-        self.profile, self.reference = profile, reference
-        self.measured = profile["kind"] == "measured"
-        self.eval_factor = float(profile.get("eval_factor") or reference["eval_factor"])
-        self._macs: Dict[str, int] = dict(reference.get("macs", {}))
-
-    def for_run(self, cfg: ExperimentConfig, gpus: int) -> Rate:
-        name, precision = cfg.model.name, cfg.engine.precision
-        notes: List[str] = []
-        base, source, scale = name, self.profile, 1.0
-        if name not in self.profile["models"]:
-            base, source = self._nearest(name)
-            scale = (self._macs_at(base, source["models"][base]["image_size"])
-                     / self._macs_at(name, cfg.data.image_size))
-        entry = source["models"][base]
-        label = f"{'measured' if source is self.profile and self.measured else 'reference'} {base}"
-        if base != name:
-            notes.append(f"not in the profile: the {label} scaled by FLOPs (multiply-adds per image)")
-            if _family(base) != _family(name):
-                notes.append(f"scaled from {base}, a net of another family and image size: likely optimistic, by "
-                             "several times (a small net does not keep a GPU as busy); measure it with "
-                             "`python -m launch bench`")
-        train = self._at_precision(entry, precision, label, notes) * scale
-        per_gpu_batch, run_batch = entry["batch_size"] / entry["world_size"], cfg.data.batch_size / gpus
-        if per_gpu_batch != run_batch:
-            notes.append(f"{label} ran {per_gpu_batch:g} images per GPU, this run {run_batch:g}: the per-GPU rate "
-                         "changes with it")
-        measured_eval = entry.get("eval_images_per_s_per_gpu")
-        # A job's start-up hardly depends on the net: the measured one of the net the rate comes from.
-        startup = entry.get("startup_s") if source is self.profile and self.measured else None
-        if measured_eval and entry["precision"] == precision:
-            return Rate(train, measured_eval * scale, tuple(notes), eval_measured=True, startup_s=startup)
-        return Rate(train, train * self.eval_factor, tuple(notes), startup_s=startup)
-
-    def _at_precision(self, entry: dict, precision: str, label: str, notes: List[str]) -> float:
-        if entry["precision"] == precision:
-            return float(entry["images_per_s_per_gpu"])
-        by_precision = entry.get("by_precision") or {}
-        if precision in by_precision:
-            return float(by_precision[precision])
-        notes.append(f"{label} ran in {entry['precision']}, this run uses {precision}")
-        return float(entry["images_per_s_per_gpu"])
-
-    def _nearest(self, name: str) -> Tuple[str, dict]:
-        """The measured net of `name`'s family closest to it in FLOPs, else the reference's closest."""
-        family = _family(name)
-        own = [n for n in self.profile["models"] if self.measured and _family(n) == family]
-        source = self.profile if own else self.reference
-        candidates = own or list(self.reference["models"])
-        target = self._macs_at(name, None)
-        best = min(candidates, key=lambda n: abs(math.log(self._macs_at(n, None) / target)))
-        return best, source
-
-    def _macs_at(self, name: str, image_size: Optional[int]) -> float:
-        """Multiply-adds of one image at `image_size` (None: the net's native side): conv cost grows with pixels."""
-        from pipeline.models.registry import get_spec
-
-        spec = get_spec(name)
-        if name not in self._macs:
-            from pipeline.models.complexity import measure  # counting a net takes a while: only when not listed
-
-            self._macs[name] = measure(spec).macs
-        return self._macs[name] * ((image_size or spec.resolution) / spec.resolution) ** 2
-
-
-def _family(name: str) -> Optional[str]:
-    from pipeline.models.registry import get_spec
-
-    try:
-        return get_spec(name).family
-    except KeyError:
-        return None
-
-
-# --- the table ------------------------------------------------------------------------------------------------
 
 def plan_table(table_path: str | Path, profile: dict, reference: dict, resources_of: Callable,
                seeds: Optional[List[int]] = None, overrides: Sequence[str] = (), array_parallelism: int = 64,
                throughput: Optional[str] = None, cluster: Cluster = Cluster(),
                rows: Optional[Sequence[str]] = None) -> TablePlan:
     """The cost of every run a table needs (of the rows labelled `rows`, where given); `resources_of(cfg)` gives a
-    run's JobResources, `cluster` what the profile does not say about the links between GPUs (launch.plan.scaling)."""
+    run's resources (its `slurm` section with the flags applied), `cluster` what the profile does not say about the links between GPUs (launch.plan.scaling)."""
     table = load_table(table_path)
     planned = planned_runs(table_path, None, seeds, tuple(overrides), rows)
     unique = unique_runs(planned)

@@ -1,14 +1,16 @@
 """What `python -m launch plan` prints: the table's costs (per row, the total, the assumptions) and, with
-several --nodes, how a run scales or how the table packs onto the cluster. The arithmetic is `launch.plan`'s."""
+several --nodes, how a run scales or how the table packs onto the cluster. The arithmetic is `launch.plan.costs`'s."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import math
 import textwrap
 from typing import Dict, List, Optional, Sequence
 
-from launch.plan.costs import TablePlan, makespan, plan_table
+from launch.plan.costs import TablePlan, plan_table
+from launch.plan.workload import makespan
+from launch.plan.requests import PlanRequest
 from launch.plan.profile import REFERENCE, load_profile
 from launch.plan.scaling import Cluster
 from pipeline.config import ConfigError
@@ -192,33 +194,33 @@ def _short(seconds: float) -> str:
     return _duration(seconds)
 
 
-def plan(args: argparse.Namespace) -> int:
+def plan(request: PlanRequest) -> int:
     """The `plan` command: print the table's cost, and with several --nodes how it scales."""
-    from launch.submit.slurm import resources_from_flags  # the flags mean what they mean for `sweep` and `reproduce`
-
     reference = load_profile(REFERENCE)
-    profile = load_profile(args.profile) if args.profile else reference
-    cluster = Cluster.from_args(args)
-    counts = list(dict.fromkeys(args.nodes or []))
+    profile = load_profile(request.profile) if request.profile else reference
+    cluster = request.cluster
+    counts = list(dict.fromkeys(request.node_counts))
     if any(n < 1 for n in counts) or cluster.node_gpus < 1:
-        raise ConfigError(f"--nodes and --node-gpus must be at least 1, got {args.nodes} and {cluster.node_gpus}")
+        raise ConfigError(f"--nodes and --node-gpus must be at least 1, got {request.node_counts or None} and "
+                          f"{cluster.node_gpus}")
 
     def at(nodes: Optional[int], slots: int) -> TablePlan:
         """The table with `nodes` nodes per run (None: the configs' own slurm.nodes) and `slots` jobs at once."""
-        flags = argparse.Namespace(**{**vars(args), "nodes": nodes})
-        return plan_table(args.table, profile, reference, lambda cfg: resources_from_flags(flags, cfg.slurm),
-                          seeds=args.seeds, overrides=args.overrides, array_parallelism=slots, cluster=cluster,
-                          rows=args.rows)
+        flags = request.resources if nodes is None else \
+            dataclasses.replace(request.resources, given={**request.resources.given, "nodes": nodes})
+        # The flags mean what they mean for `sweep` and `reproduce`.
+        return plan_table(request.table, profile, reference, lambda cfg: flags.applied_to(cfg.slurm), seeds=request.seeds,
+                          overrides=request.overrides, array_parallelism=slots, cluster=cluster, rows=request.rows)
 
     if not counts:
-        print(format_plan(at(None, args.array_parallelism)))
+        print(format_plan(at(None, request.array_parallelism)))
         return 0
-    own = at(None, args.array_parallelism)
+    own = at(None, request.array_parallelism)
     if own.runs and all(run.gpus == 1 for run in own.runs):
         # One GPU a run: --nodes is the cluster's size, which decides how many runs go at once, not a run's speed.
-        first = at(None, min(args.array_parallelism, counts[0] * cluster.node_gpus))
-        print(format_plan(first) + "\n\n" + format_packing(own, counts, cluster, args.array_parallelism))
+        first = at(None, min(request.array_parallelism, counts[0] * cluster.node_gpus))
+        print(format_plan(first) + "\n\n" + format_packing(own, counts, cluster, request.array_parallelism))
         return 0
-    plans = {nodes: at(nodes, args.array_parallelism) for nodes in dict.fromkeys([*counts, 1])}
+    plans = {nodes: at(nodes, request.array_parallelism) for nodes in dict.fromkeys([*counts, 1])}
     print(format_plan(plans[counts[0]]) + "\n\n" + format_scaling(plans, counts))
     return 0

@@ -1,9 +1,14 @@
-"""A whole paper table with one command: training, evaluation and report jobs chained with SLURM dependencies
-(`chain`), and where a table's runs stand (`status`).
-
-`ReportJob` is importable from here because submitit pickled the report jobs of earlier versions by this path.
+"""A whole paper table with one command: what was asked (`request`), what its runs still need and the jobs chained
+with SLURM dependencies (`chain`, `report_job`), the command that decides what to submit (`command`), and where
+runs stand (`status`).
 """
 
-from launch.reproduce.chain import ReportJob
 
-__all__ = ["ReportJob"]
+def __getattr__(name: str):
+    # submitit pickled the report jobs of earlier versions as `launch.reproduce.ReportJob`: found here, loaded only
+    # then (the report loads torch, which parsing a command line must not).
+    if name == "ReportJob":
+        from launch.reproduce.report_job import ReportJob
+
+        return ReportJob
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

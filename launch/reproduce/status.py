@@ -13,91 +13,37 @@ one its last error line and the path of its log.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional
 
+from launch.reproduce.request import StatusRequest
 from launch.submit.partition import NEVER_STARTS
-from launch.submit.queue import queue_entries
+from launch.submit.run_status import RunStatus, run_statuses
+from pipeline.run.layout import RunDir
 from pipeline.run.logger import format_duration
-from pipeline.run.state import RunState, read_run_state
+from pipeline.run.results import protocol_result, read_results
+from pipeline.tables.request import load_request
+from pipeline.tables.spec import load_table, planned_runs, unique_runs
 
-_SLURM_STATES = {"PENDING": "queued", "CONFIGURING": "queued", "RUNNING": "running", "COMPLETING": "running",
-                 "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued",
-                 "SUSPENDED": "running", "PREEMPTED": "requeued"}
 _SHOWN_METRICS = ("loss", "train_top1_error", "lr", "images_per_s")
 NEVER_SAID = ": can never start as asked; scancel it and submit with less"
 
 
-@dataclass
-class RunStatus(RunState):
-    """A run's state with SLURM's word on it: not started | queued | running | requeued | stopped | finished |
-    failed (`submitted`, the files' own state of a SLURM run, is resolved by asking the queue). A waiting job
-    has SLURM's reason (Priority, Resources, BeginTime, ...); a failed one its log and last error line."""
-
-    reason: Optional[str] = None
-    log: Optional[Path] = None
-    error: Optional[str] = None
+def status(request: StatusRequest) -> int:
+    """`launch status`."""
+    return print_status(request.paths, request.runs)
 
 
 def find_runs(paths: Iterable[str | Path]) -> List[Path]:
     """Run directories (holding a config.yaml) at or under the given paths."""
     found: List[Path] = []
     for path in map(Path, paths):
-        if (path / "config.yaml").exists():
+        if RunDir(path).config.exists():
             found.append(path)
         elif path.is_dir():
-            found += sorted(p.parent for p in path.rglob("config.yaml") if "checkpoints" not in p.parts)
+            name, checkpoints = RunDir(path).config.name, RunDir(path).checkpoints.name
+            found += sorted(p.parent for p in path.rglob(name) if checkpoints not in p.parts)
     return found
-
-
-def run_status(run_dir: Path) -> RunStatus:
-    """The run's state from its files (`read_run_state`), a submitted one resolved by SLURM's queue."""
-    return run_statuses([run_dir])[0]
-
-
-def run_statuses(run_dirs: Sequence[Path]) -> List[RunStatus]:
-    """`run_status` of each run, SLURM's queue asked once for all of them: `status` of a table of 50 runs is one
-    `squeue`, not 50 (a busy controller answers each in a fraction of a second, and its admins count them)."""
-    statuses = [RunStatus(**vars(read_run_state(run_dir))) for run_dir in run_dirs]
-    queue = queue_entries([s.job_id for s in statuses if s.state == "submitted" and s.job_id])
-    for status in statuses:
-        if status.state == "submitted":
-            _resolve_by_queue(status, queue.get(status.job_id))
-    return statuses
-
-
-def _resolve_by_queue(status: RunStatus, queued: Optional[Tuple[str, str]]) -> None:
-    """A submitted run's state as its job's entry in the queue says (none: the job left it without finishing)."""
-    if queued is None:
-        status.state = "failed"
-        status.log = job_log(Path(status.run_dir), status.job_id)
-        status.error = last_error(status.log) if status.log else None
-        return
-    slurm_state, reason = queued
-    status.state = _SLURM_STATES.get(slurm_state, slurm_state.lower())
-    if status.state == "queued" and status.checkpoint_step is not None:
-        status.state = "requeued"  # waiting again, with a checkpoint to resume from
-    if slurm_state == "PENDING" and reason not in ("None", ""):
-        status.reason = reason
-
-
-def job_log(run_dir: Path, job_id: str) -> Optional[Path]:
-    """The stderr log of the job's first task: submitit's, in the run's slurm/ folder (`launch submit`) or its
-    table's _sweeps/<table>/ folder (`sweep`, `reproduce`)."""
-    folders = [run_dir / "slurm", *sorted((run_dir.parent / "_sweeps").glob("*"))]
-    found = [log for folder in folders for log in sorted(folder.glob(f"{job_id}_*log.err"))]
-    return found[0] if found else None
-
-
-def last_error(log: Path) -> Optional[str]:
-    """What a failed job said last: its last `error:` line (every error a user can fix is one), else the last
-    line of its traceback (`SomeError: message`)."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    said = [line for line in lines if line.startswith("error: ")]
-    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b.*", line)]
-    return (said or raised or [None])[-1]
 
 
 def print_status(paths: List[str], runs: Optional[str | Path] = None) -> int:
@@ -119,10 +65,6 @@ def print_status(paths: List[str], runs: Optional[str | Path] = None) -> int:
 
 
 def _print_table(table_path: Path, runs_dir: Optional[str | Path]) -> None:
-    from pipeline.run.results import protocol_result, read_results
-    from pipeline.tables.request import load_request
-    from pipeline.tables.spec import load_table, planned_runs, unique_runs
-
     table = load_table(table_path)
     request = load_request(Path(runs_dir) if runs_dir else None, table_path)
     planned = unique_runs(request.planned(Path(runs_dir)) if request else planned_runs(table_path, runs_dir))

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 
+# The paper's testing protocols: one centre view, Table 3's ten crops, Table 4's fully-convolutional scales.
+PROTOCOLS = ("center", "tencrop", "multiscale")
+
+
 def _one_of(section: str, key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{section}.{key}: {value!r} is not one of {', '.join(map(str, choices))}")
@@ -233,27 +237,37 @@ class EvalConfig:
     layer_responses: bool = False  # record Fig. 7's per-layer response std
 
     def __post_init__(self) -> None:
-        _one_of("eval", "protocol", self.protocol, ("center", "tencrop", "multiscale"))
+        _one_of("eval", "protocol", self.protocol, PROTOCOLS)
 
 
 @dataclass
 class SlurmConfig:
-    """Defaults for `python -m launch submit`; command-line flags override them."""
+    """What a job of this run asks SLURM for (`python -m launch submit`, `sweep`, `reproduce`, ...); the commands'
+    resource flags override each field."""
 
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
     nodes: int = 1
     gpus_per_node: int = 1
     tasks_per_node: Optional[int] = None  # None: one task per GPU
     cpus_per_task: int = 8
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
     mem_gb: Optional[int] = None
     time_minutes: int = 240
     exclusive: bool = False
     max_requeues: int = 20
     signal_delay_s: int = 120  # USR2 this long before the time limit, to checkpoint and requeue
     additional: Dict[str, str] = field(default_factory=dict)  # extra sbatch options
+
+    @property
+    def ntasks_per_node(self) -> int:
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+    @property
+    def gpus(self) -> int:
+        """Ranks of one job: one per GPU (on CPU, per task)."""
+        return self.nodes * self.ntasks_per_node
 
 
 @dataclass

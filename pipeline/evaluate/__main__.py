@@ -24,7 +24,9 @@ from pipeline import dist
 from pipeline.checkpoint.store import CheckpointDamaged
 from pipeline.config import ConfigError
 from pipeline.dist import dist_info_from_env
-from pipeline.evaluate.job import PROTOCOLS, evaluate_run
+from pipeline.config.schema import PROTOCOLS
+from pipeline.evaluate.job import evaluate_run
+from pipeline.run.layout import RunDir
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -54,7 +56,7 @@ def main(argv: Optional[list] = None) -> int:
     if dist_info_from_env().is_primary:
         print(f"{record['split']} {record['protocol']} error: top-1 {record['top1_error']:.2f}%, "
               f"top-5 {record['top5_error']:.2f}% ({record['samples']} samples, step {record['step']})")
-        print(f"recorded in {Path(args.run_dir) / 'results.json'}")
+        print(f"recorded in {RunDir(args.run_dir).results}")
     return 0
 
 

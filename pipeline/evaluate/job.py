@@ -15,18 +15,22 @@ import torch
 
 from pipeline import dist
 from pipeline.checkpoint.store import CheckpointDamaged, CheckpointStore
-from pipeline.config import ConfigError, ExperimentConfig, load_config
+from pipeline.config import ExperimentConfig
+from pipeline.config.schema import PROTOCOLS
+from pipeline.evaluate.config import run_config
 from pipeline.dist import DistInfo, dist_info_from_env
 from pipeline.evaluate.progress import EvalProgress
 from pipeline.evaluate.layer_responses import LayerResponses
 from pipeline.evaluate.protocols import evaluate
+from pipeline.run.layout import RunDir
 from pipeline.run.results import update_results, write_layer_responses
 from pipeline.dist.process import resolve_device, use_task_cpus
+from pipeline.data import build_loader
+from pipeline.engine.weights import load_weights
+from pipeline.models import build_model
 
 log = logging.getLogger("pipeline.evaluate")
 
-PROTOCOLS = ("center", "tencrop", "multiscale")
-EVALUATION_SECTIONS = ("data.", "eval.")  # what an evaluation may set for itself
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -34,17 +38,13 @@ def evaluate_run(run_dir: Path, protocol: str = "center", checkpoint: str = "las
                  layer_responses: bool = False, info: Optional[DistInfo] = None, overrides: Sequence[str] = ()) -> dict:
     """Evaluate `run_dir`'s checkpoint with `protocol` (`overrides`: data.* and eval.* settings for this evaluation
     only); the primary rank records and returns the result."""
-    from pipeline.data import build_loader
-    from pipeline.engine.weights import load_weights
-    from pipeline.models import build_model
-
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     if layer_responses and protocol != "center":
         raise ValueError("layer responses are measured on the centre view: use --protocol center")
-    store = CheckpointStore(run_dir / "checkpoints")
+    store = CheckpointStore(RunDir(run_dir).checkpoints)
     chosen = store.select(checkpoint)
     info = info or dist_info_from_env()
     device = resolve_device(cfg.run.device, info)
@@ -86,25 +86,6 @@ def _check_intact(store: CheckpointStore, chosen) -> None:
     if problem:
         raise CheckpointDamaged(f"{chosen.path} is damaged and cannot be evaluated: {problem}; evaluate another "
                                 "checkpoint (--checkpoint last, best or a checkpoint directory)")
-
-
-def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """The resolved config a run was trained with (`RUN_DIR/config.yaml`), with `overrides` of how to evaluate it:
-    `data.*` (where the data is, batch per GPU, loader threads) and `eval.*` (scales, resize). The rest is what
-    the weights were trained as, and stays."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: no config.yaml; is this a run directory (<run.out_dir>/<run.name>)?")
-    other = [o for o in overrides if not o.startswith(EVALUATION_SECTIONS)]
-    if other:
-        raise ConfigError(f"an evaluation takes data.* and eval.* overrides only (the net, engine and schedule are "
-                          f"the run's): {other[0]}")
-    cfg = load_config(path, list(overrides))
-    if cfg.model.num_classes is None:  # training writes it once it has read the dataset
-        from pipeline.data import dataset_num_classes
-
-        cfg.model.num_classes = dataset_num_classes(cfg.data)
-    return cfg
 
 
 def _predictor(model: torch.nn.Module, cfg: ExperimentConfig, device: torch.device) -> Callable:

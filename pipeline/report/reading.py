@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from pipeline.config import ConfigError, load_config
+from pipeline.run.layout import RunDir
 from pipeline.run.logger import read_metrics
 from pipeline.run.results import protocol_result, read_layer_responses, read_results
 from pipeline.run.state import read_run_state
@@ -99,7 +100,7 @@ def read_run(run: PlannedRun, table: TableConfig, status: Any) -> RunReading:
     """What the report shows of a run, `status` its state (see StatesOf)."""
     run_dir = run.run_dir
     departures = _departures(run)
-    if not (run_dir / "config.yaml").exists() and not (run_dir / "metrics.jsonl").exists():
+    if not RunDir(run_dir).exists():
         return RunReading(run, "missing", f"no run directory {run_dir}", departures=departures)
     reading = RunReading(run, status.state, departures=departures)
     if table.kind == "curves":
@@ -118,7 +119,7 @@ def read_run(run: PlannedRun, table: TableConfig, status: Any) -> RunReading:
     elif table.kind == "curves":
         for metric in table.metrics:
             if not reading.curves.get(metric):
-                raise ReportError(f"{run_dir / 'metrics.jsonl'}: the finished run never logged {metric!r} "
+                raise ReportError(f"{RunDir(run_dir).metrics}: the finished run never logged {metric!r} "
                                   f"(logged: {', '.join(sorted(_logged_keys(run_dir))) or 'nothing'})")
     else:
         responses = read_layer_responses(run_dir)
@@ -132,7 +133,7 @@ def read_run(run: PlannedRun, table: TableConfig, status: Any) -> RunReading:
 
 def _departures(run: PlannedRun) -> List[str]:
     """The run's departures from its row's paper recipe, from the config it ran with (else the planned one)."""
-    saved = run.run_dir / "config.yaml"
+    saved = RunDir(run.run_dir).config
     try:
         cfg = load_config(saved) if saved.exists() else run.cfg
     except ConfigError as e:
@@ -158,7 +159,7 @@ def _read_values(reading: RunReading, table: TableConfig) -> None:
         return
     for metric in table.metrics:
         if metric not in result:
-            raise ReportError(f"{run_dir / 'results.json'}: the {table.protocol} result has no {metric!r} "
+            raise ReportError(f"{RunDir(run_dir).results}: the {table.protocol} result has no {metric!r} "
                               f"(it records: {', '.join(sorted(result))})")
         reading.values[metric] = float(result[metric])
 

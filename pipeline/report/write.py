@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from pipeline.config import load_config
+from pipeline.run.layout import RunDir
 from pipeline.report.reading import RowReading, StatesOf, read_table, states_from_files
 from pipeline.report.markdown import shown_run, render, table_cells
 
@@ -42,5 +43,5 @@ def write_report(table_path: Path, runs_dir: Optional[Path], out_dir: Path,
 def _runs_logging(rows: List[RowReading]):
     """The W&B settings the table's runs used: the first run's saved config, else its planned one."""
     first = next(r.run for row in rows for r in row.runs)
-    saved = first.run_dir / "config.yaml"
+    saved = RunDir(first.run_dir).config
     return (load_config(saved) if saved.exists() else first.cfg).logging

@@ -16,8 +16,7 @@ from typing import Dict, Mapping, Optional
 
 from data_prep.lock import FileLock, Locked, describe, holder_info
 from pipeline.dist import exit_codes
-
-LOCK_NAME = "run.lock"
+from pipeline.run.layout import RunDir
 
 
 class RunLocked(Locked):
@@ -40,7 +39,7 @@ class RunLock(FileLock):
     def __init__(self, run_dir: Path, env: Optional[Mapping[str, str]] = None) -> None:
         self.run_dir = Path(run_dir)
         self.job = slurm_job(env)
-        super().__init__(self.run_dir / LOCK_NAME, holder_info(**self.job), reclaim=self._earlier_start_of_this_job)
+        super().__init__(RunDir(self.run_dir).lock, holder_info(**self.job), reclaim=self._earlier_start_of_this_job)
 
     def _earlier_start_of_this_job(self, holder: Dict) -> Optional[str]:
         """A lock left by an earlier start of this same SLURM job: SLURM ended that start before requeueing the job,
@@ -69,7 +68,7 @@ def lock_holder(run_dir: Path) -> Optional[Dict]:
     """The holder of a run directory's lock while it is alive (for `status`), else None."""
     from data_prep.lock import read_lock, stale_reason
 
-    path = Path(run_dir) / LOCK_NAME
+    path = RunDir(run_dir).lock
     holder = read_lock(path)
     if not holder or stale_reason(path, holder) is not None:
         return None

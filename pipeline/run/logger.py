@@ -29,11 +29,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from pipeline.config.schema import LoggingConfig
+from pipeline.run.layout import RunDir
 from pipeline.run.wandb_run import forget_wandb_service, start_wandb
-
-METRICS_FILE = "metrics.jsonl"
-WANDB_ID_FILE = "wandb_id"
-WANDB_STEP_FILE = "wandb_last_step"
 
 
 class NullLogger:
@@ -56,11 +53,12 @@ class RunLogger(NullLogger):
                  resume_step: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.run_dir / METRICS_FILE
+        self.files = RunDir(self.run_dir)
+        self.metrics_path = self.files.metrics
         _truncate_after(self.metrics_path, resume_step)
-        self.run_id = _read(self.run_dir / WANDB_ID_FILE) or secrets.token_hex(4)
-        (self.run_dir / WANDB_ID_FILE).write_text(self.run_id)
-        self._wandb_last_step = int(_read(self.run_dir / WANDB_STEP_FILE) or -1)  # the last one known written
+        self.run_id = _read(self.files.wandb_id) or secrets.token_hex(4)
+        self.files.wandb_id.write_text(self.run_id)
+        self._wandb_last_step = int(_read(self.files.wandb_last_step) or -1)  # the last one known written
         self._sent = False  # whether this start has sent W&B anything (its row at _wandb_last_step is open)
         self._metrics_failed = False
         self._wandb = start_wandb(self.run_dir, cfg, run_name, config, self.run_id)
@@ -110,7 +108,7 @@ class RunLogger(NullLogger):
             forget_wandb_service(run)
             return
         try:  # every step sent is written now: the next start sends only what comes after it
-            (self.run_dir / WANDB_STEP_FILE).write_text(str(self._wandb_last_step))
+            self.files.wandb_last_step.write_text(str(self._wandb_last_step))
         except OSError:
             pass  # a full disk: the next start sends some records again, which W&B drops
 
@@ -148,10 +146,6 @@ class RunLogger(NullLogger):
         print(f"warning: {message}", file=sys.stderr, flush=True)
         self._append({"step": step if step is not None else self._wandb_last_step, "event": f"warning: {message}"})
 
-    @property
-    def wandb_dir(self) -> Optional[Path]:
-        return self.run_dir / "wandb" if (self.run_dir / "wandb").exists() else None
-
 
 def make_logger(is_primary: bool, run_dir: Path, cfg: LoggingConfig, run_name: str, config: Dict[str, Any],
                 resume_step: int = 0) -> NullLogger:
@@ -161,7 +155,7 @@ def make_logger(is_primary: bool, run_dir: Path, cfg: LoggingConfig, run_name: s
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
+    path = RunDir(run_dir).metrics
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -17,12 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
-RESULTS_FILE = "results.json"
-LAYER_RESPONSES_FILE = "layer_responses.json"
+from pipeline.run.layout import RunDir
 
 
 def read_results(run_dir: Path) -> Dict[str, Any]:
-    path = Path(run_dir) / RESULTS_FILE
+    path = RunDir(run_dir).results
     if not path.exists():
         return {}
     try:
@@ -33,7 +32,7 @@ def read_results(run_dir: Path) -> Dict[str, Any]:
 
 def update_results(run_dir: Path, key: str, value: Dict[str, Any], protocol: Optional[str] = None) -> None:
     """Set `results[key]` (or `results[key][protocol]`), keeping everything else in the file."""
-    path = Path(run_dir) / RESULTS_FILE
+    path = RunDir(run_dir).results
     with _locked(path):
         results = read_results(run_dir)
         if protocol is None:
@@ -52,11 +51,11 @@ def protocol_result(results: Dict[str, Any], protocol: str) -> Optional[Dict[str
 
 
 def write_layer_responses(run_dir: Path, responses: Dict[str, Any]) -> None:
-    _write_json(Path(run_dir) / LAYER_RESPONSES_FILE, responses)
+    _write_json(RunDir(run_dir).layer_responses, responses)
 
 
 def read_layer_responses(run_dir: Path) -> Optional[Dict[str, Any]]:
-    path = Path(run_dir) / LAYER_RESPONSES_FILE
+    path = RunDir(run_dir).layer_responses
     return json.loads(path.read_text()) if path.exists() else None
 
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.checkpoint.store import CheckpointStore
-from pipeline.run.logger import METRICS_FILE, read_metrics
-from pipeline.run.results import read_results
+from pipeline.run.layout import RunDir
 from pipeline.run.lock import lock_holder
+from pipeline.run.logger import read_metrics
+from pipeline.run.results import read_results
 
-JOB_ID_FILE = "slurm_job_id"  # written by `launch.submit.slurm` when it submits a run, read here
 # A run outside SLURM (torchrun, one process) counts as running while it logged this recently.
 ACTIVE_WINDOW_S = 600
 
@@ -51,16 +51,17 @@ class RunState:
 def read_run_state(run_dir: Path) -> RunState:
     """The state of `run_dir` as its files tell it (a directory that does not exist: not started)."""
     run_dir = Path(run_dir)
+    files = RunDir(run_dir)
     metrics = read_metrics(run_dir)
     train_records = [m for m in metrics if "loss" in m]
     last = train_records[-1] if train_records else {}
-    complete = CheckpointStore(run_dir / "checkpoints").complete(warn=False)  # (a save in progress is no news here)
+    complete = CheckpointStore(files.checkpoints).complete(warn=False)  # (a save in progress is no news here)
     latest = complete[-1] if complete else None
     step = max(int(last.get("step", 0)), latest.step if latest else 0)
     starts = [m["total_steps"] for m in metrics if m.get("event") == "start" and "total_steps" in m]
-    job_file = run_dir / JOB_ID_FILE
+    job_file = files.slurm_job_id  # written by `launch` when it submits the run
     job_id = (job_file.read_text().strip() or None) if job_file.exists() else None
-    idle_s = _seconds_since_written(run_dir / METRICS_FILE)
+    idle_s = _seconds_since_written(files.metrics)
     finished = "train" in read_results(run_dir)
     if finished:
         state = "finished"

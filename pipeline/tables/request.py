@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+from pipeline.config import ConfigError
+from pipeline.run.layout import RunsFolder
 from pipeline.tables.spec import PlannedRun, planned_runs
 
 FORMAT = "resnet-repro-request"
@@ -39,12 +41,8 @@ class TableRequest:
         return shlex.join(["python", "-m", "launch", "reproduce", *self.arguments(runs_dir)])
 
 
-def request_file(runs_dir: Path, table: str | Path) -> Path:
-    return Path(runs_dir) / f"{Path(table).stem}.reproduce.json"
-
-
 def save_request(runs_dir: Path, request: TableRequest) -> Path:
-    path = request_file(runs_dir, request.table)
+    path = RunsFolder(runs_dir).request(request.table)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"format": FORMAT, "version": 1, **asdict(request)}, indent=2) + "\n")
@@ -56,11 +54,9 @@ def load_request(runs_dir: Optional[Path], table: str | Path) -> Optional[TableR
     """The request recorded for `table` in `runs_dir`, or None (no runs directory, or never reproduced there)."""
     if runs_dir is None:
         return None
-    path = request_file(runs_dir, table)
+    path = RunsFolder(runs_dir).request(table)
     if not path.exists():
         return None
-    from pipeline.config import ConfigError
-
     try:
         raw = json.loads(path.read_text())
         if raw.get("format") != FORMAT or raw.get("version") != 1:

@@ -25,9 +25,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import ConfigError, ExperimentConfig, config_to_dict, load_config
+from pipeline.config.schema import PROTOCOLS
 
 KINDS = ("table", "curves", "responses")
-PROTOCOLS = ("center", "tencrop", "multiscale")
 # What each kind of table reads from a run: results.json metrics, metrics.jsonl curves, layer responses.
 METRICS = {"table": ("top1_error", "top5_error"),
            "curves": ("train_top1_error", "val_top1_error", "loss"),
@@ -73,6 +73,34 @@ class TableConfig:
     metrics: List[str] = field(default_factory=lambda: ["top1_error"])
     protocol: str = "center"
     seeds: List[int] = field(default_factory=lambda: [0])
+
+
+@dataclass(frozen=True)
+class TableEvaluation:
+    """What a table reads from a run after training, beyond training's own records: a protocol's evaluation, or
+    Fig. 7's layer responses (on the centre view)."""
+
+    protocol: str
+    layer_responses: bool = False
+
+    @property
+    def name(self) -> str:
+        return "layer responses" if self.layer_responses else self.protocol
+
+    @property
+    def job_name(self) -> str:
+        """The evaluation's name in its job's files (`RunDir.evaluation_job_id`)."""
+        return "responses" if self.layer_responses else self.protocol
+
+
+def table_evaluation(kind: str, protocol: str) -> Optional[TableEvaluation]:
+    """The evaluation a table (of `kind`, read with `protocol`) needs after training, if any: curves are read from
+    training's own log, and a centre-view table from training's final evaluation."""
+    if kind == "responses":
+        return TableEvaluation("center", layer_responses=True)
+    if kind == "table" and protocol != "center":
+        return TableEvaluation(protocol)
+    return None
 
 
 @dataclass(frozen=True)

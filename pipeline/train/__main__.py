@@ -20,10 +20,11 @@ import sys
 from typing import Optional
 
 
-from pipeline.dist import exit_codes
 from pipeline.config import ConfigError, load_config
-from pipeline.dist import dist_info_from_env
-from pipeline.train.loop import EXIT_INTERRUPTED, run_dir_of, say_error, train
+from pipeline.dist import dist_info_from_env, exit_codes
+from pipeline.run.layout import RunDir
+from pipeline.train.loop import say_error, train
+from pipeline.train.outcome import Interrupted
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -46,18 +47,18 @@ def main(argv: Optional[list] = None) -> int:
         return exit_codes.USAGE
     primary = dist_info_from_env().is_primary
     try:
-        result = train(cfg)
+        outcome = train(cfg)
     except Exception as e:  # noqa: BLE001 - what a user can fix is one line; anything else keeps its traceback
         code = say_error(e, primary)
         if code == exit_codes.FAILED:
             raise
         return code
-    if result.get("interrupted"):
-        return EXIT_INTERRUPTED
+    if isinstance(outcome, Interrupted):
+        return exit_codes.INTERRUPTED
     if primary:
-        print(f"{result['split']} error: {result['top1_error']:.2f}% "
-              f"(top-5 {result['top5_error']:.2f}%, {result['samples']} samples)")
-        print(f"run directory: {run_dir_of(cfg).resolve()}")
+        print(f"{outcome.split} error: {outcome.top1_error:.2f}% "
+              f"(top-5 {outcome.top5_error:.2f}%, {outcome.samples} samples)")
+        print(f"run directory: {RunDir.of(cfg).path.resolve()}")
     return exit_codes.OK
 
 

@@ -1,59 +1,49 @@
-"""Training one run: the run directory taken, the data, engine and schedule set up, the newest intact checkpoint
+"""Training one run: the run directory taken, the data, schedule and engine set up, the newest intact checkpoint
 resumed, then the loop, top to bottom, until the schedule ends or a stop signal; the final evaluation last.
+
+    outcome = train(cfg)      # Finished (its final evaluation) or Interrupted (a checkpoint, then the signal)
+
+Runs as one process, under torchrun or as a SLURM task: rank and world size come from the environment
+(`pipeline.dist`). Each periodic training record carries `elapsed_s`, the run's training wall time over all its
+starts (kept in the checkpoint), and `eta_s`, the steps left at the pace of the steps since the previous record.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 from pipeline import dist
-from pipeline.dist import exit_codes
-from pipeline.checkpoint.background import CheckpointSaves, FileWriter
-from pipeline.checkpoint.store import CheckpointDirError, CheckpointStore
-from pipeline.config import ExperimentConfig, config_to_dict, loggable_config, save_config
-from pipeline.config.checks import num_classes_warning, precision_warning, schedule_warning
-from pipeline.dist import DistInfo, dist_info_from_env
-from pipeline.evaluate.protocols import EvaluationInterrupted, evaluate
+from pipeline.checkpoint.policy import SavePolicy
+from pipeline.checkpoint.run_checkpoints import RunCheckpoints
+from pipeline.config import ExperimentConfig, loggable_config
+from pipeline.dist import DistInfo, dist_info_from_env, exit_codes
+from pipeline.dist.process import StopSignal, resolve_device, seed_everything, use_task_cpus
+from pipeline.engine import build_engine
 from pipeline.evaluate.layer_responses import LayerResponses
-from pipeline.config.per_gpu_batch import check_bn_groups, gpu_share
-from pipeline.run.logger import make_logger
+from pipeline.evaluate.protocols import EvaluationInterrupted, evaluate
 from pipeline.models import build_model
-from pipeline.run.results import update_results, write_layer_responses
-from pipeline.checkpoint.resume import resume_latest_intact
+from pipeline.run.layout import RunDir
 from pipeline.run.lock import RunLock
-from pipeline.dist.process import StopSignal, peak_memory_mb, resolve_device, rng_state, seed_everything, set_rng_state, use_task_cpus
+from pipeline.run.logger import make_logger
+from pipeline.run.results import update_results, write_layer_responses
+from pipeline.train.outcome import Finished, Interrupted, TrainOutcome
+from pipeline.train.progress import Clock, Progress, Window
 from pipeline.train.schedule import LRSchedule
+from pipeline.train.setup import (check_run_directory, checkpoint_files, log_start, open_data,
+                                  own_run_directory, resume)
 
 log = logging.getLogger("pipeline.train")
 
-EXIT_INTERRUPTED = exit_codes.INTERRUPTED  # stopped by a signal after saving a checkpoint: run again to resume
-
-
-@dataclass
-class Progress:
-    """Where training stands: what a checkpoint must restore besides the weights."""
-
-    step: int = 0
-    epoch: int = 0
-    elapsed_s: float = 0.0  # training wall time so far, over every start of the run (older checkpoints: 0)
-
-
-def run_dir_of(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.run.out_dir) / cfg.run.name
-
 
 def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None,
-          on_start: Optional[Callable[[], None]] = None) -> dict:
-    """Train (or resume) the run `cfg` describes; returns the final results (or the interruption).
+          on_start: Optional[Callable[[], None]] = None) -> TrainOutcome:
+    """Train (or resume) the run `cfg` describes.
 
     The primary rank first takes the run directory's lock (`pipeline.run.lock`): a second training into the
     same directory is refused there, before anything is written. `on_start` then runs on the primary rank
@@ -65,9 +55,9 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None,
     if info.distributed or cfg.engine.name == "deepspeed":  # DeepSpeed needs a process group, even of one
         info = dist.with_free_port(info)
         dist.init_process_group(info, device.type, cfg.engine.timeout_minutes)
-    lock = RunLock(run_dir_of(cfg)) if info.is_primary else None
+    lock = RunLock(RunDir.of(cfg).path) if info.is_primary else None
     try:
-        dist.on_every_rank(lambda: _own_run_directory(lock, on_start))
+        dist.on_every_rank(lambda: own_run_directory(lock, on_start))
         return _train(cfg, info, device)
     finally:
         if lock is not None:
@@ -75,88 +65,35 @@ def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None,
         dist.destroy_process_group()
 
 
-def _own_run_directory(lock: Optional[RunLock], on_start: Optional[Callable[[], None]]) -> None:
-    if lock is None:
-        return
-
-    def take() -> None:
-        lock.run_dir.mkdir(parents=True, exist_ok=True)
-        lock.acquire()  # RunLocked when another live run holds it
-
-    _writing_run_dir(lock.run_dir, take)
-    lock.start_heartbeat()
-    if on_start is not None:
-        on_start()
-
-
-def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
-    from pipeline.engine import build_engine
-
+def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> TrainOutcome:
     seed_everything(cfg.run.seed, cfg.run.deterministic)
-    run_dir = run_dir_of(cfg)
-    store = CheckpointStore(run_dir / "checkpoints", cfg.checkpoint.keep_last, cfg.checkpoint.keep_best)
+    run = RunDir.of(cfg)
+    checkpoints = RunCheckpoints(run.checkpoints, cfg.checkpoint, info)
     # What a user can get wrong (an unwritable directory, a missing or damaged dataset) fails on every rank alike.
     # Two steps: opening the data has collectives of its own (one rank validates it for all), which every rank
     # must reach, so nothing that can fail on one rank alone may come before them in the same step.
-    dist.on_every_rank(lambda: _check_run_directory(cfg, info, device, store))
-    train_loader, eval_loader, warnings = dist.on_every_rank(lambda: _open_data(cfg, info, device))
+    dist.on_every_rank(lambda: check_run_directory(cfg, info, device, checkpoints))
+    train_loader, eval_loader, warnings = dist.on_every_rank(lambda: open_data(cfg, info, device))
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, train_loader.steps_per_epoch, cfg.data.batch_size)
     micro_batch = cfg.data.batch_size // info.world_size
     engine = build_engine(cfg.engine, build_model(cfg.model), cfg.optim, schedule.lr(0), info, device, micro_batch)
-
-    # Resume from the newest intact checkpoint, if there is one.
-    progress = Progress()
-    resumed = resume_latest_intact(store, engine, info)
-    resumed_from_world = None
-    if resumed is not None:
-        progress = Progress(**resumed.extra["progress"])
-        schedule.load_state_dict(resumed.extra["schedule"])
-        if resumed.rank_state is not None:
-            _restore_rank_state(resumed.rank_state, train_loader)
-        else:
-            resumed_from_world, saved_step = resumed.saved_world_size, progress.step
-            progress.step = _replay_epoch(train_loader, progress.epoch)
-            log.warning("%s was saved by %d ranks at step %d; this run has %d: the data order of an epoch depends "
-                        "on the world size, so epoch %d is replayed from its first step (%d) with the weights "
-                        "and optimizer state of step %d", resumed.checkpoint.path, resumed_from_world, saved_step,
-                        info.world_size, progress.epoch, progress.step, saved_step)
-        log.warning("resuming %s from step %d (epoch %d)", run_dir, progress.step, progress.epoch)
-    logger = dist.on_every_rank(lambda: make_logger(info.is_primary, run_dir, cfg.logging, cfg.run.name,
+    resumed = resume(checkpoints, engine, schedule, train_loader, info, run)
+    progress = resumed.progress
+    logger = dist.on_every_rank(lambda: make_logger(info.is_primary, run.path, cfg.logging, cfg.run.name,
                                                     loggable_config(cfg), progress.step))
-    clock = _Clock(progress.elapsed_s)
-
-    saves = CheckpointSaves(store, info.is_primary)
-
-    def save_checkpoint(metrics: Optional[dict] = None, background: bool = False) -> None:
-        """A periodic save is written in the background while training goes on; a stop's and the last are not."""
-        progress.elapsed_s = clock.elapsed()
-        rank_state = {"loader": train_loader.state_dict(), "rng": rng_state(), "world_size": info.world_size}
-        extra = {"progress": vars(progress).copy(), "schedule": schedule.state_dict(), "config": config_to_dict(cfg),
-                 "rng": rng_state()}
-
-        def queue_files(staging: Path, writer: FileWriter) -> None:
-            engine.save(staging, extra, info.is_primary, writer)  # its collectives first: see pipeline.engine
-            writer.submit(f"rank-{info.rank:05d}.pt", rank_state)
-
-        saves.save(progress.step, queue_files, metrics, background)
-
+    clock = Clock(progress.elapsed_s)
     stop = StopSignal().install()
+    policy = SavePolicy(cfg.checkpoint, lambda: stop.received is not None, checkpoints)
+
+    def save(background: bool, metrics: Optional[dict] = None) -> None:
+        """A periodic save is written in the background while training goes on; a stop's and the last are not."""
+        files = checkpoint_files(cfg, info, engine, progress, clock, schedule, train_loader)
+        checkpoints.save(progress.step, files, metrics, background)
+        policy.saved()
+
     total_steps = schedule.total_steps
-    last_save = time.monotonic()
-    share = gpu_share(cfg, info.world_size)
-    logger.log({"event": "start", "total_steps": total_steps, "steps_per_epoch": train_loader.steps_per_epoch,
-                "world_size": info.world_size, "images_per_gpu": share.images, "bn_batch": share.bn_batch},
-               progress.step)
-    warnings += [share.below_recipe(), schedule_warning(cfg.schedule), precision_warning(cfg.engine, device.type)]
-    for warning in filter(None, warnings):
-        logger.log({"event": f"warning: {warning}"}, progress.step)
-    for skipped in resumed.skipped if resumed is not None else []:
-        logger.log({"event": f"warning: checkpoint {skipped} is damaged and was not used; resumed from "
-                             f"{resumed.checkpoint.path.name}"}, progress.step)
-    if resumed_from_world is not None:
-        logger.log({"event": f"world size changed from {resumed_from_world} to {info.world_size}: epoch "
-                             f"{progress.epoch} replayed from step {progress.step}"}, progress.step)
-    window = _Window()
+    log_start(logger, cfg, info, device, schedule, train_loader, warnings, resumed)
+    window = Window()
     first_step = progress.step
     try:
         while progress.step < total_steps:
@@ -176,29 +113,18 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
                     logger.log(record, progress.step)
                     if schedule.observe_train_error(progress.step, record["train_top1_error"]):
                         logger.log({"event": f"warm-up ended: lr {schedule.lr(progress.step):g}"}, progress.step)
-                    window = _Window()
+                    window = Window()
                 if cfg.eval.every_steps and progress.step % cfg.eval.every_steps == 0:
                     _evaluate_and_log(engine, eval_loader, schedule, logger, progress)
 
-                # Step-based saves fall on the same step everywhere; a signal or the clock is one rank's own
-                # and needs a collective to agree on (a consistent checkpoint needs every rank), so it is
-                # only asked every `check_every_steps` steps, never in between: no host sync per step.
-                # The same check asks whether every rank has written its files of a background save.
-                steps_due = cfg.checkpoint.every_steps and progress.step % cfg.checkpoint.every_steps == 0
-                stopping = minutes_due = False
-                if progress.step % cfg.checkpoint.check_every_steps == 0:
-                    stopping, minutes_due, writing = dist.any_rank(
-                        [stop.received is not None, _minutes_due(cfg, last_save), saves.writing])
-                    if saves.pending is not None and not writing:
-                        saves.finish()
-                if stopping or steps_due or minutes_due:
-                    save_checkpoint(background=not stopping)
-                    last_save = time.monotonic()
+                decision = policy.after_step(progress.step)  # collective every checkpoint.check_every_steps
+                if decision.save:
+                    save(background=not decision.stopping)
                 if progress.step == first_step + 1:
                     dist.watch_for_hangs(cfg.engine.hang_timeout_minutes)  # the slow first step is over
-                if stopping:
+                if decision.stopping:
                     logger.log({"event": f"stopped by {stop.received or 'a signal on another rank'}"}, progress.step)
-                    return {"interrupted": True, "step": progress.step, "signal": stop.received}
+                    return Interrupted(progress.step, stop.received)
                 if progress.step >= total_steps:
                     epoch_done = False  # stopped mid-epoch: the schedule ended here
                     break
@@ -207,81 +133,13 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> dict:
                 progress.epoch += 1
                 if cfg.eval.every_epochs and progress.epoch % cfg.eval.every_epochs == 0:
                     _evaluate_and_log(engine, eval_loader, schedule, logger, progress)
-                if cfg.checkpoint.at_epoch_end and progress.step < total_steps:
-                    save_checkpoint(background=True)
-                    last_save = time.monotonic()
-
-        # A signal now would otherwise go unheard: the loop that checks for it is over. The evaluation stops
-        # for it, and the weights are saved for the requeued job, which goes straight to this evaluation.
-        logger.log({"event": "final evaluation"}, progress.step)
-        responses = LayerResponses(engine.module) if cfg.eval.layer_responses else contextlib.nullcontext()
-        try:
-            with responses:
-                final = evaluate(engine.predict, eval_loader, should_stop=lambda: stop.received is not None)
-        except EvaluationInterrupted:
-            save_checkpoint()
-            logger.log({"event": f"stopped by {stop.received or 'a signal on another rank'} during the final "
-                                 "evaluation"}, progress.step)
-            return {"interrupted": True, "step": progress.step, "signal": stop.received}
-        stds = responses.result() if cfg.eval.layer_responses else None
-        result = {"step": progress.step, "epoch": progress.epoch, "split": cfg.data.eval_split,
-                  "protocol": "center", **final.as_dict()}
-        # Logged as a validation record too: the last point of the validation curve (Figs. 4 and 6).
-        logger.log({"kind": "final", "epoch": progress.epoch, **final.as_dict("val_")}, progress.step)
-        logger.summary(result)
-        save_checkpoint({"val_top1_error": final.top1_error})
-        dist.on_every_rank(lambda: _record_results(run_dir, result, stds, final.samples, cfg) if info.is_primary
-                           else None)
-        return result
+                if policy.at_epoch_end(progress.step, total_steps):
+                    save(background=True)
+        return _final_evaluation(cfg, info, run, engine, eval_loader, logger, progress, stop, save)
     finally:
-        saves.close()
+        checkpoints.close()
         stop.uninstall()
         logger.close()  # after the last save: W&B's teardown can fail (its service shares the job's signals)
-
-
-def _check_run_directory(cfg: ExperimentConfig, info: DistInfo, device: torch.device, store: CheckpointStore) -> None:
-    """Check the run directory and record where this rank runs."""
-    run_dir = run_dir_of(cfg)
-    check_bn_groups(cfg, info.world_size)
-    store.check_writable(f".write-probe-{info.rank:05d}")  # every rank writes its own files into checkpoints
-    if info.is_primary:
-        store.remove_unfinished()  # before any rank can start a save (`pipeline.checkpoint.background`)
-    _writing_run_dir(run_dir, lambda: _record_placement(run_dir, info, device))
-
-
-def _open_data(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> tuple:
-    """Open the dataset (validated once, by the primary); the primary then writes the resolved config.
-    Returns the loaders and what to warn about the net's classes against the dataset's."""
-    from pipeline.data import build_loader, dataset_num_classes
-
-    run_dir = run_dir_of(cfg)
-    train_loader = build_loader(cfg.data, cfg.data.train_split, info, train=True, device=device, seed=cfg.run.seed)
-    eval_loader = build_loader(cfg.data, cfg.data.eval_split, info, train=False, device=device, seed=cfg.run.seed,
-                               eval_resize=cfg.eval.resize)
-    warnings = []
-    if cfg.model.num_classes is None:
-        cfg.model.num_classes = dist.from_primary(lambda: dataset_num_classes(cfg.data))
-    elif cfg.data.backend != "synthetic":  # synthetic labels are drawn for the net
-        dataset_classes = dist.from_primary(lambda: dataset_num_classes(cfg.data))
-        warnings.append(num_classes_warning(cfg.model.num_classes, dataset_classes,
-                                            str(Path(cfg.data.root) / "manifest.json")))
-    if info.is_primary:
-        _writing_run_dir(run_dir, lambda: save_config(cfg, run_dir / "config.yaml"))
-    return train_loader, eval_loader, warnings
-
-
-def _writing_run_dir(run_dir: Path, write: Callable[[], None]) -> None:
-    try:
-        write()
-    except OSError as e:
-        raise CheckpointDirError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
-
-
-def _record_results(run_dir: Path, result: dict, stds: Optional[dict], samples: int, cfg: ExperimentConfig) -> None:
-    update_results(run_dir, "train", result)
-    if stds is not None:
-        write_layer_responses(run_dir, {**stds, "samples": samples, "split": cfg.data.eval_split,
-                                        "step": result["step"]})
 
 
 def _evaluate_and_log(engine, eval_loader, schedule: LRSchedule, logger, progress: Progress) -> None:
@@ -291,79 +149,38 @@ def _evaluate_and_log(engine, eval_loader, schedule: LRSchedule, logger, progres
         logger.log({"event": "validation error plateaued: lr divided"}, progress.step)
 
 
-def _minutes_due(cfg: ExperimentConfig, last_save: float) -> bool:
-    every = cfg.checkpoint.every_minutes
-    return bool(every) and time.monotonic() - last_save > 60 * every
+def _final_evaluation(cfg: ExperimentConfig, info: DistInfo, run: RunDir, engine, eval_loader, logger,
+                      progress: Progress, stop: StopSignal, save: Callable[..., None]) -> TrainOutcome:
+    """The centre evaluation of the trained weights, saved with them and recorded in results.json.
+
+    A signal now would otherwise go unheard: the loop that checks for it is over. The evaluation stops for it,
+    and the weights are saved for the requeued job, which goes straight to this evaluation."""
+    logger.log({"event": "final evaluation"}, progress.step)
+    responses = LayerResponses(engine.module) if cfg.eval.layer_responses else contextlib.nullcontext()
+    try:
+        with responses:
+            final = evaluate(engine.predict, eval_loader, should_stop=lambda: stop.received is not None)
+    except EvaluationInterrupted:
+        save(background=False)
+        logger.log({"event": f"stopped by {stop.received or 'a signal on another rank'} during the final "
+                             "evaluation"}, progress.step)
+        return Interrupted(progress.step, stop.received)
+    stds = responses.result() if cfg.eval.layer_responses else None
+    outcome = Finished(progress.step, progress.epoch, cfg.data.eval_split, final.samples, final.top1_error,
+                       final.top5_error)
+    # Logged as a validation record too: the last point of the validation curve (Figs. 4 and 6).
+    logger.log({"kind": "final", "epoch": progress.epoch, **final.as_dict("val_")}, progress.step)
+    logger.summary(outcome.as_dict())
+    save(background=False, metrics={"val_top1_error": final.top1_error})
+    dist.on_every_rank(lambda: _record_results(run, outcome, stds) if info.is_primary else None)
+    return outcome
 
 
-def _record_placement(run_dir: Path, info: DistInfo, device: torch.device) -> None:
-    """Each rank writes where it runs (`ranks/rank-NNNNN.json`, this attempt's), to check placement later."""
-    import json
-
-    folder = run_dir / "ranks"
-    folder.mkdir(parents=True, exist_ok=True)
-    record = {**info.describe(), "device": str(device), "pid": os.getpid(), "time": time.time()}
-    (folder / f"rank-{info.rank:05d}.json").write_text(json.dumps(record, sort_keys=True) + "\n")
-
-
-def _replay_epoch(loader, epoch: int) -> int:
-    """Restart `epoch` from its first step (another world size cannot continue mid-epoch); returns that step.
-
-    Every epoch has `steps_per_epoch` steps whatever the world size (the global batch is fixed), so the
-    step at an epoch's start is `epoch * steps_per_epoch` and the schedule by step stays the same."""
-    loader.restart_epoch(epoch)
-    return epoch * loader.steps_per_epoch
-
-
-def _restore_rank_state(state: dict, loader) -> None:
-    set_rng_state(state["rng"])
-    loader.load_state_dict(state["loader"])
-
-
-class _Clock:
-    """The run's training wall time: what earlier starts of the run spent (from the checkpoint) plus this one's."""
-
-    def __init__(self, before: float) -> None:
-        self.before, self.start = before, time.monotonic()
-
-    def elapsed(self) -> float:
-        return self.before + time.monotonic() - self.start
-
-
-class _Window:
-    """Sums over the steps since the last log line."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.data_time = 0.0
-        self.loss_sum = torch.zeros(())
-        self.hits = torch.zeros((), dtype=torch.long)
-        self.samples = 0
-        self.steps = 0
-
-    def add(self, loss: torch.Tensor, hits: torch.Tensor, samples: int) -> None:
-        # Accumulate on the device: no host sync per step.
-        self.loss_sum = self.loss_sum.to(loss.device) + loss
-        self.hits = self.hits.to(hits.device) + hits
-        self.samples += samples
-        self.steps += 1
-
-    def eta_s(self, remaining_steps: int) -> float:
-        """Seconds left at this window's pace (its steps include any evaluation or checkpoint within it)."""
-        return remaining_steps * (time.perf_counter() - self.start) / max(self.steps, 1)
-
-    def report(self, info: DistInfo, device: torch.device) -> dict:
-        elapsed = time.perf_counter() - self.start
-        loss_sum, hits, samples, data_time = dist.all_reduce_sum(
-            [float(self.loss_sum), float(self.hits), float(self.samples), self.data_time])
-        steps = max(self.steps, 1)
-        return {
-            "loss": loss_sum / (steps * info.world_size),
-            "train_top1_error": 100.0 * (1 - hits / max(samples, 1)),
-            "images_per_s": samples / max(elapsed, 1e-9),
-            "data_wait_fraction": data_time / info.world_size / max(elapsed, 1e-9),
-            "memory_mb": peak_memory_mb(device),
-        }
+def _record_results(run: RunDir, outcome: Finished, stds: Optional[dict]) -> None:
+    update_results(run.path, "train", outcome.as_dict())
+    if stds is not None:
+        write_layer_responses(run.path, {**stds, "samples": outcome.samples, "split": outcome.split,
+                                         "step": outcome.step})
 
 
 def say_error(error: Exception, primary: bool) -> int:

@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run ... -m tests.workers.startup_reads OUT ROOT [ROOT ...]
 
-For each dataset ROOT, the rank does what `pipeline.train` does to open its data (`_open_data`: the training and
+For each dataset ROOT, the rank does what `pipeline.train` does to open its data (`open_data`: the training and
 evaluation loaders of the torch backend, the class count) and counts the files it opened under ROOT and their
 bytes (an audit hook sees every open; a file's size bounds what was read of it). Writes `<OUT>/rank<r>.json`:
 {root: {"files": n, "bytes": b}}.
@@ -18,7 +18,7 @@ import torch
 from pipeline import dist
 from pipeline.config import load_config
 from pipeline.dist import dist_info_from_env
-from pipeline.train.loop import _open_data
+from pipeline.train.setup import open_data
 from tests.train_support import DEMO_CONFIG
 
 
@@ -33,7 +33,7 @@ def main(out: str, *roots: str) -> None:
         cfg = load_config(DEMO_CONFIG, [f"data.root={root}", "data.backend=torch", "data.num_threads=0",
                                         f"run.out_dir={Path(out) / 'runs'}", f"run.name={Path(root).name}"])
         opened.clear()
-        _open_data(cfg, info, torch.device("cpu"))
+        open_data(cfg, info, torch.device("cpu"))
         mine = [path for path in opened if path.startswith(root + os.sep)]
         reads[root] = {"files": len(mine), "bytes": sum(os.path.getsize(path) for path in mine)}
     (Path(out) / f"rank{info.rank}.json").write_text(json.dumps(reads))

@@ -1,0 +1,113 @@
+"""The callables SLURM jobs run: a training, an evaluation, a task of a data_prep array.
+
+submitit pickles the callable by its module path and runs it in the job (and again, through `checkpoint`, after
+a requeue): keep these small, with plain attributes, so that a job queued by one version still runs after an
+upgrade (`launch.slurm` keeps the path of earlier versions). Everything else a job needs is read from the run
+directory when it starts.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any, List, Sequence
+
+from pipeline.config import load_config
+from pipeline.run.layout import RunDir
+
+
+class TrainJob:
+    """The callable a SLURM job runs: train the run whose config lies in `run_dir`, resume if it can.
+
+    submitit treats an object with a `checkpoint` method as checkpointable: on requeue it runs the
+    object `checkpoint` returns; here that is the same job, since all state lives in the run directory.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = str(run_dir)
+
+    def __call__(self) -> dict:
+        # The trainer loads torch: only in the job.
+        from pipeline.dist import dist_info_from_env
+        from pipeline.train.loop import say_error, train
+        from pipeline.train.outcome import Interrupted
+
+        run = RunDir(self.run_dir)
+        cfg = load_config(run.config)
+        info = dist_info_from_env()
+        try:
+            # The job id is recorded once the run directory is this job's (a start refused by its lock writes
+            # nothing).
+            outcome = train(cfg, info, on_start=lambda: record_job_id(run))
+        except Exception as e:
+            # The same `error:` line as `launch local` gives (what `launch status` shows); the job still fails
+            # through submitit, whose traceback follows in the log.
+            say_error(e, info.is_primary)
+            raise
+        if isinstance(outcome, Interrupted) and outcome.signal != "SIGTERM":
+            # The checkpoint is saved; let submitit's handler (restored when training returned)
+            # requeue the job on rank 0. Other ranks return and the requeued job starts them again.
+            # Not on SIGTERM: that is what `scancel` sends (and what a cluster that requeues preempted
+            # jobs itself sends); requeueing then would bring back a job its user cancelled.
+            handler = signal.getsignal(signal.SIGUSR2)
+            if callable(handler):
+                handler(signal.SIGUSR2, None)
+        return outcome.as_dict()  # the job's result: plain data, readable by any version
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir))
+
+
+def record_job_id(run: RunDir) -> None:
+    """Write this job's SLURM id (`<array job>_<task>` for an array task) beside the run, for `status`."""
+    import submitit
+
+    run.slurm_job_id.write_text(submitit.JobEnvironment().job_id)
+
+
+class EvalJob:
+    """The callable of an evaluation job: `pipeline.evaluate` on every task of the job.
+
+    Evaluation writes nothing until it has its result, so a preempted job simply runs again.
+    """
+
+    def __init__(self, run_dir: str | Path, protocol: str, checkpoint: str, layer_responses: bool,
+                 overrides: Sequence[str] = ()) -> None:
+        # Not `self.checkpoint`: that name is the method submitit calls when the job is preempted.
+        self.run_dir, self.protocol, self.which_checkpoint = str(run_dir), protocol, checkpoint
+        self.layer_responses, self.overrides = layer_responses, list(overrides)
+
+    def __call__(self) -> dict:
+        from pipeline.evaluate.job import evaluate_run  # loads torch: only in the job
+
+        return evaluate_run(Path(self.run_dir), self.protocol, self.which_checkpoint,
+                            layer_responses=self.layer_responses, overrides=self.overrides)
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+class PrepTask:
+    """One task of a data_prep job array: its part of the shards (the last task to finish merges)."""
+
+    def __init__(self, prep_args: List[str], num_tasks: int, task_id: int) -> None:
+        self.prep_args, self.num_tasks, self.task_id = list(prep_args), num_tasks, task_id
+
+    def __call__(self) -> int:
+        from data_prep.__main__ import main
+
+        # submitit ignores SIGTERM in the job's process; data_prep's worker processes would inherit that
+        # and could then never be stopped by their pool. Workers get the default back.
+        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            code = main([*self.prep_args, "--num-tasks", str(self.num_tasks), "--task-id", str(self.task_id),
+                         "--no-progress"])
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if code != 0:
+            raise RuntimeError(f"data_prep task {self.task_id} of {self.num_tasks} failed with exit code {code}")
+        return code

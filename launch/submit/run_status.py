@@ -1,0 +1,80 @@
+"""A run's state with SLURM's word on it: what its run directory's files say (`pipeline.run.state`), a submitted
+run resolved by asking SLURM's queue once for any number of runs: queued (with SLURM's reason while it waits),
+running, requeued (waiting again, with a checkpoint to resume from) or failed (it left the queue without
+finishing: its last error line and its log).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from launch.submit.queue import queue_entries
+from pipeline.run.layout import RunDir, RunsFolder
+from pipeline.run.state import RunState, read_run_state
+
+_SLURM_STATES = {"PENDING": "queued", "CONFIGURING": "queued", "RUNNING": "running", "COMPLETING": "running",
+                 "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued",
+                 "SUSPENDED": "running", "PREEMPTED": "requeued"}
+IN_QUEUE = ("queued", "running", "requeued")  # a run in one of these states has its job in SLURM's queue
+
+
+@dataclass
+class RunStatus(RunState):
+    """A run's state with SLURM's word on it: not started | queued | running | requeued | stopped | finished |
+    failed (`submitted`, the files' own state of a SLURM run, is resolved by asking the queue). A waiting job
+    has SLURM's reason (Priority, Resources, BeginTime, ...); a failed one its log and last error line."""
+
+    reason: Optional[str] = None
+    log: Optional[Path] = None
+    error: Optional[str] = None
+
+
+def run_status(run_dir: Path) -> RunStatus:
+    """The run's state from its files (`read_run_state`), a submitted one resolved by SLURM's queue."""
+    return run_statuses([run_dir])[0]
+
+
+def run_statuses(run_dirs: Sequence[Path]) -> List[RunStatus]:
+    """`run_status` of each run, SLURM's queue asked once for all of them: `status` of a table of 50 runs is one
+    `squeue`, not 50 (a busy controller answers each in a fraction of a second, and its admins count them)."""
+    statuses = [RunStatus(**vars(read_run_state(run_dir))) for run_dir in run_dirs]
+    queue = queue_entries([s.job_id for s in statuses if s.state == "submitted" and s.job_id])
+    for status in statuses:
+        if status.state == "submitted":
+            _resolve_by_queue(status, queue.get(status.job_id))
+    return statuses
+
+
+def _resolve_by_queue(status: RunStatus, queued: Optional[Tuple[str, str]]) -> None:
+    """A submitted run's state as its job's entry in the queue says (none: the job left it without finishing)."""
+    if queued is None:
+        status.state = "failed"
+        status.log = job_log(Path(status.run_dir), status.job_id)
+        status.error = last_error(status.log) if status.log else None
+        return
+    slurm_state, reason = queued
+    status.state = _SLURM_STATES.get(slurm_state, slurm_state.lower())
+    if status.state == "queued" and status.checkpoint_step is not None:
+        status.state = "requeued"  # waiting again, with a checkpoint to resume from
+    if slurm_state == "PENDING" and reason not in ("None", ""):
+        status.reason = reason
+
+
+def job_log(run_dir: Path, job_id: str) -> Optional[Path]:
+    """The stderr log of the job's first task: submitit's, in the run's slurm/ folder (`launch submit`) or its
+    table's _sweeps/<table>/ folder (`sweep`, `reproduce`)."""
+    folders = [RunDir(run_dir).slurm_logs, *sorted(RunsFolder(run_dir.parent).all_sweeps.glob("*"))]
+    found = [log for folder in folders for log in sorted(folder.glob(f"{job_id}_*log.err"))]
+    return found[0] if found else None
+
+
+def last_error(log: Path) -> Optional[str]:
+    """What a failed job said last: its last `error:` line (every error a user can fix is one), else the last
+    line of its traceback (`SomeError: message`)."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    said = [line for line in lines if line.startswith("error: ")]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b.*", line)]
+    return (said or raised or [None])[-1]

@@ -1,0 +1,63 @@
+"""The one entry to a run's checkpoints, for training: the folder prepared, the newest intact checkpoint resumed,
+saves written (in the background or at once) and completed in order.
+
+    checkpoints = RunCheckpoints(run.checkpoints, cfg.checkpoint, info)
+    checkpoints.prepare()                                        # every rank, before training
+    resumed = checkpoints.resume(engine)                         # None: nothing to resume from
+    checkpoints.save(step, queue_files, metrics, background)     # collective
+    checkpoints.writing, checkpoints.finish_pending()             # a background save, once every rank wrote it
+    checkpoints.close()
+
+Under it: `store` (the directories and their COMPLETE markers), `background` (the writer thread), `resume`;
+when to save is `policy`'s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from pipeline.checkpoint.background import CheckpointSaves, FileWriter
+from pipeline.checkpoint.resume import Resumption, resume_latest_intact
+from pipeline.checkpoint.store import CheckpointStore
+from pipeline.config.schema import CheckpointConfig
+from pipeline.dist import DistInfo
+
+QueueFiles = Callable[[Path, FileWriter], None]  # (staging directory, writer): submits this rank's files
+
+
+class RunCheckpoints:
+    """A run's checkpoints folder, as every rank of its training sees it."""
+
+    def __init__(self, folder: Path, cfg: CheckpointConfig, info: DistInfo) -> None:
+        self.info = info
+        self.store = CheckpointStore(folder, cfg.keep_last, cfg.keep_best)
+        self._saves = CheckpointSaves(self.store, info.is_primary)
+
+    def prepare(self) -> None:
+        """Check that this rank can write into the folder (one error naming it, before any work is done), and on
+        the primary remove what a killed start left half-written, before any rank can start a save."""
+        self.store.check_writable(f".write-probe-{self.info.rank:05d}")
+        if self.info.is_primary:
+            self.store.remove_unfinished()
+
+    def resume(self, engine) -> Optional[Resumption]:
+        """Load the newest intact checkpoint into `engine` (collective); None when the run has none yet."""
+        return resume_latest_intact(self.store, engine, self.info)
+
+    def save(self, step: int, queue_files: QueueFiles, metrics: Optional[dict] = None,
+             background: bool = False) -> None:
+        """The checkpoint of `step` (collective); `metrics` go into its marker (the best checkpoint is kept)."""
+        self._saves.save(step, queue_files, metrics, background)
+
+    @property
+    def writing(self) -> bool:
+        """This rank's files of a background save are still being written."""
+        return self._saves.writing
+
+    def finish_pending(self) -> None:
+        """Mark the pending background save complete (collective: every rank has written its files)."""
+        self._saves.finish()
+
+    def close(self) -> None:
+        self._saves.close()
