@@ -8,8 +8,8 @@ older than STALE_S. A stale lock is taken over with a note naming the dead holde
 with an error naming it. Its users:
 
     data_prep   `OutputLock`: one per task of a job array, `<out>/_parts/locks/task-<i>-of-<N>.lock` (below)
-    training    the run directory's lock, `<run>/run.lock` (`pipeline.run_lock`)
-    launch      the lock around deciding and submitting a table's jobs (`launch.slurm.submission_lock`)
+    training    the run directory's lock, `<run>/run.lock` (`pipeline.run.lock`)
+    launch      the lock around deciding and submitting a table's jobs (`launch.submit.slurm.submission_lock`)
 
 The tasks of a SLURM array (`--num-tasks N --task-id i`) legitimately write into one `--out` together,
 each its own shards, so data_prep's lock is per task. A run refuses to start while a live lock holds its
