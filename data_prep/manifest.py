@@ -1,7 +1,8 @@
 """The manifest of a prepared dataset (format "resnet-repro-shards", version 1) as typed dataclasses.
 
-`load_manifest(path_or_dir)` is what the training loaders import: it rejects unknown formats and
-versions naming the file, and resolves shard paths relative to the dataset directory.
+`load_manifest(path_or_dir)` is the one reader of a manifest: data_prep's own commands use it, and so do the
+training loaders (`pipeline.data.dataset`) and `launch`'s checks. It rejects unknown formats and versions and
+malformed fields naming the file, and resolves shard paths relative to the dataset directory.
 """
 
 from __future__ import annotations

@@ -79,15 +79,19 @@ def make_dataset(out: Path, kind: str, splits: Dict[str, Sequence[int]], num_cla
             data = (out / tar_name).read_bytes()
             shards.append({"tar": tar_name, "index": idx_name, "num_samples": count, "bytes": len(data),
                            "sha256": hashlib.sha256(data).hexdigest()})
-        manifest_splits[split] = {"num_samples": sum(counts), "shards": shards}
+        manifest_splits[split] = {"num_samples": sum(counts), "found": sum(counts), "rejected": 0, "shards": shards}
     mean_image = None
     if kind == "cifar":
         np.save(out / "mean_image.npy", np.full((32, 32, 3), 120.0, dtype=np.float32))
         mean_image = "mean_image.npy"
+    # Every field data_prep writes (its reader, which the loaders use, checks them), with made-up statistics.
     manifest = {"format": "resnet-repro-shards", "version": 1, "dataset": f"test-{kind}", "image_ext": ext,
-                "label_ext": "cls", "classes": [f"c{i}" for i in range(num_classes)], "num_classes": num_classes,
-                "splits": manifest_splits,
-                "stats": {"mean": [120.0, 115.0, 100.0], "std": [60.0, 58.0, 59.0], "mean_image": mean_image}}
+                "label_ext": "cls", "num_classes": num_classes,
+                "classes": [{"index": i, "id": f"c{i}", "name": f"class {i}"} for i in range(num_classes)],
+                "encoding": {"reencoded": False, "max_side": None, "quality": None}, "splits": manifest_splits,
+                "stats": {"split": "train", "mean": [120.0, 115.0, 100.0], "std": [60.0, 58.0, 59.0],
+                          "mean_image": mean_image, "num_images": 0},
+                "seed": 0, "created_by": "tests/data_loader_fixtures.py"}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return out
 

@@ -193,7 +193,7 @@ def _check_data(cfg: ExperimentConfig) -> None:
         print("bench: data.backend=synthetic: the input pipeline is not measured", file=sys.stderr)
         return
     try:
-        splits = read_manifest(cfg.data.root)["splits"]
+        splits = read_manifest(cfg.data.root).splits
     except DatasetError as e:
         raise ConfigError(f"{e}; pass data.root=<a dataset prepared by `python -m data_prep`>") from None
     for split in (cfg.data.train_split, cfg.data.eval_split):

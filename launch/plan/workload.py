@@ -23,7 +23,7 @@ def split_sizes(cfg: ExperimentConfig) -> Tuple[Dict[str, int], str]:
     """Sample count of each split: from data.root's manifest, else the paper's dataset (by the net's family)."""
     try:
         manifest = read_manifest(cfg.data.root)
-        return ({name: int(split["num_samples"]) for name, split in manifest["splits"].items()},
+        return ({name: split.num_samples for name, split in manifest.splits.items()},
                 f"the manifest of {cfg.data.root}")
     except DatasetError:
         dataset, sizes = PAPER_SPLITS[get_spec(cfg.model.name).family]

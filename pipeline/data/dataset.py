@@ -10,7 +10,6 @@ as a hang or a silent short epoch on one rank.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -18,9 +17,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from data_prep.index import IndexError_, parse_index
-from data_prep.manifest import FORMAT as MANIFEST_FORMAT
-from data_prep.manifest import MANIFEST_NAME
-from data_prep.manifest import VERSION as MANIFEST_VERSION
+from data_prep.manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest
 from pipeline.dist import exit_codes
 
 
@@ -94,48 +91,33 @@ def sample_table(refs: List[SampleRef]) -> np.ndarray:
     return np.array([(r.shard, *r.image, *r.label) for r in refs], dtype=np.int64).reshape(-1, 5)
 
 
-def read_manifest(root: str | Path) -> dict:
-    """The manifest of the dataset directory `root`, with its format and version checked."""
-    path = Path(root) / MANIFEST_NAME
-    if not path.is_file():
-        raise DatasetError(f"{path}: no manifest (is data.root a directory made by `python -m data_prep`?)")
+def read_manifest(root: str | Path) -> Manifest:
+    """The manifest of the dataset directory `root`, read by data_prep's one reader (format and version checked)."""
     try:
-        manifest = json.loads(path.read_text())
-    except ValueError as e:
-        raise DatasetError(f"{path}: not valid JSON: {e}") from e
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise DatasetError(f"{path}: format {manifest.get('format')!r} is not {MANIFEST_FORMAT!r}")
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise DatasetError(f"{path}: manifest version {manifest.get('version')!r} is not supported "
-                           f"(this reader knows {MANIFEST_VERSION})")
-    return manifest
+        return load_manifest(Path(root) / MANIFEST_NAME)
+    except ManifestError as e:
+        raise DatasetError(str(e)) from None
 
 
 def open_split(root: str | Path, split: str) -> Split:
     """Validate and describe one split of the dataset at `root` (cheap: sizes and indexes, no checksums)."""
     root = Path(root)
     manifest = read_manifest(root)
-    splits: Dict[str, dict] = manifest.get("splits", {})
-    if split not in splits:
-        raise DatasetError(f"{root / MANIFEST_NAME}: no split {split!r} (it has {', '.join(sorted(splits))})")
+    if split not in manifest.splits:
+        raise DatasetError(f"{manifest.path}: no split {split!r} (it has {', '.join(sorted(manifest.splits))})")
+    info = manifest.splits[split]
     shards = []
-    for entry in splits[split]["shards"]:
-        shard = Shard(root / entry["tar"], root / entry["index"], int(entry["num_samples"]))
-        _check_shard(shard, entry.get("bytes"))
+    for entry in info.shards:
+        shard = Shard(entry.tar, entry.index, entry.num_samples)
+        _check_shard(shard, entry.bytes)
         shards.append(shard)
     total = sum(s.num_samples for s in shards)
-    if total != int(splits[split]["num_samples"]):
-        raise DatasetError(f"{root / MANIFEST_NAME}: split {split!r} says {splits[split]['num_samples']} samples "
-                           f"but its shards hold {total}")
-    stats = manifest.get("stats") or {}
-    mean_image = stats.get("mean_image")
-    return Split(
-        root=root, name=split, image_ext=manifest["image_ext"], label_ext=manifest.get("label_ext", "cls"),
-        num_classes=int(manifest["num_classes"]), shards=tuple(shards),
-        mean=tuple(float(v) for v in stats.get("mean", (0.0, 0.0, 0.0))),  # type: ignore[arg-type]
-        std=tuple(float(v) for v in stats.get("std", (1.0, 1.0, 1.0))),  # type: ignore[arg-type]
-        mean_image_path=root / mean_image if mean_image else None,
-    )
+    if total != info.num_samples:
+        raise DatasetError(f"{manifest.path}: split {split!r} says {info.num_samples} samples but its shards hold {total}")
+    stats = manifest.stats
+    return Split(root=root, name=split, image_ext=manifest.image_ext, label_ext=manifest.label_ext,
+                 num_classes=manifest.num_classes, shards=tuple(shards), mean=stats.mean, std=stats.std,
+                 mean_image_path=stats.mean_image)
 
 
 def read_index(path: Path) -> List[Dict[str, Tuple[int, int, str]]]:

@@ -98,10 +98,10 @@ def dataset_num_classes(data: DataConfig) -> int:
     """The class count the manifest records (the synthetic backend without a dataset: 1000 or 10)."""
     if data.backend == "synthetic":
         try:
-            return int(read_manifest(data.root)["num_classes"])
+            return read_manifest(data.root).num_classes
         except DatasetError:
             return _SYNTHETIC_SIZES[data.image_size <= 32][1]
-    return int(read_manifest(data.root)["num_classes"])
+    return read_manifest(data.root).num_classes
 
 
 def _finish(data: DataConfig, ds, train: bool, dtype: torch.dtype) -> Finish:
@@ -138,8 +138,8 @@ def _synthetic(data: DataConfig, split: str, info: DistInfo, train: bool, common
     num_samples, num_classes = _SYNTHETIC_SIZES[cifar]
     try:
         manifest = read_manifest(data.root)
-        num_samples = int(manifest["splits"][split]["num_samples"])
-        num_classes = int(manifest["num_classes"])
+        num_samples = manifest.splits[split].num_samples
+        num_classes = manifest.num_classes
     except (DatasetError, KeyError):
         pass
     if train:
