@@ -13,11 +13,12 @@ STAMP      := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_DIR   ?= demo
 
-.PHONY: help install test demo clean
+.PHONY: help install test lint demo clean
 
 help:
 	@echo "make demo     build the digits dataset, shard it, run the pipeline on it (CPU)"
 	@echo "make test     run the test suite"
+	@echo "make lint     ruff (style, pyflakes, imports) and import-linter (the dependency rules)"
 	@echo "make install  create $(VENV) and install the project with its dev extras"
 	@echo "make clean    remove $(VENV), $(DEMO_DIR)/ and caches"
 
@@ -31,6 +32,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 demo: $(STAMP)
 	$(PY) -m launch.demo --out $(DEMO_DIR)

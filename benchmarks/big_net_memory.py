@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 from train_throughput import REPO, machine, write_report  # benchmarks/ is this script's directory
 
@@ -36,9 +35,9 @@ def child(checkpointing: bool, batch: int, device_name: str, threads: int) -> No
         torch.set_num_threads(threads)
     from pipeline.config.schema import EngineConfig, ModelConfig, OptimConfig
     from pipeline.dist import DistInfo
+    from pipeline.dist.process import resolve_device
     from pipeline.engine.ddp import DDPEngine
     from pipeline.models import build_model
-    from pipeline.dist.process import resolve_device
 
     info = DistInfo()
     device = resolve_device(device_name, info)
@@ -74,7 +73,7 @@ def _available_gb() -> float:
     return int(line.split()[1]) / 2**20
 
 
-def run_variant(checkpointing: bool, batch: int, device: str, threads: int, min_free_gb: float) -> Optional[dict]:
+def run_variant(checkpointing: bool, batch: int, device: str, threads: int, min_free_gb: float) -> dict | None:
     """The child's JSON, or None when it was stopped for leaving too little memory to the machine."""
     proc = subprocess.Popen([sys.executable, __file__, "--child", str(int(checkpointing)), "--batch", str(batch),
                              "--device", device, "--threads", str(threads)], stdout=subprocess.PIPE, text=True)
@@ -119,7 +118,8 @@ def main() -> int:
         "# ResNet-1202: peak memory of one training step, with and without activation checkpointing",
         "",
         f"Machine: {machine()}.",
-        f"Command: `python benchmarks/big_net_memory.py --batch {args.batch} --device {args.device} --threads {args.threads}` "
+        f"Command: `python benchmarks/big_net_memory.py --batch {args.batch} --device {args.device} "
+        f"--threads {args.threads}` "
         f"(device {device}; one fresh process per variant; `DDPEngine.train_step` of `cifar_resnet1202`, "
         "fp32, SGD with momentum, random 32x32 images).",
         "",

@@ -28,10 +28,10 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from train_throughput import REPO, machine, measure, sh, write_report  # benchmarks/ is this script's directory
 
@@ -53,7 +53,7 @@ class Setting:
     steps: int = 0  # training steps; loader rows: passes over the shards after a warm-up pass
     image: int = 224
     log_every: int = 10
-    overrides: Tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()
     estimate_s: float = 30.0  # the expected wall time, for the time guard
 
     def describe(self, gpu: bool) -> str:
@@ -79,7 +79,7 @@ class Row:
     kind: str  # loader | train | step | project | memory
     units: str
     gpu: Setting
-    cpu: Optional[Setting]  # None: the row needs a GPU (cpu_note says why)
+    cpu: Setting | None  # None: the row needs a GPU (cpu_note says why)
     cpu_note: str = ""  # on CPU: what runs instead, or why nothing does
     baseline: str = ""  # the row this one is compared with: "<key>:<what the ratio is>"
     dataset: str = "imagenet"  # imagenet | cifar | none
@@ -88,7 +88,7 @@ class Row:
 BF16_CL = ("engine.precision=bf16", "engine.channels_last=true")
 
 
-def _net(model: str, data: str, gpu: bool, extra: Tuple[str, ...] = (), gpu_s: float = 30,
+def _net(model: str, data: str, gpu: bool, extra: tuple[str, ...] = (), gpu_s: float = 30,
          cpu_s: float = 60) -> Setting:
     """The GPU or the reduced CPU setting of an ImageNet training row."""
     full = Setting(model, data, 256, 40, 224, 10, BF16_CL + extra, gpu_s)
@@ -106,7 +106,7 @@ def _train_row(key: str, model: str, label: str, data: str, compile_: bool, gpu_
                COMPILE_ON_CPU if compile_ else "", baseline)
 
 
-ROWS: Tuple[Row, ...] = (  # in priority order: the time guard drops from the end
+ROWS: tuple[Row, ...] = (  # in priority order: the time guard drops from the end
     Row("dali-decode", "DALI decode-only, ImageNet-sized JPEGs", "loader", "images/s",
         Setting(data="decode", batch=64, steps=3, estimate_s=15),
         Setting(data="decode", batch=8, steps=1, estimate_s=15),
@@ -153,7 +153,7 @@ class Datasets:
 
     def __init__(self, root: Path, gpu: bool) -> None:
         self.root, self.gpu = root, gpu
-        self.built: Dict[str, Path] = {}
+        self.built: dict[str, Path] = {}
 
     def get(self, name: str) -> Path:
         if name not in self.built:
@@ -195,7 +195,7 @@ def loader_rate(s: Setting, root: Path, gpu: bool) -> float:
     return rate(batches, count, s.steps)[0]
 
 
-def train_overrides(row: Row, s: Setting, gpu: bool) -> List[str]:
+def train_overrides(row: Row, s: Setting, gpu: bool) -> list[str]:
     """Config overrides for `measure` (whose config is the digits demo: the CIFAR recipe) for this row."""
     out = [f"logging.every_steps={s.log_every}", f"data.num_threads={min(8, os.cpu_count() or 1) if gpu else 1}",
            "data.shuffle_buffer=512", *s.overrides]
@@ -207,7 +207,7 @@ def train_overrides(row: Row, s: Setting, gpu: bool) -> List[str]:
     return out
 
 
-def run_row(row: Row, s: Setting, gpu: bool, data: Datasets, runs: Path, results: Dict[str, dict]) -> dict:
+def run_row(row: Row, s: Setting, gpu: bool, data: Datasets, runs: Path, results: dict[str, dict]) -> dict:
     """Measure one row; returns {figure, note}."""
     if row.kind == "project":
         step_key = row.baseline.split(":")[0]
@@ -228,7 +228,7 @@ def run_row(row: Row, s: Setting, gpu: bool, data: Datasets, runs: Path, results
     return {"figure": r["images_per_s"], "note": f"data wait {r['data_wait_fraction']:.3f}"}
 
 
-def compare(row: Row, results: Dict[str, dict]) -> str:
+def compare(row: Row, results: dict[str, dict]) -> str:
     """The row's ratio to its baseline row, when both ran (data-stall ratio, ZeRO-1/DDP, ...)."""
     if not row.baseline or row.kind == "project":
         return ""
@@ -255,12 +255,12 @@ def describe_machine() -> str:
     return text
 
 
-def plan(rows: Sequence[Row], gpu: bool) -> List[Tuple[Row, Optional[Setting], str]]:
+def plan(rows: Sequence[Row], gpu: bool) -> list[tuple[Row, Setting | None, str]]:
     """Each selected row with the setting it runs at here, or None and the reason it does not run."""
     return [(row, row.gpu if gpu else row.cpu, "" if gpu or row.cpu else row.cpu_note) for row in rows]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reduced", action="store_true", help="the CPU-sized rows, even with a GPU")
     parser.add_argument("--rows", default="", help="comma-separated row keys (default: all): " +
@@ -281,8 +281,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     selected = [r for r in ROWS if not wanted or r.key in wanted]
 
     start = time.monotonic()
-    results: Dict[str, dict] = {}
-    over_budget: List[str] = []
+    results: dict[str, dict] = {}
+    over_budget: list[str] = []
     with tempfile.TemporaryDirectory(prefix="gpu-suite-") as tmp:
         data = Datasets(Path(tmp), gpu)
         for row, setting, reason in plan(selected, gpu):

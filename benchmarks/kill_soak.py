@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
 
 from train_throughput import REPO, machine, sh, write_report  # benchmarks/ is this script's directory
 
@@ -50,12 +49,12 @@ ACTIONS = ("kill-rank", "usr2", "sigterm", "truncate", "second-start")
 ENGINES = {"ddp": ["engine.name=ddp"], "deepspeed": ["engine.name=deepspeed", "engine.zero_stage=1"]}
 
 
-def command(args: List[str], nproc: int) -> List[str]:
+def command(args: list[str], nproc: int) -> list[str]:
     """`launch local`, as a user runs it: its exit code is the ranks' (torchrun's own is 1 for any failure)."""
     return [sys.executable, "-m", "launch", "local", CONFIG, *args, "--nproc", str(nproc)]
 
 
-def overrides(data: Path, out: Path, engine: str, total: int) -> List[str]:
+def overrides(data: Path, out: Path, engine: str, total: int) -> list[str]:
     return [f"data.root={data}", f"run.out_dir={out}", "run.name=run", "run.deterministic=true",
             "model.name=cifar_resnet8", "schedule.unit=iteration", f"schedule.total={total}",
             f"schedule.milestones=[{3 * total // 4}]", "logging.every_steps=1", "logging.wandb_mode=offline",
@@ -66,7 +65,7 @@ def overrides(data: Path, out: Path, engine: str, total: int) -> List[str]:
 class Run:
     """One start of the training command, with its log; knows its ranks and the steps it has logged."""
 
-    def __init__(self, args: List[str], nproc: int, run_dir: Path, log: Path, starts_before: int = 0) -> None:
+    def __init__(self, args: list[str], nproc: int, run_dir: Path, log: Path, starts_before: int = 0) -> None:
         self.run_dir, self.starts_before = run_dir, starts_before
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self._log = open(log, "ab")
@@ -93,7 +92,7 @@ class Run:
         finally:
             self._log.close()
 
-    def survivors(self) -> List[int]:
+    def survivors(self) -> list[int]:
         """Processes of this run still alive after its launcher ended (found by the run directory)."""
         found = []
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
@@ -105,11 +104,11 @@ class Run:
         return [pid for pid in found if pid != os.getpid()]
 
 
-def complete_checkpoints(run_dir: Path) -> List[Path]:
+def complete_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p.parent for p in (run_dir / "checkpoints").glob("step-*/COMPLETE"))
 
 
-def latest_step(run_dir: Path, damaged: Dict[Path, str]) -> int:
+def latest_step(run_dir: Path, damaged: dict[Path, str]) -> int:
     """The step the next start resumes from: the newest complete checkpoint that is not one we damaged (a damaged
     one that training has saved again since has another COMPLETE marker)."""
     done = [int(p.name.split("-")[1]) for p in complete_checkpoints(run_dir)
@@ -117,11 +116,11 @@ def latest_step(run_dir: Path, damaged: Dict[Path, str]) -> int:
     return max(done, default=0)
 
 
-def intact_checkpoints(run_dir: Path, damaged: Dict[Path, str]) -> int:
+def intact_checkpoints(run_dir: Path, damaged: dict[Path, str]) -> int:
     return sum(damaged.get(p) != (p / "COMPLETE").read_text() for p in complete_checkpoints(run_dir))
 
 
-def cut_newest_checkpoint(run_dir: Path, damaged: Dict[Path, str]) -> None:
+def cut_newest_checkpoint(run_dir: Path, damaged: dict[Path, str]) -> None:
     """Every file of the newest complete checkpoint cut to half its size, its COMPLETE marker kept."""
     newest = complete_checkpoints(run_dir)[-1]
     for path in newest.rglob("*.pt"):
@@ -130,7 +129,7 @@ def cut_newest_checkpoint(run_dir: Path, damaged: Dict[Path, str]) -> None:
     damaged[newest] = (newest / "COMPLETE").read_text()
 
 
-def second_start(args: List[str], nproc: int, run_dir: Path, log: Path) -> int:
+def second_start(args: list[str], nproc: int, run_dir: Path, log: Path) -> int:
     """Start the same command while the run trains; returns its exit code (refused: LOCKED) after checking that it
     wrote nothing: the run's config, lock and W&B runs are as they were."""
     before = [(run_dir / "config.yaml").read_bytes(), (run_dir / "run.lock").read_bytes(),
@@ -145,7 +144,7 @@ def second_start(args: List[str], nproc: int, run_dir: Path, log: Path) -> int:
     return code
 
 
-def soak(engine: str, kills: int, data: Path, out: Path, nproc: int, rng: random.Random) -> Dict:
+def soak(engine: str, kills: int, data: Path, out: Path, nproc: int, rng: random.Random) -> dict:
     total = 40 + 6 * kills
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -211,7 +210,7 @@ def soak(engine: str, kills: int, data: Path, out: Path, nproc: int, rng: random
             "fell_back": fell_back, "minutes": (time.time() - started) / 60}
 
 
-def _signal(pids: List[int], sig: int) -> None:
+def _signal(pids: list[int], sig: int) -> None:
     for pid in pids:
         try:
             os.kill(pid, sig)
@@ -219,13 +218,13 @@ def _signal(pids: List[int], sig: int) -> None:
             pass  # it ended on its own meanwhile (a loader worker, W&B's monitor)
 
 
-def _fallbacks_named(log: Path, damaged: Dict[Path, str]) -> bool:
+def _fallbacks_named(log: Path, damaged: dict[Path, str]) -> bool:
     """Every checkpoint we damaged was named in a start's log as damaged and not used."""
     text = log.read_text(errors="replace")
     return all(f"checkpoint {path} is damaged" in text for path in damaged)
 
 
-def report(results: List[Dict], args: argparse.Namespace) -> List[str]:
+def report(results: list[dict], args: argparse.Namespace) -> list[str]:
     lines = ["# Kill soak: interrupted K times, resumed, compared bitwise", "",
              f"Machine: {machine()}.",
              f"Command: `python benchmarks/kill_soak.py --engines {args.engines} --nproc {args.nproc} "

@@ -25,8 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,7 +37,6 @@ from pipeline.config.schema import DataConfig  # noqa: E402
 from pipeline.data import build_loader  # noqa: E402
 from pipeline.data.dataset import open_split  # noqa: E402
 from pipeline.dist import DistInfo  # noqa: E402
-
 
 # data_prep synth's longer sides for the benchmark: ImageNet's own images average about 470x390 px, and
 # the image size sets the balance between the decode (the ceiling) and the fixed 224x224 output work.
@@ -97,7 +96,7 @@ def cpu_seconds() -> float:
     return total
 
 
-def rate(batches: Callable[[], Iterable], count: Callable[[object], int], passes: int) -> Tuple[float, float]:
+def rate(batches: Callable[[], Iterable], count: Callable[[object], int], passes: int) -> tuple[float, float]:
     """(images/s, CPU ms per image) over `passes` full passes, after a warm-up pass (start-up costs)."""
     for _ in batches():
         pass
@@ -178,7 +177,7 @@ def main(argv=None) -> int:
                num_threads=args.threads, shuffle_buffer=256, pca_lighting=0.1)
     info = DistInfo()
     cpu = torch.device("cpu")
-    results: Dict[str, Tuple[float, float]] = {}
+    results: dict[str, tuple[float, float]] = {}
 
     def loader(backend: str, device=cpu):
         lo = build_loader(DataConfig(backend=backend, **cfg), "train", info, device=device)

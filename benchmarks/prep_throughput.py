@@ -35,11 +35,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_prep.images import Encoding  # noqa: E402
-from data_prep.prepare import DEFAULT_STATS  # noqa: E402
-from data_prep.prepare import Options, prepare  # noqa: E402
+from data_prep.prepare import (  # noqa: E402
+    DEFAULT_STATS,  # noqa: E402
+    Options,
+    prepare,
+)
 from data_prep.sources.imagenet import load_imagenet  # noqa: E402
 from data_prep.synth import synth_imagenet  # noqa: E402
-
 
 IMAGENET_TRAIN = 1_281_167
 

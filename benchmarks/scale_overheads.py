@@ -33,8 +33,8 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
 
 # benchmarks/overheads/, beside this script (the sections import pipeline/ only when they run).
 from overheads.checkpoint import checkpoint_blocking
@@ -47,11 +47,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's pipeline/, ahead of any installed copy
 
 
-SECTIONS: Dict[str, Callable[[argparse.Namespace, Path], Lines]] = {
+SECTIONS: dict[str, Callable[[argparse.Namespace, Path], Lines]] = {
     "syncs": host_syncs, "startup": startup_reads, "checkpoint": checkpoint_blocking, "engines": engine_step_times}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections, comma-separated: {', '.join(SECTIONS)}")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown section here (default: print only)")

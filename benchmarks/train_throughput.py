@@ -18,8 +18,8 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "demo" / "digits.yaml"
@@ -31,7 +31,7 @@ def sh(*args: str, env: dict | None = None) -> None:
 
 
 def measure(backend: str, shards: Path, out: Path, model: str, steps: int, nproc: int, batch: int,
-            extra: Sequence[str] = (), name: Optional[str] = None) -> dict:
+            extra: Sequence[str] = (), name: str | None = None) -> dict:
     """Mean images/s and data-wait fraction of a `pipeline.train` run (`extra`: more overrides)."""
     name = name or backend
     overrides = [f"data.root={shards}", f"data.backend={backend}", f"run.out_dir={out}", f"run.name={name}",

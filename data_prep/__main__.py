@@ -16,9 +16,19 @@ import os
 import pickle
 import sys
 from pathlib import Path
-from typing import List, Optional
 
-from .images import DEFAULT_MAX_PIXELS  # a constant; images.py imports PIL only when it decodes
+from . import synth
+from .images import (
+    DEFAULT_MAX_PIXELS,  # a constant; images.py imports PIL only when it decodes
+    Encoding,
+)
+from .manifest import load_manifest
+from .merge import WARNINGS_NAME, merge
+from .prepare import Options, prepare
+from .sources.cifar import load_cifar
+from .sources.folder import load_folder
+from .sources.imagenet import load_imagenet
+from .verify import verify
 
 SOURCES = ("imagenet", "cifar10", "cifar100", "folder")
 SYNTH_KINDS = ("imagenet", "imagenet-kaggle", "cifar10", "cifar100")
@@ -43,7 +53,8 @@ def _add_prepare(sub, name: str, help_: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     if name in ("imagenet", "folder"):
         p.add_argument("--max-side", type=int, default=None, help="re-encode: shrink so the longer side <= this")
-        p.add_argument("--quality", type=int, default=None, help="re-encode: JPEG quality (default 90 when re-encoding)")
+        p.add_argument("--quality", type=int, default=None,
+                       help="re-encode: JPEG quality (default 90 when re-encoding)")
         p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                        help="images with more pixels (width x height) are shrunk to fit, aspect kept, re-encoded "
                             "as JPEG and listed in converted.jsonl (the default is well above ILSVRC-2012's largest "
@@ -92,20 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from .images import Encoding
-    from .prepare import Options, prepare
-
     if args.command == "imagenet":
-        from .sources.imagenet import load_imagenet
-
         source = load_imagenet(args.src, args.devkit)
     elif args.command == "folder":
-        from .sources.folder import load_folder
-
         source = load_folder(args.src)
     else:
-        from .sources.cifar import load_cifar
-
         source = load_cifar(args.src, args.command, args.val_size, args.seed, getattr(args, "labels", "fine"))
     if getattr(args, "max_pixels", 0) < 0:
         raise ValueError(f"--max-pixels {args.max_pixels}: must be >= 0 (0: no limit)")
@@ -130,9 +132,6 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _summary(path: Path) -> None:
-    from .manifest import load_manifest
-    from .merge import WARNINGS_NAME
-
     m = load_manifest(path)
     for s in m.splits.values():
         print(f"{s.name}: {s.num_samples} written, {s.rejected} rejected of {s.found} found, "
@@ -146,8 +145,6 @@ def _summary(path: Path) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from . import synth
-
     if args.kind.startswith("imagenet"):
         quirks = synth.synth_imagenet(args.out, args.classes, args.per_class or 6, args.val_per_class,
                                       kaggle=args.kind == "imagenet-kaggle", seed=args.seed,
@@ -160,26 +157,22 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in SOURCES:
             return _prepare(args)
         if args.command == "verify":
-            from .verify import verify
-
             problems = verify(args.dir, decode=not args.no_decode)
             for p in problems:
                 print(p, file=sys.stderr)
             print("OK" if not problems else f"{len(problems)} bad shard(s)")
             return 1 if problems else 0
         if args.command == "merge":
-            from .merge import merge
-
             _summary(merge(args.dir))
             return 0
         return _synth(args)
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:  # bad input: one clear line, not a traceback
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:  # bad input: one line, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -16,11 +16,10 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 _CHUNK = 8 << 20  # read and hash in 8 MiB pieces: large reads, bounded memory
 
-Bytes = Union[bytes, bytearray, memoryview]
+Bytes = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)

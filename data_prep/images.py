@@ -21,7 +21,9 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Tuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 DEFAULT_FIX_QUALITY = 95  # quality used when a quirk forces a re-encode and --quality is not given
 DEFAULT_REENCODE_QUALITY = 90
@@ -42,8 +44,8 @@ class Encoding:
     """How images are written: original bytes (max_side and quality None) or re-encoded JPEG; either way
     an image above `max_pixels` (0: no limit) is shrunk to fit."""
 
-    max_side: Optional[int] = None
-    quality: Optional[int] = None
+    max_side: int | None = None
+    quality: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     @property
@@ -52,8 +54,6 @@ class Encoding:
 
 
 def _open(data: bytes):
-    from PIL import Image, UnidentifiedImageError
-
     if not data:
         raise Rejected("empty file (0 bytes)")
     try:
@@ -158,7 +158,6 @@ def _to_rgb(img):
         return img
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         # Flatten transparency onto white rather than letting convert() turn it black.
-        from PIL import Image
 
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -166,7 +165,7 @@ def _to_rgb(img):
     return img.convert("RGB")  # L, CMYK (PIL inverts Adobe CMYK correctly), P, I;16, ...
 
 
-def fit_pixels(size: Tuple[int, int], max_pixels: int) -> Optional[Tuple[int, int]]:
+def fit_pixels(size: tuple[int, int], max_pixels: int) -> tuple[int, int] | None:
     """The largest size with the aspect of `size` and at most `max_pixels` pixels; None when `size` fits
     (or max_pixels is 0: no limit)."""
     w, h = size
@@ -176,7 +175,7 @@ def fit_pixels(size: Tuple[int, int], max_pixels: int) -> Optional[Tuple[int, in
     return max(1, int(w * scale)), max(1, int(h * scale))  # rounded down: the product stays <= the limit
 
 
-def _draft_size(size: Tuple[int, int], encoding: Encoding) -> Optional[Tuple[int, int]]:
+def _draft_size(size: tuple[int, int], encoding: Encoding) -> tuple[int, int] | None:
     """The smallest decode size any resize below needs (JPEG draft mode), or None when nothing shrinks."""
     want = None
     if encoding.max_side is not None and encoding.max_side < max(size):
@@ -189,7 +188,7 @@ def _draft_size(size: Tuple[int, int], encoding: Encoding) -> Optional[Tuple[int
     return want
 
 
-def prepare_jpeg(data: bytes, encoding: Encoding = Encoding()) -> Tuple[bytes, Optional[str]]:
+def prepare_jpeg(data: bytes, encoding: Encoding = Encoding()) -> tuple[bytes, str | None]:
     """Return (RGB JPEG bytes, what was fixed or None) for the encoded image `data`; raise Rejected.
 
     Without re-encoding, a complete RGB JPEG within the pixel limit is returned unchanged (same bytes)."""
@@ -216,7 +215,6 @@ def prepare_jpeg(data: bytes, encoding: Encoding = Encoding()) -> Tuple[bytes, O
         img.draft("RGB", draft)
     _load(img, fmt or "image")
     rgb = _to_rgb(img)
-    from PIL import Image
 
     if encoding.max_side is not None and max(rgb.size) > encoding.max_side:
         scale = encoding.max_side / max(rgb.size)
@@ -233,7 +231,6 @@ def prepare_jpeg(data: bytes, encoding: Encoding = Encoding()) -> Tuple[bytes, O
 
 def encode_png(pixels: bytes, height: int = 32, width: int = 32) -> bytes:
     """Losslessly encode raw HxWx3 uint8 RGB `pixels` as PNG (deterministic for equal input)."""
-    from PIL import Image
 
     img = Image.frombytes("RGB", (width, height), pixels)
     buf = io.BytesIO()
@@ -243,7 +240,6 @@ def encode_png(pixels: bytes, height: int = 32, width: int = 32) -> bytes:
 
 def small_rgb(data: bytes, side: int = 64):
     """Decode `data` to a small RGB uint8 array (JPEG draft mode: cheap) for pixel statistics."""
-    import numpy as np
 
     img = _open(data)
     if img.format == "JPEG":

@@ -8,19 +8,19 @@ writes the tar (no second pass); `index_from_tar` rebuilds them from a tar for v
 from __future__ import annotations
 
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence, Tuple
 
 INDEX_VERSION = "v1.2"
 
-Member = Tuple[str, int, int, str]  # (extension, data offset, size, member name)
+Member = tuple[str, int, int, str]  # (extension, data offset, size, member name)
 
 
 class IndexError_(ValueError):
     """An index file that cannot be parsed; the message names the file."""
 
 
-def split_name(name: str) -> Tuple[str, str]:
+def split_name(name: str) -> tuple[str, str]:
     """(key, extension) of a member name, splitting at the first dot of the basename, as wds2idx does."""
     dot = name.find(".", name.rfind("/") + 1)
     return name[:dot], name[dot + 1:]
@@ -33,7 +33,7 @@ def format_index(samples: Sequence[Sequence[Member]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_index(path: str | Path) -> List[List[Member]]:
+def parse_index(path: str | Path) -> list[list[Member]]:
     """Read an index file: per sample, its members. Raises IndexError_ naming the file."""
     path = Path(path)
     try:
@@ -43,7 +43,7 @@ def parse_index(path: str | Path) -> List[List[Member]]:
     head = lines[0].split() if lines else []
     if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
         raise IndexError_(f"{path}: first line should be '{INDEX_VERSION} <count>'")
-    samples: List[List[Member]] = []
+    samples: list[list[Member]] = []
     for n, line in enumerate(lines[1:], start=2):
         f = line.split()
         if not f or len(f) % 4:
@@ -57,9 +57,9 @@ def parse_index(path: str | Path) -> List[List[Member]]:
     return samples
 
 
-def index_from_tar(path: str | Path) -> List[List[Member]]:
+def index_from_tar(path: str | Path) -> list[list[Member]]:
     """Group a tar's regular members into samples by key (consecutive runs), as wds2idx does."""
-    samples: List[List[Member]] = []
+    samples: list[list[Member]] = []
     last = None
     with tarfile.open(path, "r:") as tar:
         for m in tar:

@@ -24,9 +24,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 from .shards import PARTS_DIR
 
@@ -38,7 +38,7 @@ STALE_S = 600.0  # a lock from another host without a heartbeat for this long be
 class Locked(RuntimeError):
     """A live holder has the lock; the message names it, `holder` is its JSON."""
 
-    def __init__(self, message: str, holder: Optional[Dict] = None) -> None:
+    def __init__(self, message: str, holder: dict | None = None) -> None:
         super().__init__(message)
         self.holder = holder or {}
 
@@ -47,21 +47,21 @@ class Locked(RuntimeError):
 OutputLocked = Locked
 
 
-def describe(info: Dict) -> str:
+def describe(info: dict) -> str:
     """The holder in one line: host, pid, SLURM job (if any), start time and command."""
     job = f", SLURM job {info['slurm_job_id']}" if info.get("slurm_job_id") else ""
     return (f"host {info.get('host')}, pid {info.get('pid')}{job}, started {info.get('start')}: "
             f"{' '.join(map(str, info.get('argv') or []))}")
 
 
-def holder_info(argv: Optional[List[str]] = None, **extra) -> Dict:
+def holder_info(argv: list[str] | None = None, **extra) -> dict:
     """What a lock says about the process taking it."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
             "start": datetime.now().astimezone().isoformat(timespec="seconds"),
             "argv": list(sys.argv if argv is None else argv), **extra}
 
 
-def process_start(pid: int) -> Optional[int]:
+def process_start(pid: int) -> int | None:
     """When `pid` started (clock ticks since boot, /proc/<pid>/stat field 22): tells a reused pid apart."""
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
@@ -69,7 +69,7 @@ def process_start(pid: int) -> Optional[int]:
         return None
 
 
-def read_lock(path: Path) -> Optional[Dict]:
+def read_lock(path: Path) -> dict | None:
     """The lock's JSON, {} when unreadable (a holder caught between create and write), None when gone."""
     try:
         return json.loads(path.read_text())
@@ -79,7 +79,7 @@ def read_lock(path: Path) -> Optional[Dict]:
         return {}
 
 
-def _pid_alive(pid: int, started: Optional[int]) -> bool:
+def _pid_alive(pid: int, started: int | None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -94,7 +94,7 @@ def _pid_alive(pid: int, started: Optional[int]) -> bool:
     return started is None or process_start(pid) in (None, started)
 
 
-def stale_reason(path: Path, info: Dict, stale_s: float = STALE_S) -> Optional[str]:
+def stale_reason(path: Path, info: dict, stale_s: float = STALE_S) -> str | None:
     """Why the lock at `path` belongs to a dead run, or None when its run may still be alive."""
     try:
         age = time.time() - path.stat().st_mtime
@@ -113,17 +113,17 @@ class FileLock:
     `reclaim(holder) -> reason or None` lets a user of the lock take over a live-looking lock that is known
     to be its own (a requeued SLURM job finds the lock of its earlier start)."""
 
-    def __init__(self, path: Path, info: Optional[Dict] = None, heartbeat_s: float = HEARTBEAT_S,
-                 stale_s: float = STALE_S, reclaim: Optional[Callable[[Dict], Optional[str]]] = None) -> None:
+    def __init__(self, path: Path, info: dict | None = None, heartbeat_s: float = HEARTBEAT_S,
+                 stale_s: float = STALE_S, reclaim: Callable[[dict], str | None] | None = None) -> None:
         self.path = Path(path)
         self.info = info if info is not None else holder_info()
         self.heartbeat_s, self.stale_s, self.reclaim = heartbeat_s, stale_s, reclaim
         self._last_beat = 0.0
-        self._heartbeat: Optional[threading.Thread] = None
+        self._heartbeat: threading.Thread | None = None
         self._stop_heartbeat = threading.Event()
         self.held = False
 
-    def refusal(self, holder: Dict) -> str:
+    def refusal(self, holder: dict) -> str:
         """The error for a live holder (subclasses name what is locked and what to do)."""
         return (f"{self.path} is held by another live process ({describe(holder)}) - wait for it, or delete "
                 f"{self.path} if it is dead")
@@ -152,7 +152,7 @@ class FileLock:
             return
         raise Locked(f"{self.path}: could not take the lock (other processes keep replacing it)")
 
-    def acquire_waiting(self, timeout_s: float, on_wait: Optional[Callable[[Locked], None]] = None,
+    def acquire_waiting(self, timeout_s: float, on_wait: Callable[[Locked], None] | None = None,
                         poll_s: float = 0.2) -> None:
         """`acquire`, waiting up to `timeout_s` for a live holder to release it (`on_wait` once, when it first must)."""
         deadline = time.monotonic() + timeout_s
@@ -168,7 +168,7 @@ class FileLock:
                 told = True
                 time.sleep(poll_s)
 
-    def _take_over(self, holder: Dict) -> bool:
+    def _take_over(self, holder: dict) -> bool:
         """Remove the lock judged from `holder`; False when it changed meanwhile (judge again)."""
         aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
         try:
@@ -215,7 +215,7 @@ class FileLock:
                 pass
         self.held = False
 
-    def __enter__(self) -> "FileLock":
+    def __enter__(self) -> FileLock:
         self.acquire()
         return self
 
@@ -231,13 +231,13 @@ class OutputLock(FileLock):
     """`with OutputLock(out, task_id, num_tasks): ...` - data_prep's lock on one task of an output directory
     (also released on an error or KeyboardInterrupt)."""
 
-    def __init__(self, out: str | Path, task_id: int, num_tasks: int, argv: Optional[List[str]] = None,
+    def __init__(self, out: str | Path, task_id: int, num_tasks: int, argv: list[str] | None = None,
                  heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S) -> None:
         self.out, self.task_id, self.num_tasks = Path(out), task_id, num_tasks
         super().__init__(lock_path(self.out, task_id, num_tasks),
                          holder_info(argv, task_id=task_id, num_tasks=num_tasks), heartbeat_s, stale_s)
 
-    def refusal(self, holder: Dict) -> str:
+    def refusal(self, holder: dict) -> str:
         return (f"{self.out}: another data_prep run is writing task {self.task_id} of {self.num_tasks} here "
                 f"({describe(holder)}) - wait for it, or delete {self.path} if it is dead")
 

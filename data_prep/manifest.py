@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
 
 FORMAT = "resnet-repro-shards"
 VERSION = 1
@@ -43,24 +42,24 @@ class SplitInfo:
     num_samples: int
     found: int
     rejected: int
-    shards: Tuple[ShardInfo, ...]
+    shards: tuple[ShardInfo, ...]
 
 
 @dataclass(frozen=True)
 class EncodingInfo:
     reencoded: bool
-    max_side: Optional[int]
-    quality: Optional[int]
+    max_side: int | None
+    quality: int | None
 
 
 @dataclass(frozen=True)
 class Stats:
     split: str
-    mean: Tuple[float, float, float]  # per channel RGB, 0-255 scale
-    std: Tuple[float, float, float]
+    mean: tuple[float, float, float]  # per channel RGB, 0-255 scale
+    std: tuple[float, float, float]
     # float32 HxWx3 .npy (0-255): CIFAR's exact 32x32 per-pixel mean; ImageNet/folder: the 224x224 mean of
     # the centre views (shorter side 256) of the statistics sample. None: made by an older data_prep.
-    mean_image: Optional[Path]
+    mean_image: Path | None
     num_images: int  # how many images the statistics were computed from
 
 
@@ -71,10 +70,10 @@ class Manifest:
     dataset: str
     image_ext: str
     label_ext: str
-    classes: Tuple[ClassInfo, ...]
+    classes: tuple[ClassInfo, ...]
     num_classes: int
     encoding: EncodingInfo
-    splits: Dict[str, SplitInfo]
+    splits: dict[str, SplitInfo]
     stats: Stats
     seed: int
     created_by: str

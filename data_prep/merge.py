@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
+from .durable import fsync_dir, write_file
 from .index import parse_index, split_name
 from .manifest import FORMAT, MANIFEST_NAME, VERSION, ManifestError
-from .durable import fsync_dir, write_file
 from .shards import PARTS_DIR
 from .stats import PixelSums, mean_of_center_views
 
@@ -28,14 +28,14 @@ MEAN_IMAGE_NAME = "mean_image.npy"
 WARNINGS_NAME = "warnings.jsonl"
 
 
-def _plan(out: Path) -> Dict:
+def _plan(out: Path) -> dict:
     path = out / PARTS_DIR / "plan.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no plan - run `python -m data_prep <source> --out {out}` first")
     return json.loads(path.read_text())
 
 
-def missing_records(out: str | Path) -> List[str]:
+def missing_records(out: str | Path) -> list[str]:
     """Names of planned shards that have no completion record yet."""
     out = Path(out)
     plan = _plan(out)
@@ -43,11 +43,11 @@ def missing_records(out: str | Path) -> List[str]:
             if not (out / PARTS_DIR / f"{name}.json").is_file()]
 
 
-def _jsonl(rows: List[Dict]) -> bytes:
+def _jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
 
 
-def _stats_sample(out: Path, train: Optional[Dict], image_ext: str, every: int) -> Iterator[bytes]:
+def _stats_sample(out: Path, train: dict | None, image_ext: str, every: int) -> Iterator[bytes]:
     """The encoded train images of the statistics sample (keys `train_<p>` with p % every == 0), in key
     order - the images whose pixels fed the per-channel sums, read back from the written shards."""
     found = []
@@ -100,7 +100,8 @@ def merge(out: str | Path) -> Path:
     every = stats.pop("every", 0)  # absent from plans of data_prep before the ImageNet mean image
     if not stats.pop("exact"):
         mean, std = sums.mean_std()
-        image, _ = mean_of_center_views(_stats_sample(out, splits.get("train"), plan["image_ext"], every)) if every else (None, 0)
+        sample = _stats_sample(out, splits.get("train"), plan["image_ext"], every) if every else None
+        image, _ = mean_of_center_views(sample) if every else (None, 0)
         if image is not None:
             write_file(out / MEAN_IMAGE_NAME, _npy(image))
         stats.update(mean=mean, std=std, mean_image=MEAN_IMAGE_NAME if image is not None else None)

@@ -6,18 +6,20 @@ computes the same plan and writes a disjoint, deterministic part of it (shard i 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import multiprocessing as mp
 import sys
 import time
 import zlib
-from queue import Empty
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from queue import Empty
 
 import numpy as np
+from tqdm import tqdm
 
 from . import __version__
 from .durable import write_file
@@ -36,9 +38,9 @@ class Options:
     """How to shard: size target (MB of input) or samples per shard or a shard count; seed; parallelism."""
 
     seed: int = 0
-    shard_size_mb: Optional[float] = None
-    samples_per_shard: Optional[int] = None
-    num_shards: Optional[int] = None
+    shard_size_mb: float | None = None
+    samples_per_shard: int | None = None
+    num_shards: int | None = None
     encoding: Encoding = Encoding()
     workers: int = 1
     num_tasks: int = 1
@@ -48,7 +50,7 @@ class Options:
     progress: bool = True
 
 
-def _groups(items: List[Item], opts: Options) -> List[range]:
+def _groups(items: list[Item], opts: Options) -> list[range]:
     """Split positions 0..n-1 into consecutive shards by count, by shard number or by input bytes."""
     n = len(items)
     if opts.samples_per_shard:
@@ -76,7 +78,7 @@ def _stats_every(source: SourceData, opts: Options) -> int:
     return max(1, math.ceil(len(source.splits.get("train", [])) / opts.stats_images))
 
 
-def plan(source: SourceData, out: Path, opts: Options) -> List[ShardTask]:
+def plan(source: SourceData, out: Path, opts: Options) -> list[ShardTask]:
     """Every shard of every split: samples shuffled once (per split, from the seed), keyed, grouped."""
     tasks = []
     for split, items in source.splits.items():
@@ -93,10 +95,10 @@ def plan(source: SourceData, out: Path, opts: Options) -> List[ShardTask]:
     return tasks
 
 
-def _plan_record(source: SourceData, tasks: List[ShardTask], opts: Options) -> Dict:
+def _plan_record(source: SourceData, tasks: list[ShardTask], opts: Options) -> dict:
     splits = {s: {"found": len(items), "shards": [t.name for t in tasks if t.split == s]}
               for s, items in source.splits.items()}
-    stats: Dict = {"split": "train", "exact": source.exact_stats is not None}
+    stats: dict = {"split": "train", "exact": source.exact_stats is not None}
     if source.exact_stats is not None:
         stats.update(mean=source.exact_stats[0], std=source.exact_stats[1], mean_image="mean_image.npy")
     else:  # merge averages the centre views of this sample into the mean image
@@ -116,7 +118,7 @@ def _init_worker(queue) -> None:
     _QUEUE = queue
 
 
-def _work(task: ShardTask) -> Dict:
+def _work(task: ShardTask) -> dict:
     try:
         return write_shard(task, lambda n, b: _QUEUE.put((n, b)))
     finally:
@@ -127,8 +129,6 @@ class _Progress:
     """tqdm bar on stderr with images/s and MB/s (of input read) in the postfix."""
 
     def __init__(self, total: int, enabled: bool) -> None:
-        from tqdm import tqdm
-
         self.bar = tqdm(total=total, unit="img", file=sys.stderr, disable=not enabled, smoothing=0.1)
         self.start, self.bytes, self.last = time.perf_counter(), 0, 0.0
 
@@ -145,7 +145,7 @@ class _Progress:
         self.bar.close()
 
 
-def _run(tasks: List[ShardTask], workers: int, progress: _Progress,
+def _run(tasks: list[ShardTask], workers: int, progress: _Progress,
          heartbeat: Callable[[], None] = lambda: None) -> None:
     """Write `tasks` (in `workers` processes), reporting progress and calling `heartbeat` at least every
     second or so while the work goes on (it keeps the output lock's heartbeat fresh)."""
@@ -180,7 +180,7 @@ def _run(tasks: List[ShardTask], workers: int, progress: _Progress,
             r.get()  # re-raises a worker's exception
 
 
-def prepare(source: SourceData, out: str | Path, opts: Options) -> Optional[Path]:
+def prepare(source: SourceData, out: str | Path, opts: Options) -> Path | None:
     """Write this task's shards of `source` into `out`; merge into manifest.json once every task is done.
 
     Holds this task's lock on `out` throughout (see lock.py): a second run of the same task refuses.
@@ -194,7 +194,7 @@ def prepare(source: SourceData, out: str | Path, opts: Options) -> Optional[Path
         return _prepare_locked(source, out, opts, lock)
 
 
-def _prepare_locked(source: SourceData, out: Path, opts: Options, lock: OutputLock) -> Optional[Path]:
+def _prepare_locked(source: SourceData, out: Path, opts: Options, lock: OutputLock) -> Path | None:
     """The work of `prepare` once the lock is held: plan, write this task's shards, merge if last."""
     tasks = plan(source, out, opts)
     record = _plan_record(source, tasks, opts)
@@ -207,8 +207,6 @@ def _prepare_locked(source: SourceData, out: Path, opts: Options, lock: OutputLo
                   f"inputs changed are rewritten", file=sys.stderr)
     write_file(plan_path, json.dumps(record, indent=1).encode())
     if source.exact_stats is not None:
-        import io
-
         buf = io.BytesIO()
         np.save(buf, source.exact_stats[2].astype(np.float32))
         write_file(out / "mean_image.npy", buf.getvalue())

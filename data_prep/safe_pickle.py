@@ -7,10 +7,13 @@ everything else before it is called, naming the file and the global.
 
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any
+
+import numpy as np
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -19,7 +22,7 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 # (module, name) pairs the real CIFAR batches use. numpy 2 renamed numpy.core to numpy._core;
 # files written by either generation are accepted.
-_ALLOWED: Dict[Tuple[str, str], Tuple[str, str]] = {
+_ALLOWED: dict[tuple[str, str], tuple[str, str]] = {
     ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"): ("numpy", "ndarray"),
@@ -41,7 +44,6 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise UnsafePickleError(
                 f"{self.source}: refused to load global {module}.{name} - a CIFAR batch only contains numpy "
                 f"arrays, lists and dicts; this file may try to run code")
-        import importlib
 
         try:
             mod = importlib.import_module(target[0])
@@ -71,8 +73,6 @@ def load_pickle(path: str | Path) -> Any:
 
 
 def _reject_object_arrays(obj: Any, path: Path) -> None:
-    import numpy as np
-
     values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else [obj]
     for v in values:
         if isinstance(v, np.ndarray) and v.dtype.hasobject:

@@ -13,9 +13,11 @@ import hashlib
 import json
 import os
 import tarfile
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import NamedTuple
 
 from .durable import write_file
 from .images import Encoding, Rejected, encode_png, prepare_jpeg, small_rgb
@@ -29,9 +31,9 @@ class Item(NamedTuple):
     """One input sample: a file (`path`, its `size` in bytes) or raw 32x32x3 RGB `pixels` (CIFAR)."""
 
     label: int
-    path: Optional[str]
+    path: str | None
     size: int
-    pixels: Optional[bytes] = None
+    pixels: bytes | None = None
     origin: str = ""  # where `pixels` came from, for messages (e.g. "data_batch_1[17]")
     problem: str = ""  # set by a source that already knows the item is unusable (e.g. no label)
 
@@ -43,11 +45,11 @@ class ShardTask:
     out_dir: str
     split: str
     number: int
-    keys: List[str]
-    items: List[Item]
+    keys: list[str]
+    items: list[Item]
     image_ext: str  # "jpg" or "png"
     encoding: Encoding
-    stats_positions: List[int]  # positions in this shard whose pixels feed the statistics
+    stats_positions: list[int]  # positions in this shard whose pixels feed the statistics
     fingerprint: str
     fsync: bool = True
 
@@ -56,7 +58,7 @@ class ShardTask:
         return f"{self.split}-{self.number:06d}"
 
 
-def fingerprint(items: List[Item], keys: List[str], image_ext: str, encoding: Encoding) -> str:
+def fingerprint(items: list[Item], keys: list[str], image_ext: str, encoding: Encoding) -> str:
     """A digest of a shard's planned inputs and settings: a rerun reuses a shard only if this matches."""
     h = hashlib.sha256(json.dumps([image_ext, encoding.max_side, encoding.quality, encoding.max_pixels]).encode())
     for key, it in zip(keys, items):
@@ -105,7 +107,7 @@ def record_path(out_dir: str | Path, name: str) -> Path:
     return Path(out_dir) / PARTS_DIR / f"{name}.json"
 
 
-def completed_record(task: ShardTask) -> Optional[Dict]:
+def completed_record(task: ShardTask) -> dict | None:
     """The record of an already complete, matching shard, or None when it must be (re)written."""
     path = record_path(task.out_dir, task.name)
     try:
@@ -146,7 +148,7 @@ def _open_ahead(item: Item):
     return fd
 
 
-def _read_fd(fd: int, size: int, path: Optional[str]):
+def _read_fd(fd: int, size: int, path: str | None):
     """All of the file's bytes (`size` is the listed size, a hint), or the OSError; closes `fd`."""
     try:
         want = size + 1
@@ -166,13 +168,12 @@ def _read_fd(fd: int, size: int, path: Optional[str]):
         os.close(fd)
 
 
-def _contents(items: List[Item], window: int = READ_AHEAD_FILES, window_bytes: int = READ_AHEAD_BYTES):
+def _contents(items: list[Item], window: int = READ_AHEAD_FILES, window_bytes: int = READ_AHEAD_BYTES):
     """Yield each item's bytes (None for pixels or known problems, or the OSError, raised later, in order).
 
     Up to `window` files (and about `window_bytes`) are open with their readahead requested ahead of the
     one being read - bounded memory and descriptors; the reads themselves happen in order in this thread,
     so there is no thread or future per file."""
-    from collections import deque
 
     pending: deque = deque()
     n = len(items)
@@ -212,7 +213,7 @@ def _encode(task: ShardTask, item: Item, data) -> tuple:
     return out, fix, len(data)
 
 
-def write_shard(task: ShardTask, progress: Optional[Callable[[int, int], None]] = None) -> Dict:
+def write_shard(task: ShardTask, progress: Callable[[int, int], None] | None = None) -> dict:
     """Write (or reuse) the shard described by `task`; return its record. `progress(images, bytes)`."""
     done = completed_record(task)
     if done is not None:
@@ -226,10 +227,10 @@ def write_shard(task: ShardTask, progress: Optional[Callable[[int, int], None]] 
     for stale in [*out.glob(f"{glob.escape(idx_path.name)}.*.tmp"),
                   *record_path(out, task.name).parent.glob(f"{glob.escape(task.name)}.json.*.tmp")]:
         stale.unlink(missing_ok=True)
-    rejected: List[Dict] = []
-    converted: List[Dict] = []
+    rejected: list[dict] = []
+    converted: list[dict] = []
     sums = PixelSums()
-    index: List[List[Member]] = []
+    index: list[list[Member]] = []
     stats_at = set(task.stats_positions)
     pending_images = pending_bytes = 0
     # Output goes through one bytearray: a member's header, data and padding are appended, and every

@@ -9,10 +9,13 @@ CIFAR's arrays are in memory, so its statistics are exact over the whole train s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
+from PIL import Image
+
+from .images import _load, _open, _to_rgb
 
 
 @dataclass
@@ -21,8 +24,8 @@ class PixelSums:
 
     images: int = 0
     pixels: int = 0
-    total: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    squares: List[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    total: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    squares: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
 
     def add(self, rgb: np.ndarray) -> None:
         """Accumulate an HxWx3 uint8 image."""
@@ -32,28 +35,28 @@ class PixelSums:
         self.total = [a + b for a, b in zip(self.total, flat.sum(0).tolist())]
         self.squares = [a + b for a, b in zip(self.squares, (flat * flat).sum(0).tolist())]
 
-    def merge(self, other: "PixelSums") -> None:
+    def merge(self, other: PixelSums) -> None:
         self.images += other.images
         self.pixels += other.pixels
         self.total = [a + b for a, b in zip(self.total, other.total)]
         self.squares = [a + b for a, b in zip(self.squares, other.squares)]
 
-    def mean_std(self) -> Tuple[List[float], List[float]]:
+    def mean_std(self) -> tuple[list[float], list[float]]:
         if not self.pixels:
             return [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
         mean = [t / self.pixels for t in self.total]
         std = [max(s / self.pixels - m * m, 0.0) ** 0.5 for s, m in zip(self.squares, mean)]
         return mean, std
 
-    def to_dict(self) -> Dict:
+    def to_dict(self) -> dict:
         return {"images": self.images, "pixels": self.pixels, "total": self.total, "squares": self.squares}
 
     @classmethod
-    def from_dict(cls, d: Optional[Dict]) -> "PixelSums":
+    def from_dict(cls, d: dict | None) -> PixelSums:
         return cls(**d) if d else cls()
 
 
-def exact_stats(images: np.ndarray) -> Tuple[List[float], List[float], np.ndarray]:
+def exact_stats(images: np.ndarray) -> tuple[list[float], list[float], np.ndarray]:
     """(mean, std, mean image) of an NxHxWx3 uint8 array, computed exactly (float64 accumulation)."""
     n = images.shape[0]
     mean_image = np.zeros(images.shape[1:], np.float64)
@@ -77,9 +80,7 @@ def center_view(data: bytes, side: int = MEAN_IMAGE_SIDE, resize: int = MEAN_IMA
     """The centre view of an encoded image as uint8 side x side x 3: shorter side resized to `resize`,
     central `side` crop. Computed as the loaders' centre view is (pipeline.data.augment.center_window):
     the window in source pixels, resized alone (bilinear), JPEG decoded in draft mode where it shrinks."""
-    from PIL import Image
 
-    from .images import _load, _open, _to_rgb
 
     img = _open(data)
     w, h = img.size
@@ -93,7 +94,7 @@ def center_view(data: bytes, side: int = MEAN_IMAGE_SIDE, resize: int = MEAN_IMA
     return np.asarray(rgb.resize((side, side), Image.BILINEAR, box=box))
 
 
-def mean_of_center_views(images: Iterable[bytes]) -> Tuple[Optional[np.ndarray], int]:
+def mean_of_center_views(images: Iterable[bytes]) -> tuple[np.ndarray | None, int]:
     """(float32 224x224x3 mean of the centre views, 0-255; how many images), (None, 0) for none."""
     total, n = np.zeros((MEAN_IMAGE_SIDE, MEAN_IMAGE_SIDE, 3), np.float64), 0
     for data in images:

@@ -14,9 +14,9 @@ import io
 import json
 import pickle
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import numpy as np
+from PIL import Image
 
 # The first ILSVRC-2012 classes in sorted WordNet-id order, with their devkit names.
 WNIDS = [
@@ -35,12 +35,12 @@ _COLOUR_PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "cat", "immunohist
                   "hubble_deep_field", "colorwheel", "retina"]
 
 
-def _wnids(n: int) -> List[tuple]:
+def _wnids(n: int) -> list[tuple]:
     extra = [(f"n{99000000 + i:08d}", f"synthetic class {i}") for i in range(len(WNIDS), n)]
     return (WNIDS + extra)[:n]
 
 
-def _photos() -> List[np.ndarray]:
+def _photos() -> list[np.ndarray]:
     import skimage.data as data
     from sklearn.datasets import load_sample_images
 
@@ -49,9 +49,8 @@ def _photos() -> List[np.ndarray]:
     return [p[..., :3].astype(np.uint8) for p in photos if p.ndim == 3]
 
 
-def _variant(photo: np.ndarray, rng: np.random.Generator, long_side: tuple) -> "object":
+def _variant(photo: np.ndarray, rng: np.random.Generator, long_side: tuple) -> object:
     """A random crop (40-100% of each side), maybe flipped, resized to a random long side."""
-    from PIL import Image
 
     h, w = photo.shape[:2]
     ch, cw = int(h * rng.uniform(0.4, 1.0)), int(w * rng.uniform(0.4, 1.0))
@@ -70,7 +69,7 @@ def _jpeg(img, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def _quirks(img) -> Dict[str, bytes]:
+def _quirks(img) -> dict[str, bytes]:
     """The bytes of each planted quirk, made from a real photo."""
     png = io.BytesIO()
     img.save(png, format="PNG")
@@ -85,14 +84,14 @@ REJECTED_QUIRKS = ("truncated", "empty", "text")
 
 
 def synth_imagenet(out: str | Path, classes: int = 4, per_class: int = 6, val_per_class: int = 2,
-                   kaggle: bool = False, seed: int = 0, long_side: tuple = (160, 400)) -> Dict:
+                   kaggle: bool = False, seed: int = 0, long_side: tuple = (160, 400)) -> dict:
     """Write an ILSVRC-2012-format tree into `out`; return (and save) the list of planted quirks."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     photos = _photos()
     syn = _wnids(classes)
     base = out / "ILSVRC" / "Data" / "CLS-LOC" if kaggle else out
-    quirks: Dict[str, List[Dict]] = {"converted": [], "rejected": []}
+    quirks: dict[str, list[dict]] = {"converted": [], "rejected": []}
 
     def plant(path: Path, kind: str, data: bytes) -> None:
         path.write_bytes(data)
@@ -143,7 +142,7 @@ def synth_imagenet(out: str | Path, classes: int = 4, per_class: int = 6, val_pe
     return quirks
 
 
-def _write_meta(path: Path, syn: List[tuple], ids: Dict[int, int], per_class: int) -> None:
+def _write_meta(path: Path, syn: list[tuple], ids: dict[int, int], per_class: int) -> None:
     """meta.mat with the devkit's `synsets` struct array: the leaves plus two inner WordNet nodes."""
     import scipy.io
 
@@ -162,7 +161,6 @@ def _write_meta(path: Path, syn: List[tuple], ids: Dict[int, int], per_class: in
 
 def _digit_images(seed: int) -> tuple:
     """(N x 32 x 32 x 3 uint8 images, digit labels, hue buckets 0-9): digits coloured on a dark background."""
-    from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -180,7 +178,7 @@ def _digit_images(seed: int) -> tuple:
     return np.stack(images), digits.target[order].astype(np.int64), np.array(buckets)
 
 
-def _cap(labels: np.ndarray, per_class: Optional[int]) -> np.ndarray:
+def _cap(labels: np.ndarray, per_class: int | None) -> np.ndarray:
     if per_class is None:
         return np.arange(len(labels))
     keep, seen = [], {}
@@ -191,12 +189,12 @@ def _cap(labels: np.ndarray, per_class: Optional[int]) -> np.ndarray:
     return np.array(keep, dtype=np.int64)
 
 
-def _dump(path: Path, obj: Dict) -> None:
+def _dump(path: Path, obj: dict) -> None:
     # Protocol 4: bytes stay bytes (protocol 2 from Python 3 would need _codecs.encode, absent in real files).
     path.write_bytes(pickle.dumps(obj, protocol=4))
 
 
-def synth_cifar(out: str | Path, kind: str = "cifar10", per_class: Optional[int] = None, seed: int = 0,
+def synth_cifar(out: str | Path, kind: str = "cifar10", per_class: int | None = None, seed: int = 0,
                 train_size: int = 1500) -> Path:
     """Write `cifar-10-batches-py/` or `cifar-100-python/` under `out`; return that directory."""
     images, digit, bucket = _digit_images(seed)
@@ -206,7 +204,7 @@ def synth_cifar(out: str | Path, kind: str = "cifar10", per_class: Optional[int]
         parts = {s: rows[_cap(digit[rows], per_class if s == "train" else test_cap)] for s, rows in parts.items()}
     names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
-    def rows_to_batch(rows: np.ndarray, label: str, extra: Dict) -> Dict:
+    def rows_to_batch(rows: np.ndarray, label: str, extra: dict) -> dict:
         data = images[rows].transpose(0, 3, 1, 2).reshape(len(rows), 3072)  # R, G, B planes per row
         return {b"batch_label": label.encode(), b"data": np.ascontiguousarray(data),
                 b"filenames": [f"{names[digit[r]]}_{r:05d}.png".encode() for r in rows], **extra}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List, Optional
+
+from PIL import Image
 
 from .index import IndexError_, index_from_tar, parse_index
 from .manifest import Manifest, ShardInfo, load_manifest
@@ -20,9 +22,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_samples(shard: ShardInfo, m: Manifest) -> Optional[str]:
+def _check_samples(shard: ShardInfo, m: Manifest) -> str | None:
     """Every sample has exactly an image and a label; images decode; labels are class indexes."""
-    from PIL import Image
 
     with tarfile.open(shard.tar, "r:") as tar:
         for member in tar:
@@ -45,7 +46,7 @@ def _check_samples(shard: ShardInfo, m: Manifest) -> Optional[str]:
     return None
 
 
-def verify_shard(shard: ShardInfo, m: Manifest, decode: bool = True) -> Optional[str]:
+def verify_shard(shard: ShardInfo, m: Manifest, decode: bool = True) -> str | None:
     """The first problem found with one shard, or None."""
     if not shard.tar.is_file():
         return "missing tar"
@@ -68,11 +69,12 @@ def verify_shard(shard: ShardInfo, m: Manifest, decode: bool = True) -> Optional
         return f"index {shard.index.name} does not match the tar's members"
     for members in actual:
         if sorted(e for e, *_ in members) != sorted([m.image_ext, m.label_ext]):
-            return f"sample {members[0][3]}: members {[x[3] for x in members]}, expected .{m.image_ext} + .{m.label_ext}"
+            names = [x[3] for x in members]
+            return f"sample {members[0][3]}: members {names}, expected .{m.image_ext} + .{m.label_ext}"
     return _check_samples(shard, m) if decode else None
 
 
-def verify(root: str | Path, decode: bool = True, log: Callable[[str], None] = print) -> List[str]:
+def verify(root: str | Path, decode: bool = True, log: Callable[[str], None] = print) -> list[str]:
     """Check every shard of the dataset at `root`; return 'SHARD: problem' lines (empty when all good)."""
     m = load_manifest(root)
     problems = []

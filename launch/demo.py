@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from launch.submit.local import torchrun_command
+from pipeline.tables.spec import planned_runs
 
 DEMO_TABLES = Path(__file__).resolve().parents[1] / "configs" / "demo" / "tables"
 REPORTS = ("digits.yaml", "digits_curves.yaml", "digits_responses.yaml")
@@ -55,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     _run("-m", "data_prep", "verify", str(shards))
 
     # The run the demo's report tables plan (seed 0 of their one row), so the report finds it.
-    from pipeline.tables.spec import planned_runs
 
     run = planned_runs(DEMO_TABLES / REPORTS[0], runs, extra_overrides=(f"data.root={shards}",))[0]
     run_dir = run.run_dir

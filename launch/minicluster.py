@@ -25,7 +25,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 CONF = Path("/etc/slurm/slurm.conf")
 HOSTS = Path("/etc/hosts")
@@ -46,8 +45,8 @@ class MiniclusterError(RuntimeError):
 class Status:
     munged: bool
     slurmctld: bool
-    slurmd: List[str]  # the nodes whose slurmd runs
-    nodes: List[str]  # sinfo's view, a "name state cpus" line per node, or why there is none
+    slurmd: list[str]  # the nodes whose slurmd runs
+    nodes: list[str]  # sinfo's view, a "name state cpus" line per node, or why there is none
 
     @property
     def up(self) -> bool:
@@ -56,11 +55,11 @@ class Status:
         return self.munged and self.slurmctld and bool(self.slurmd) and len(usable) == len(self.slurmd)
 
 
-def node_names(count: int) -> List[str]:
+def node_names(count: int) -> list[str]:
     return [f"n{i}" for i in range(1, count + 1)]
 
 
-def up(nodes: Optional[int] = None, timeout: float = 60.0) -> Status:
+def up(nodes: int | None = None, timeout: float = 60.0) -> Status:
     """Start munge, slurmctld and a slurmd per node (those not running yet); wait until every node is usable.
 
     `nodes`: how many; default: as many as the cluster has now, else 1.
@@ -119,7 +118,7 @@ def status() -> Status:
     return Status(_running("munged"), _running("slurmctld"), running, nodes)
 
 
-def slurm_conf_text(host: str, cpus: int, memory_mb: int, nodes: List[str]) -> str:
+def slurm_conf_text(host: str, cpus: int, memory_mb: int, nodes: list[str]) -> str:
     """Settings that work in a container (no cgroups, no accounting, root as SlurmUser), a slurmd per node.
 
     Each node has its own slurmd port and, through `%n`, its own spool directory, pid file and log.
@@ -156,13 +155,13 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
 
-def hosts_text(current: str, nodes: List[str]) -> str:
+def hosts_text(current: str, nodes: list[str]) -> str:
     """/etc/hosts with this module's lines (one per node name, to 127.0.0.1) replaced by those for `nodes`."""
     kept = [line for line in current.splitlines() if not line.endswith(MARKER)]
     return "\n".join(kept + [f"127.0.0.1 {name} {MARKER}" for name in nodes]) + "\n"
 
 
-def _write_conf(nodes: List[str]) -> bool:
+def _write_conf(nodes: list[str]) -> bool:
     """Write slurm.conf for `nodes`; true when it changed."""
     memory_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20) - 1024
     text = slurm_conf_text(socket.gethostname(), os.cpu_count() or 1, memory_mb, nodes)
@@ -173,13 +172,13 @@ def _write_conf(nodes: List[str]) -> bool:
     return True
 
 
-def _configured_nodes() -> List[str]:
+def _configured_nodes() -> list[str]:
     if not CONF.exists() or MARKER not in CONF.read_text():
         return []
     return [line.split()[0].split("=", 1)[1] for line in CONF.read_text().splitlines() if line.startswith("NodeName=")]
 
 
-def _map_node_names(nodes: List[str]) -> None:
+def _map_node_names(nodes: list[str]) -> None:
     # Written in place, not renamed over: in a container /etc/hosts is often a bind mount.
     current = HOSTS.read_text() if HOSTS.exists() else ""
     wanted = hosts_text(current, nodes)
@@ -221,7 +220,7 @@ def _check_port_free(port: int, daemon: str) -> None:
             raise MiniclusterError(f"port {port} is taken by another program: {daemon} cannot start")
 
 
-def _start(cmd: List[str], name: str, started=None) -> None:
+def _start(cmd: list[str], name: str, started=None) -> None:
     started = started or (lambda: _running(name))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -261,7 +260,7 @@ def _which(name: str) -> str:
     return path
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.minicluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("up", "down", "status"))

@@ -12,8 +12,8 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -33,14 +33,14 @@ needs_dali = pytest.mark.skipif(not HAS_DALI, reason="DALI not installed")
 BACKENDS = [pytest.param("dali", marks=needs_dali), "torch"]  # the loader backends that read shards
 
 
-def _photos() -> List[np.ndarray]:
+def _photos() -> list[np.ndarray]:
     from skimage import data
 
     return [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
 
 
-def make_dataset(out: Path, kind: str, splits: Dict[str, Sequence[int]], num_classes: int = 3,
-                 seed: int = 0, sizes: Tuple[int, int] = (60, 160)) -> Path:
+def make_dataset(out: Path, kind: str, splits: dict[str, Sequence[int]], num_classes: int = 3,
+                 seed: int = 0, sizes: tuple[int, int] = (60, 160)) -> Path:
     """Write `out/` with, per split, shards of the given sample counts. kind: imagenet (jpg) | cifar (png 32x32).
 
     ImageNet-kind images have sides drawn from `sizes` (photos are upscaled where they are smaller)."""
@@ -96,7 +96,7 @@ def make_dataset(out: Path, kind: str, splits: Dict[str, Sequence[int]], num_cla
     return out
 
 
-def stored_images(root: Path, split: str, ext: str) -> List[Image.Image]:
+def stored_images(root: Path, split: str, ext: str) -> list[Image.Image]:
     """The split's `.<ext>` images straight from its tars, in shard order, decoded by PIL as RGB."""
     images = []
     for tar_path in sorted(Path(root).glob(f"{split}-*.tar")):
@@ -112,7 +112,7 @@ def write_index(tar_path: Path, idx_path: Path) -> None:
     try:
         from wds2idx import IndexCreator
     except ImportError:
-        samples: Dict[str, List[str]] = {}
+        samples: dict[str, list[str]] = {}
         with tarfile.open(tar_path) as tar:
             for m in tar.getmembers():
                 key, ext = m.name.split(".", 1)

@@ -6,7 +6,6 @@ import hashlib
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,11 +26,11 @@ def prep(*args: str) -> int:
     return main([*map(str, args), "--no-progress", "--no-fsync"])
 
 
-def shard_digests(out: Path) -> Dict[str, str]:
+def shard_digests(out: Path) -> dict[str, str]:
     """sha256 of every tar/idx/manifest file in a prepared dataset directory."""
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())
             if p.suffix in (".tar", ".idx", ".json", ".jsonl", ".npy")}
 
 
-def rel_paths(rows: List[dict], src: Path) -> List[str]:
+def rel_paths(rows: list[dict], src: Path) -> list[str]:
     return sorted(str(Path(r["path"]).relative_to(src)) for r in rows)

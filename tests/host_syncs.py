@@ -28,7 +28,7 @@ class HostSyncs:
     def total(self) -> int:
         return sum(self.by_call.values())
 
-    def __enter__(self) -> "HostSyncs":
+    def __enter__(self) -> HostSyncs:
         for name in SYNCING_CALLS:
             original = getattr(torch.Tensor, name)
             self._originals[name] = original

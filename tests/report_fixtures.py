@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Dict, List, Optional
 
 from pipeline.config import save_config
 from pipeline.config.schema import LoggingConfig
@@ -23,7 +22,7 @@ TOTAL_STEPS = 1000
 
 
 def write_run(run: PlannedRun, *, steps: int = TOTAL_STEPS, final_error: float = 10.0, start_error: float = 80.0,
-              evaluations: Optional[Dict[str, Dict[str, float]]] = None, responses: Optional[List[float]] = None,
+              evaluations: dict[str, dict[str, float]] | None = None, responses: list[float] | None = None,
               active: bool = False, world_size: int = 1) -> None:
     """A run that reached `steps` of TOTAL_STEPS; finished (with results.json) when steps == TOTAL_STEPS.
 

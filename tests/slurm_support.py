@@ -14,8 +14,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, List
 
 import pytest
 
@@ -39,7 +39,7 @@ def launch(*args: str) -> str:
     return proc.stdout
 
 
-def submit(run_dir: Path, overrides: List[str], *flags: str) -> str:
+def submit(run_dir: Path, overrides: list[str], *flags: str) -> str:
     """`launch submit` of the demo config with `overrides`; returns the SLURM job id."""
     launch("submit", DEMO_CONFIG, *overrides, *flags)
     return (run_dir / "slurm_job_id").read_text().strip()

@@ -14,7 +14,6 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict
 
 import pytest
 import torch
@@ -59,7 +58,7 @@ def small_cifar_shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-def _bn_biases(weights: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def _bn_biases(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every BN layer's bias: zero at initialisation whatever the seed, so a change means a real step."""
     return {k[:-len("running_mean")] + "bias": weights[k[:-len("running_mean")] + "bias"]
             for k in weights if k.endswith(".running_mean")}

@@ -86,11 +86,13 @@ def test_a_save_records_every_file_and_verify_finds_what_changed(tmp_path):
     assert latest.step == 4 and store.verify(latest) == ""
     state = latest.path / "state.pt"
     state.write_bytes(state.read_bytes()[:-1] + b"x")  # same size, other bytes
-    assert store.verify(latest) == f"{state}: its sha256 is not that of the file written (the data was changed or damaged)"
+    assert store.verify(latest) == \
+        f"{state}: its sha256 is not that of the file written (the data was changed or damaged)"
     state.write_bytes(b"short")
     (latest.path / "sub" / "rank-00000.pt").unlink()
     problems = store.verify(latest).split("; ")
-    assert problems[0].startswith(f"{state}: 5 bytes,") and problems[1] == f"{latest.path / 'sub' / 'rank-00000.pt'}: missing"
+    assert problems[0].startswith(f"{state}: 5 bytes,")
+    assert problems[1] == f"{latest.path / 'sub' / 'rank-00000.pt'}: missing"
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint_and_says_so(tmp_path):

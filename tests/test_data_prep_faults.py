@@ -16,7 +16,6 @@ import tarfile
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List
 
 import pytest
 
@@ -53,7 +52,7 @@ class Holder:
         assert self.proc.wait(timeout=60) == 0
 
 
-def _read_jsonl(path: Path) -> List[Dict]:
+def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -68,7 +67,7 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def _write_lock(out: Path, info: Dict, task: int = 0, tasks: int = 1) -> Path:
+def _write_lock(out: Path, info: dict, task: int = 0, tasks: int = 1) -> Path:
     path = lock_path(out, task, tasks)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info))
@@ -150,7 +149,7 @@ def test_heartbeat_is_refreshed_from_the_work_loop(tmp_path: Path) -> None:
     out.mkdir()
     (out / "_parts").mkdir()
     for workers in (1, 2):  # the in-process path and the pool's poll loop
-        beats: List[int] = []
+        beats: list[int] = []
         _run(tasks, workers, _Progress(1, False), lambda: beats.append(1))
         assert beats, f"workers={workers}: the heartbeat was never called"
     # beat() refreshes the lock's mtime once heartbeat_s has passed.
@@ -184,7 +183,7 @@ def _first_class(src: Path) -> Path:
     return sorted((src / "train").iterdir())[0]
 
 
-def _shard_images(out: Path) -> List[bytes]:
+def _shard_images(out: Path) -> list[bytes]:
     images = []
     for split in load_manifest(out).splits.values():
         for shard in split.shards:
@@ -324,7 +323,8 @@ def test_pixel_limit_and_decompression_bombs_are_listed(tmp_path: Path) -> None:
     inet, src = tmp_path / "inet", tmp_path / "tree"
     _tiny_imagenet(inet)
     shutil.copytree(inet / "train", src)
-    bomb = sorted(p for p in src.iterdir() if p.is_dir())[0] / "bomb.JPEG"  # claims 14000x14000 = 196 MP: above PIL's error limit (179 MP)
+    # Claims 14000x14000 = 196 MP: above PIL's error limit (179 MP).
+    bomb = sorted(p for p in src.iterdir() if p.is_dir())[0] / "bomb.JPEG"
     bomb.write_bytes(_with_size(_solid_jpeg(16, 16), 14000, 14000))
     limit = 20_000  # the synth images are 160-400 px on the long side: most are above this
     out = tmp_path / "out"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Tuple
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from data_prep.synth import synth_cifar, synth_imagenet
 from tests.data_prep_fixtures import prep
 
 
-def _dali_read(m: Manifest, split: str) -> List[Tuple[str, int, np.ndarray]]:
+def _dali_read(m: Manifest, split: str) -> list[tuple[str, int, np.ndarray]]:
     from nvidia.dali import fn, pipeline_def, types
 
     shards = m.split(split).shards
@@ -36,7 +35,7 @@ def _dali_read(m: Manifest, split: str) -> List[Tuple[str, int, np.ndarray]]:
     return out
 
 
-def _wds_read(m: Manifest, split: str) -> List[Tuple[str, int, np.ndarray]]:
+def _wds_read(m: Manifest, split: str) -> list[tuple[str, int, np.ndarray]]:
     import webdataset as wds
 
     urls = [str(s.tar) for s in m.split(split).shards]
@@ -83,7 +82,7 @@ def test_cifar100_shards_read_identically_by_dali_and_webdataset(tmp_path: Path,
     from data_prep.safe_pickle import load_pickle
 
     batch = load_pickle(raw / "train")
-    pixels = {bytes(r.reshape(3, 32, 32).transpose(1, 2, 0).tobytes()): l
-              for r, l in zip(batch[b"data"], batch[f"{labels}_labels".encode()])}
+    pixels = {bytes(r.reshape(3, 32, 32).transpose(1, 2, 0).tobytes()): label
+              for r, label in zip(batch[b"data"], batch[f"{labels}_labels".encode()])}
     for key, label, img in _wds_read(m, "train"):
         assert pixels[img.tobytes()] == label

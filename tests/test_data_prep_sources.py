@@ -23,9 +23,10 @@ def _read_jsonl(path: Path):
 
 def _check_quirks(src: Path, out: Path, quirks: dict) -> None:
     """Converted quirks are written (as RGB JPEG), rejected ones listed with a reason; counts add up."""
-    from PIL import Image
     import io
     import tarfile
+
+    from PIL import Image
 
     m = load_manifest(out)
     for split in m.splits.values():
@@ -178,6 +179,7 @@ def test_restricted_unpickler_accepts_real_cifar_globals(tmp_path: Path) -> None
     assert (load_pickle(path)[b"data"] == arr).all()
     # Files written with numpy < 2 (the real batches) name numpy.core.multiarray.
     import io
+
     from data_prep.safe_pickle import RestrictedUnpickler
 
     u = RestrictedUnpickler(io.BytesIO(b""), "x")

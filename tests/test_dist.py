@@ -4,9 +4,8 @@ The SLURM environments below are the variables srun gave real tasks of a 2-node 
 minicluster (`srun -N2 --ntasks-per-node=2 env`), and what its batch script had.
 """
 
-import pytest
-
 import numpy as np
+import pytest
 
 from pipeline.dist import DistInfo, cuda_device_index, dist_info_from_env, export_env, first_host, job_hosts, job_port
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.dist import free_port
 from pipeline.config.schema import EngineConfig
-from pipeline.engine.deepspeed_engine import ZERO_BUCKET_ELEMENTS, deepspeed_config
+from pipeline.dist import free_port
 from pipeline.engine.common import checkpoint_blocks
+from pipeline.engine.deepspeed_engine import ZERO_BUCKET_ELEMENTS, deepspeed_config
 from pipeline.models import build
 
 WORKER = Path(__file__).parent / "workers" / "engine_worker.py"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import pipeline.evaluate.job as evaluate_job
 from launch.submit.local import torchrun_command
 from pipeline.checkpoint.store import CheckpointDamaged, CheckpointStore
 from pipeline.config import load_config
@@ -20,15 +21,14 @@ from pipeline.config.schema import DataConfig
 from pipeline.data import build_loader
 from pipeline.data.base import rank_range
 from pipeline.dist import DistInfo
-import pipeline.evaluate.job as evaluate_job
 from pipeline.evaluate.__main__ import main as evaluate_main
 from pipeline.evaluate.job import evaluate_run
 from pipeline.evaluate.layer_responses import LayerResponses
 from pipeline.evaluate.protocols import evaluate, view_scores
 from pipeline.models import build
 from tests.data_loader_fixtures import make_dataset, stored_images
-from tests.workers.counting_evaluate import counting
 from tests.train_support import REPO, env
+from tests.workers.counting_evaluate import counting
 
 MEAN, STD = np.array([120.0, 115.0, 100.0]), np.array([60.0, 58.0, 59.0])  # make_dataset's manifest stats
 
@@ -116,7 +116,8 @@ def test_layer_responses_follow_each_3x3_layer_in_order():
 
     captured = {}
     bns = dict(model.named_modules())
-    hooks = [bns[name].register_forward_hook(lambda m, i, o, name=name: captured.setdefault(name, []).append(o.clone()))  # before an in-place ReLU
+    # Copied when the hook runs: before an in-place ReLU.
+    hooks = [bns[name].register_forward_hook(lambda m, i, o, name=name: captured.setdefault(name, []).append(o.clone()))
              for name in result["layers"]]
     with torch.no_grad():
         for images, _ in batches:

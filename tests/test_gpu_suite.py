@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict
 
 import pytest
 
@@ -32,7 +31,7 @@ def load_suite():
     return gpu_suite
 
 
-def run_suite(out: Path, *args: str, timeout: float = 240) -> Dict[str, Dict[str, str]]:
+def run_suite(out: Path, *args: str, timeout: float = 240) -> dict[str, dict[str, str]]:
     """Run the script into `out`; returns its table as {row key: {column: cell}}."""
     proc = subprocess.run([sys.executable, str(SCRIPT), "--reduced", "--out", str(out), *args], cwd=REPO,
                           env=env(), capture_output=True, text=True, timeout=timeout)

@@ -7,22 +7,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List
 
 import pytest
 
 from pipeline.checkpoint.store import CheckpointStore
 from pipeline.dist.exit_codes import HUNG, LOCKED
-from pipeline.run.logger import read_metrics
 from pipeline.dist.exit_codes import INTERRUPTED as EXIT_INTERRUPTED
+from pipeline.run.logger import read_metrics
 from tests.support.wandb_offline import offline_runs
 from tests.train_support import DEMO_CONFIG, REPO, env, small_run
 
 pytestmark = pytest.mark.slow
 
 
-def launch_local(overrides: List[str], log: Path) -> subprocess.Popen:
+def launch_local(overrides: list[str], log: Path) -> subprocess.Popen:
     """The launcher in a session of its own, as a terminal runs it: its process group is what Ctrl-C signals."""
     return subprocess.Popen([sys.executable, "-m", "launch", "local", DEMO_CONFIG, *overrides, "--nproc", "2"],
                             cwd=REPO, env=env(), start_new_session=True, stdout=log.open("w"),
@@ -37,7 +37,7 @@ def wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen, t
         time.sleep(0.1)
 
 
-def processes_of(marker: str) -> List[str]:
+def processes_of(marker: str) -> list[str]:
     """Every process whose command line mentions `marker` (the test's own directory: only this run's)."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
@@ -71,7 +71,7 @@ def training_steps(run_dir: Path) -> Callable[[], bool]:
     return lambda: any("loss" in m for m in read_metrics(run_dir))
 
 
-def overrides_of(digits_dataset: Path, out: Path, *extra: str) -> List[str]:
+def overrides_of(digits_dataset: Path, out: Path, *extra: str) -> list[str]:
     # Far more steps than any test waits for: only a signal ends this run.
     return small_run(digits_dataset, out, "logging.wandb_mode=offline", "schedule.total=100000",
                      "schedule.milestones=[90000]", "checkpoint.every_steps=0", *extra)

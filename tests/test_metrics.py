@@ -46,7 +46,8 @@ def test_records_lost_with_a_killed_wandb_service_are_sent_again_by_the_next_sta
     cfg = load_config(None, ["logging.wandb_mode=offline"])
     first = make_logger(True, tmp_path, cfg.logging, "demo", loggable_config(cfg))
     first.log({"loss": 1.0}, step=1, console=False)
-    services = [pid for pid in child_processes(os.getpid()) if b"wandb-core" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    services = [pid for pid in child_processes(os.getpid())
+                if b"wandb-core" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(services) == 1
     os.kill(services[0], signal.SIGTERM)
     while Path(f"/proc/{services[0]}").exists() and Path(f"/proc/{services[0]}/stat").read_text().split()[2] != "Z":

@@ -27,7 +27,8 @@ def test_a_two_node_step_runs_one_task_on_each_node(tmp_path):
     out = tmp_path / "out.txt"
     report = 'echo "$SLURM_PROCID $SLURM_NODEID $SLURM_LOCALID $SLURMD_NODENAME $SLURM_JOB_NODELIST"'
     job = subprocess.run(["sbatch", "--parsable", "-N", "2", "--ntasks-per-node", "1", f"--output={out}",
-                          "--wrap", f"srun bash -c '{report}'"], capture_output=True, text=True, check=True).stdout.strip()
+                          "--wrap", f"srun bash -c '{report}'"], capture_output=True, text=True,
+                         check=True).stdout.strip()
     deadline = time.time() + 120
     while time.time() < deadline and not (out.exists() and len(out.read_text().splitlines()) == 2):
         time.sleep(0.5)

@@ -22,8 +22,8 @@ import subprocess
 import sys
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import pytest
 import torch
@@ -31,11 +31,11 @@ import torch
 from launch.submit.local import torchrun_command
 from pipeline.checkpoint.store import CheckpointStore
 from pipeline.dist import DistInfo
+from pipeline.dist.process import resolve_device
 from pipeline.engine.deepspeed_engine import DEEPSPEED_TAG
 from pipeline.engine.weights import load_weights
-from pipeline.run.logger import read_metrics
 from pipeline.models import build as build_model
-from pipeline.dist.process import resolve_device
+from pipeline.run.logger import read_metrics
 from tests.train_support import DEMO_CONFIG, REPO, env, final_weights, kill_when, small_run, train
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ PROBE_DIR = "MIXED_PRECISION_PROBE_DIR"  # where each probed rank writes `rank-<
 HELD_SAVE = "MIXED_PRECISION_HELD_SAVE"  # <folder>:<step>: that checkpoint's background write is held
 
 # Each cell's overrides on top of `small_run` (40 steps of ResNet-8 on the digits, a checkpoint every 8).
-CELLS: Dict[str, Sequence[str]] = {
+CELLS: dict[str, Sequence[str]] = {
     "ddp-bf16": ("engine.name=ddp", "engine.precision=bf16"),
     "deepspeed-bf16-zero0": ("engine.name=deepspeed", "engine.zero_stage=0", "engine.precision=bf16"),
     "deepspeed-bf16-zero1": ("engine.name=deepspeed", "engine.zero_stage=1", "engine.precision=bf16"),
@@ -55,19 +55,20 @@ BF16, FP16, FP32 = str(torch.bfloat16), str(torch.float16), str(torch.float32)
 
 # --- the probe: what the ranks computed in ---------------------------------------------------------------
 
-def _probe_main(argv: List[str]) -> int:
+def _probe_main(argv: list[str]) -> int:
     """Run `pipeline.train` with a global forward hook that records, per layer type, the dtypes of the
     outputs and weights of every training forward pass (grad enabled; evaluation is left out).
 
     With `HELD_SAVE=<folder>:<step>` the background writer of that step's checkpoint stops before its first file,
     after writing `<folder>/held-rank<r>` (see `train_and_kill_during_save`)."""
     from torch import nn
+
     from pipeline.train.__main__ import main
 
     if os.environ.get(HELD_SAVE):
         _hold_the_save(*os.environ[HELD_SAVE].rsplit(":", 1))
 
-    seen: Dict[str, Dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    seen: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
 
     def record(module: nn.Module, inputs, output) -> None:
         if torch.is_grad_enabled() and isinstance(output, torch.Tensor) and next(module.children(), None) is None:
@@ -121,7 +122,7 @@ def train_and_kill_during_save(nproc: int, overrides: Sequence[str], run_dir: Pa
               logged_step() >= trained_past, "training did not go on past the held checkpoint in time")
 
 
-def train_probed(nproc: int, overrides: Sequence[str], probe_dir: Path) -> List[dict]:
+def train_probed(nproc: int, overrides: Sequence[str], probe_dir: Path) -> list[dict]:
     """`pipeline.train` in `nproc` ranks (like `train_support.train`); returns each rank's probe record."""
     cmd = torchrun_command("tests.test_mixed_precision", [DEMO_CONFIG, *overrides], nproc)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**env(), PROBE_DIR: str(probe_dir)},
@@ -130,7 +131,7 @@ def train_probed(nproc: int, overrides: Sequence[str], probe_dir: Path) -> List[
     return [json.loads((probe_dir / f"rank-{r}.json").read_text()) for r in range(nproc)]
 
 
-def assert_computed_in(probes: List[dict], dtype: str, weights: str) -> None:
+def assert_computed_in(probes: list[dict], dtype: str, weights: str) -> None:
     """Every rank's convolutions and linear layers computed in `dtype` from weights held in `weights`."""
     for rank, probe in enumerate(probes):
         for kind in ("Conv2d", "Linear"):
@@ -162,7 +163,7 @@ def whole_run(digits_dataset, tmp_path_factory):
     return get
 
 
-def losses(run_dir: Path) -> List[float]:
+def losses(run_dir: Path) -> list[float]:
     return [m["loss"] for m in read_metrics(run_dir) if "loss" in m]
 
 
@@ -170,7 +171,7 @@ def checkpoint(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:09d}"
 
 
-def deepspeed_optimizer_state(checkpoint_dir: Path) -> List[dict]:
+def deepspeed_optimizer_state(checkpoint_dir: Path) -> list[dict]:
     """DeepSpeed's optimizer wrapper state: one record per file (ZeRO 1: one per rank's partition)."""
     folder = checkpoint_dir / DEEPSPEED_TAG
     partitions = sorted(folder.glob("*_optim_states.pt"))
@@ -179,7 +180,7 @@ def deepspeed_optimizer_state(checkpoint_dir: Path) -> List[dict]:
     return [torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["optimizer"]]
 
 
-def tensors(state, prefix: str = "") -> Dict[str, torch.Tensor]:
+def tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
     """Every tensor in a nested state (dicts, lists), by its path: to compare two states bitwise."""
     if isinstance(state, torch.Tensor):
         return {prefix: state}
@@ -187,7 +188,7 @@ def tensors(state, prefix: str = "") -> Dict[str, torch.Tensor]:
     return {path: t for key, value in items for path, t in tensors(value, f"{prefix}/{key}").items()}
 
 
-def assert_bitwise_equal(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], what: str) -> None:
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
     assert a and a.keys() == b.keys(), what
     different = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
     assert not different, f"{what}: {different[:5]}"
@@ -249,8 +250,8 @@ def test_bf16_killed_while_a_checkpoint_is_written_resumes_bitwise_identical(who
                                                                             cell):
     """Checkpoints are written in the background: the write of step 24's is held on every rank while training goes on
     past it, then every process is SIGKILLed (at step 28 or later). Step 24 was never marked complete, so 23 (the first
-    epoch's end) is the latest; resumed from it, step 40 equals the uninterrupted run's, bit for bit (weights, and the optimizer state
-    with DeepSpeed's fp32 master weights)."""
+    epoch's end) is the latest; resumed from it, step 40 equals the uninterrupted run's, bit for bit (weights, and the
+    optimizer state with DeepSpeed's fp32 master weights)."""
     whole, _ = whole_run(cell)
     # W&B off: this test is about the saved state across a kill; kills with W&B offline (the default) are the kill
     # soak's, whose kills land during background writes too.
@@ -278,7 +279,7 @@ def test_bf16_killed_while_a_checkpoint_is_written_resumes_bitwise_identical(who
 
 # --- fp16: DDP with the gradient scaler, where the scaler runs -----------------------------------------------
 
-def fp16_scaler_problem(device: torch.device) -> Optional[str]:
+def fp16_scaler_problem(device: torch.device) -> str | None:
     """Why torch.amp.GradScaler with fp16 autocast cannot train on `device` here, or None when it can.
 
     A probe, not a version check: a tiny conv net takes two scaled steps the way DDPEngine does them.
@@ -292,7 +293,8 @@ def fp16_scaler_problem(device: torch.device) -> Optional[str]:
         if not scaler.is_enabled():
             said = "; ".join(str(w.message) for w in caught) or "no reason given"
             return f"torch.amp.GradScaler({device.type!r}) disables itself in torch {torch.__version__}: {said}"
-        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2)).to(device)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        net = net.to(device)
         optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
         images, labels = torch.randn(4, 3, 8, 8, device=device), torch.tensor([0, 1, 0, 1], device=device)
         for _ in range(2):

@@ -17,8 +17,15 @@ import torch
 from pipeline.config import load_config
 from pipeline.config.schema import DataConfig, EvalConfig
 from pipeline.data import build_loader
-from pipeline.data.augment import (PCA_EIGVAL, PCA_EIGVEC, Finish, geometry_for, lighting, lighting_offsets,
-                                   pad_crop_flip)
+from pipeline.data.augment import (
+    PCA_EIGVAL,
+    PCA_EIGVEC,
+    Finish,
+    geometry_for,
+    lighting,
+    lighting_offsets,
+    pad_crop_flip,
+)
 from pipeline.dist import DistInfo
 from pipeline.models import build
 from pipeline.models.registry import _shortcut_option, get_spec
@@ -291,8 +298,8 @@ def cifar(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cifar_loaders_subtract_the_per_pixel_mean(cifar, backend):
     cfg = load_config(REPO / "configs" / "cifar10" / "resnet20.yaml",
-                      [f"data.root={cifar}", f"data.backend={backend}", "data.batch_size=4", "data.eval_batch_per_gpu=3",
-                       "data.num_threads=1", "data.shuffle_buffer=4"]).data
+                      [f"data.root={cifar}", f"data.backend={backend}", "data.batch_size=4",
+                       "data.eval_batch_per_gpu=3", "data.num_threads=1", "data.shuffle_buffer=4"]).data
     assert cfg.normalize == "per_pixel_mean" and cfg.pca_lighting == 0.1  # 0.1 is ignored by CIFAR's augmentation
     views = torch.cat([x.cpu() for x, _ in build_loader(cfg, "test", ONE, device=CPU)])
     stored = torch.stack(_stored_images(cifar, "test"))

@@ -186,7 +186,8 @@ def test_backends_and_dali_finishes_give_the_same_normalised_views(pngs):
     pipe = build_pipeline(open_split(pngs, "test"), Geometry("center", 24, 32, 32), train=False, batch_size=5,
                           shard_id=0, num_shards=1, seed=0, num_threads=1, shuffle_buffer=1, device_id=None,
                           hw_decoder_load=0.0,
-                          normalize=Normalize(tuple(mean_image.mean((0, 1)).tolist()), (1.0, 1.0, 1.0), 0.0, mean_image))
+                          normalize=Normalize(tuple(mean_image.mean((0, 1)).tolist()), (1.0, 1.0, 1.0), 0.0,
+                                              mean_image))
     out = pipe.run()[0]
     in_pipeline = torch.from_numpy(np.stack([np.array(out[i]) for i in range(len(out))]))
     assert torch_views.shape == dali_cpu_finish.shape == (5, 3, 24, 24)

@@ -12,12 +12,11 @@ import pytest
 from launch.cli import main as launch_main
 from launch.plan.bench_results import startup_seconds
 from launch.plan.costs import plan_table
-from launch.plan.rates import Rates
-from launch.plan.workload import makespan, protocol_views, table_evaluation_views, train_steps, training_evaluations
 from launch.plan.profile import REFERENCE, load_profile
+from launch.plan.rates import Rates
 from launch.plan.scaling import checkpoint_saves, parse_bandwidth
-from pipeline.config import SlurmConfig
-from pipeline.config import ConfigError, load_config
+from launch.plan.workload import makespan, protocol_views, table_evaluation_views, train_steps, training_evaluations
+from pipeline.config import ConfigError, SlurmConfig, load_config
 from pipeline.config.schema import CheckpointConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.report.figures import figure_size
 from pipeline.config import load_config
+from pipeline.report.figures import figure_size
 from pipeline.report.reading import ReportError
 from pipeline.report.write import write_report
-from pipeline.tables.spec import PlannedRun, planned_runs
 from pipeline.run.layout import RunDir
+from pipeline.tables.spec import PlannedRun, planned_runs
 from tests.report_fixtures import write_run
 
 REPO = Path(__file__).resolve().parents[1]

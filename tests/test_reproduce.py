@@ -21,8 +21,8 @@ import pytest
 from launch.cli import main as launch_main
 from pipeline.report.write import write_report
 from pipeline.run.results import read_results
-from tests.support.wandb_offline import offline_runs, read_offline_run
 from tests.slurm_support import job_state, launch, queue_state, require_minicluster
+from tests.support.wandb_offline import offline_runs, read_offline_run
 from tests.train_support import DEMO_CONFIG, REPO
 
 pytestmark = pytest.mark.slow
@@ -165,7 +165,8 @@ def test_a_failed_training_removes_its_evaluation_and_the_report_says_so(digits_
     assert "| cifar_resnet8 | – | – |" in report and "cifar_resnet8, seed 0: failed at step 0" in report, report
     # `status` says why, with the one `error:` line `launch local` gives, and where the whole log is.
     status = _launch_here("status", str(table), "--runs", str(runs))
-    failed = status.splitlines()[status.splitlines().index(next(l for l in status.splitlines() if " failed " in l)) + 1]
+    lines = status.splitlines()
+    failed = lines[lines.index(next(line for line in lines if " failed " in line)) + 1]
     assert f"error: {manifest}: no manifest" in failed, status
     assert f"(log: {runs / '_sweeps' / 'digits_tencrop'}" in failed, status
 

@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict
 
 import pytest
 
@@ -39,7 +38,7 @@ def _records(run_dir: Path) -> list:
 def killed_runs(digits_dataset, tmp_path_factory):
     """Per engine, a 2-rank run killed after its checkpoint of step SAVED_AT, trained once for the module: each
     test resumes a copy of it."""
-    killed: Dict[str, Path] = {}
+    killed: dict[str, Path] = {}
 
     def killed_run(engine: str) -> Path:
         if engine not in killed:

@@ -16,18 +16,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
 
 import pytest
 
-from pipeline.dist import exit_codes
 from pipeline.checkpoint.store import CheckpointStore
+from pipeline.dist import exit_codes
 from tests.train_support import DEMO_CONFIG, REPO, env, small_run
 
 pytestmark = pytest.mark.slow
 
 
-def launch_local(overrides: List[str], log: Path, nproc: int = 2) -> subprocess.Popen:
+def launch_local(overrides: list[str], log: Path, nproc: int = 2) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "launch", "local", DEMO_CONFIG, *overrides, "--nproc", str(nproc)],
                             cwd=REPO, env=env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
 

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from launch.submit.slurm import prepare_planned_run
 from launch.submit.run_status import run_status
+from launch.submit.slurm import prepare_planned_run
 from pipeline.checkpoint.store import CheckpointStore
 from pipeline.config.schema import LoggingConfig
 from pipeline.run.layout import RunDir
@@ -97,8 +97,8 @@ def test_a_queue_that_does_not_answer_is_an_error_not_a_failed_run(tmp_path, mon
     """A controller that times out must not make a submitted run look failed (`reproduce` would submit it again):
     asked again, then one error line. squeue here is a script that fails as a busy controller's does (the
     minicluster's own controller cannot be made to time out without stopping it for the other tests)."""
-    from launch.submit import queue
     from launch.cli import main as launch_main
+    from launch.submit import queue
 
     run_dir = tmp_path / "r"
     _log(run_dir, [(0, {"event": "start", "total_steps": 100})])

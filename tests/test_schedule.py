@@ -5,8 +5,8 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.config.schema import OptimConfig, ScheduleConfig
-from pipeline.models import build
 from pipeline.engine.optimizer import build_optimizer, parameter_groups
+from pipeline.models import build
 from pipeline.train.schedule import LRSchedule
 
 

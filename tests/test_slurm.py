@@ -12,9 +12,17 @@ import sys
 import pytest
 
 from pipeline.run.logger import read_metrics
+from tests.slurm_support import (
+    job_logs,
+    job_state,
+    launch,
+    queue_state,
+    require_minicluster,
+    submit,
+    wait_finished,
+    wait_for,
+)
 from tests.support.wandb_offline import offline_runs
-from tests.slurm_support import (job_logs, job_state, launch, queue_state, require_minicluster, submit, wait_finished,
-                                 wait_for)
 from tests.train_support import DEMO_CONFIG, small_run, train
 
 pytestmark = pytest.mark.slow

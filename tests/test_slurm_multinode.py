@@ -19,8 +19,8 @@ import torch
 
 from pipeline.engine.weights import load_weights
 from pipeline.run.logger import read_metrics
-from tests.support.wandb_offline import offline_runs
 from tests.slurm_support import job_logs, queue_state, require_minicluster, submit, wait_finished, wait_for
+from tests.support.wandb_offline import offline_runs
 from tests.train_support import small_run
 
 pytestmark = pytest.mark.slow

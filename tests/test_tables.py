@@ -54,7 +54,8 @@ def test_missing_run_config_is_named(tmp_path):
 
 def test_unrecorded_metric_is_named(tmp_path):
     bad = tmp_path / "t.yaml"
-    bad.write_text(f"title: t\nmetrics: [top3_error]\nrows:\n  - {{label: X, config: {TABLES}/../cifar10/resnet20.yaml}}\n")
+    bad.write_text(f"title: t\nmetrics: [top3_error]\nrows:\n"
+                   f"  - {{label: X, config: {TABLES}/../cifar10/resnet20.yaml}}\n")
     with pytest.raises(ConfigError, match="top3_error"):
         load_table(bad)
 

@@ -66,7 +66,8 @@ def test_deepspeed_resume_from_the_newest_intact_checkpoint_is_bitwise_identical
     cut_in_half(damaged)
     log = train(2, overrides)
     assert f"{damaged}: " in log and f"from step {previous.step}" in log and "Traceback" not in log
-    a, b = load_weights(whole / "t" / "checkpoints" / f"step-{40:09d}"), load_weights(newest.path.parent / f"step-{40:09d}")
+    a = load_weights(whole / "t" / "checkpoints" / f"step-{40:09d}")
+    b = load_weights(newest.path.parent / f"step-{40:09d}")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -107,4 +108,5 @@ def test_ranks_agree_on_stopping_only_every_check_every_steps_steps(digits_datas
     assert len(checks) == result.step // 10
     assert (tmp_path / "t" / "checkpoints" / f"step-{result.step:09d}" / "COMPLETE").exists()
     resumed = train_in_process(cfg)
-    assert isinstance(resumed, Finished) and resumed.step == 40 and len(checks) == 4  # steps 10..40: one check each ten steps, none between
+    # Steps 10..40: one check each ten steps, none between.
+    assert isinstance(resumed, Finished) and resumed.step == 40 and len(checks) == 4

@@ -7,8 +7,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, List, Sequence
 
 import torch
 
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = str(REPO / "configs" / "demo" / "digits.yaml")
 
 
-def small_run(data_root: Path, out_dir: Path, *extra: str) -> List[str]:
+def small_run(data_root: Path, out_dir: Path, *extra: str) -> list[str]:
     """Overrides for a short, deterministic run on the digits: ResNet-8, 40 iterations."""
     return [f"data.root={data_root}", f"run.out_dir={out_dir}", "run.name=t", "run.deterministic=true",
             "model.name=cifar_resnet8", "schedule.unit=iteration", "schedule.total=40", "schedule.milestones=[30]",

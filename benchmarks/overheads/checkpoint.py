@@ -6,14 +6,13 @@ import argparse
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional, Tuple
 
 from overheads.common import IMAGENET_CONFIGS, Lines, load_tolerant, median, table
 
 
-
-def _engine_and_write(config: Path) -> Tuple[object, Callable[[int], Callable], float]:
+def _engine_and_write(config: Path) -> tuple[object, Callable[[int], Callable], float]:
     """A real ImageNet net in the DDP engine (world of 1) after one SGD step (so it has momentum), and what the
     trainer hands a save for a step (as `save_checkpoint` in pipeline/train.py builds it); with the state's MB.
 
@@ -24,9 +23,9 @@ def _engine_and_write(config: Path) -> Tuple[object, Callable[[int], Callable], 
     from pipeline.checkpoint.store import save_state
     from pipeline.config import config_to_dict
     from pipeline.dist import DistInfo
+    from pipeline.dist.process import rng_state
     from pipeline.engine import build_engine
     from pipeline.models import build_model
-    from pipeline.dist.process import rng_state
     from pipeline.train.schedule import LRSchedule
 
     cfg, _ = load_tolerant(config, ["run.device=cpu"])
@@ -81,7 +80,7 @@ def save_synchronously(store, step: int, write) -> None:
 
 
 def measure_background_save(engine, write_for: Callable[[int], Callable], tmp: Path,
-                            repeats: int) -> Optional[dict]:
+                            repeats: int) -> dict | None:
     """Seconds the loop is blocked by one periodic save (written in the background), and seconds until that save
     is complete (`CheckpointSaves.finish`, which the trainer calls at its next check once the writes are done).
 

@@ -6,8 +6,8 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "configs" / "demo" / "digits.yaml"
@@ -15,10 +15,10 @@ IMAGENET_CONFIGS = {"ResNet-50": REPO / "configs" / "imagenet" / "resnet50.yaml"
                     "ResNet-152": REPO / "configs" / "imagenet" / "resnet152.yaml"}
 ENGINES = ("ddp", "deepspeed")
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
-Lines = List[str]
+Lines = list[str]
 
 
-def load_tolerant(config: Path, overrides: Sequence[str]) -> Tuple[object, List[str]]:
+def load_tolerant(config: Path, overrides: Sequence[str]) -> tuple[object, list[str]]:
     """`load_config(config, overrides)`, dropping any override whose key the schema no longer knows (returned,
     to be reported): a renamed key then costs that setting, not the whole measurement."""
     from pipeline.config import ConfigError, load_config

@@ -6,10 +6,8 @@ import argparse
 import json
 import subprocess
 from pathlib import Path
-from typing import Dict, List
 
 from overheads.common import ENGINES, Lines, digits, median, table
-
 
 
 def engine_step_times(args: argparse.Namespace, work: Path) -> Lines:
@@ -18,8 +16,8 @@ def engine_step_times(args: argparse.Namespace, work: Path) -> Lines:
     shards = digits(work)
     out = work / "engine-runs"
     batch = 2 * args.engine_batch  # global: 2 ranks
-    per_step: Dict[str, List[float]] = {e: [] for e in ENGINES}
-    rounds: Dict[str, List[float]] = {e: [] for e in ENGINES}
+    per_step: dict[str, list[float]] = {e: [] for e in ENGINES}
+    rounds: dict[str, list[float]] = {e: [] for e in ENGINES}
     for r in range(args.rounds):
         for engine in ENGINES if r % 2 == 0 else ENGINES[::-1]:  # ABBA: a drift in the machine's load cancels
             name = f"{engine}-{r}"

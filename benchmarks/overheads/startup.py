@@ -10,16 +10,23 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List
 
-from overheads.common import (IMAGENET_CONFIGS, IMAGENET_TRAIN, IMAGENET_VAL, REPO, Lines, child_env, free_port,
-                              load_tolerant, table)
-
+from overheads.common import (
+    IMAGENET_CONFIGS,
+    IMAGENET_TRAIN,
+    IMAGENET_VAL,
+    REPO,
+    Lines,
+    child_env,
+    free_port,
+    load_tolerant,
+    table,
+)
 
 ENTRY = Path(__file__).resolve().parents[1] / "scale_overheads.py"  # its --startup-child runs one rank
 
 
-def make_sparse_dataset(root: Path, shards: int, per_shard: Dict[str, int], image_bytes: int) -> Path:
+def make_sparse_dataset(root: Path, shards: int, per_shard: dict[str, int], image_bytes: int) -> Path:
     """A prepared dataset in data_prep's format: a real manifest and real index files (data_prep's formatter);
     each tar is a sparse file of its true size (truncate) holding real tar headers only where a reader looks at
     start: before the first and the last sample's members (`_check_shard` spot-checks those)."""
@@ -72,7 +79,7 @@ def make_sparse_dataset(root: Path, shards: int, per_shard: Dict[str, int], imag
     return root
 
 
-def _proc_io() -> Dict[str, int]:
+def _proc_io() -> dict[str, int]:
     with open("/proc/self/io") as f:
         return {k: int(v) for k, v in (line.split(":") for line in f)}
 
@@ -83,7 +90,6 @@ def startup_child(root: Path) -> int:
     import resource
 
     import torch
-
     import torch.distributed as dist
 
     import pipeline.data.torch_loader  # noqa: F401 - imported before counting: the module's files are not the data's
@@ -95,7 +101,7 @@ def startup_child(root: Path) -> int:
     cfg, dropped = load_tolerant(IMAGENET_CONFIGS["ResNet-50"],
                                  [f"data.root={root}", "data.backend=torch", "data.num_threads=1", "run.device=cpu"])
     device = torch.device("cpu")
-    opened: List[str] = []
+    opened: list[str] = []
     counting = [False]
 
     def audit(event: str, args: tuple) -> None:
@@ -131,7 +137,7 @@ def startup_child(root: Path) -> int:
     return 0
 
 
-def run_ranks(root: Path, world: int, timeout: int = 900) -> List[dict]:
+def run_ranks(root: Path, world: int, timeout: int = 900) -> list[dict]:
     port = str(free_port())
     procs = [subprocess.Popen([sys.executable, str(ENTRY), "--startup-child", str(root)], cwd=REPO, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,

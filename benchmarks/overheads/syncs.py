@@ -9,10 +9,8 @@ import sys
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Tuple
 
 from overheads.common import DEMO_CONFIG, REPO, Lines, digits, free_port, load_tolerant, table
-
 
 SYNC_CALLS = ("item", "__int__", "__float__", "__bool__", "tolist", "cpu", "numpy")
 
@@ -28,12 +26,12 @@ class SyncCounter:
         self.calls: Counter = Counter()  # (phase, site, call) -> count
         self.forwards: Counter = Counter()  # phase -> outermost module forwards
         self._local = threading.local()
-        self._originals: Dict[str, object] = {}
+        self._originals: dict[str, object] = {}
         self._hooks: list = []
         self._benchmarks = str(Path(__file__).resolve().parents[1])  # the counting code's own frames are not sites
         self._installed = (sys.prefix, sys.base_prefix)  # a virtual environment inside the repository is not ours
 
-    def __enter__(self) -> "SyncCounter":
+    def __enter__(self) -> SyncCounter:
         import torch
         from torch.nn.modules import module
 
@@ -90,7 +88,7 @@ class SyncCounter:
         return path.startswith(str(REPO)) and not path.startswith(self._benchmarks) and \
             "site-packages" not in path and not path.startswith(self._installed)
 
-    def _where(self, frame) -> Tuple[str, str]:
+    def _where(self, frame) -> tuple[str, str]:
         """(phase, site): the site is the innermost frame in this repository and its caller in another of its files
         ("pipeline/dist.py:any_rank < pipeline/train.py:_train"), plus the innermost frame when outside it."""
         inner, ours, phase = frame, [], None  # ours: the innermost frames in this repository, two files at most

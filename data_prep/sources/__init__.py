@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,14 +25,14 @@ class SourceData:
 
     dataset: str  # imagenet | cifar10 | cifar100 | folder
     image_ext: str  # jpg | png
-    classes: List[Dict]  # [{"index", "id", "name"}], index = position
-    splits: Dict[str, List[Item]]
+    classes: list[dict]  # [{"index", "id", "name"}], index = position
+    splits: dict[str, list[Item]]
     # CIFAR: exact (mean, std, mean image) of the train split; None -> sampled from the shards.
-    exact_stats: Optional[Tuple[List[float], List[float], np.ndarray]] = None
-    notes: List[str] = field(default_factory=list)
+    exact_stats: tuple[list[float], list[float], np.ndarray] | None = None
+    notes: list[str] = field(default_factory=list)
     # Odd but not fatal findings (e.g. an empty class folder of the `folder` source): printed on stderr
     # and written to warnings.jsonl beside rejected.jsonl. Rows: {"split", "path", "warning"}.
-    warnings: List[Dict[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
 
 class Listed(NamedTuple):
@@ -52,7 +52,7 @@ def hidden_file_problem(name: str) -> str:
     return ""
 
 
-def list_files(folder: Path) -> List[Listed]:
+def list_files(folder: Path) -> list[Listed]:
     """Everything in `folder` that could be taken for an input, sorted by path: its regular files (hidden ones
     carry their problem) and, carrying theirs, dangling links, special files and every file in a sub-folder
     (class folders are read flat), so that each is either written or listed with its reason."""
@@ -64,14 +64,15 @@ def list_files(folder: Path) -> List[Listed]:
             elif e.is_dir():
                 out += _nested_files(Path(e.path), Path(folder))
             elif e.is_symlink():
-                out.append(Listed(e.path, 0, f"dangling symbolic link: its target {os.readlink(e.path)} does not exist"))
+                target = os.readlink(e.path)
+                out.append(Listed(e.path, 0, f"dangling symbolic link: its target {target} does not exist"))
             else:
                 out.append(Listed(e.path, 0, "not a regular file (a pipe, socket or device)"))
     out.sort()
     return out
 
 
-def _nested_files(sub: Path, folder: Path) -> List[Listed]:
+def _nested_files(sub: Path, folder: Path) -> list[Listed]:
     """Every file (and link) under a sub-folder of a class folder, each rejected with the reason."""
     problem = (f"in {sub.relative_to(folder)}/, a sub-folder of its class folder: class folders are read flat "
                f"(move it into {folder} to include it)")
@@ -83,17 +84,17 @@ def _nested_files(sub: Path, folder: Path) -> List[Listed]:
     return found
 
 
-def class_dirs(root: Path) -> List[str]:
+def class_dirs(root: Path) -> list[str]:
     """Sorted names of the non-hidden sub-directories of `root`."""
     with os.scandir(root) as it:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
-def list_class_tree(root: Path, class_index: Dict[str, int]) -> Tuple[List[Item], List[Path]]:
+def list_class_tree(root: Path, class_index: dict[str, int]) -> tuple[list[Item], list[Path]]:
     """Items of a class-per-folder tree whose folders must all be known classes (else ValueError), and the
     class folders that hold no image (nothing, or only hidden files) - the caller decides what that means."""
-    items: List[Item] = []
-    empty: List[Path] = []
+    items: list[Item] = []
+    empty: list[Path] = []
     for name in class_dirs(root):
         if name not in class_index:
             raise ValueError(f"{root / name}: class folder not among the {len(class_index)} training classes")

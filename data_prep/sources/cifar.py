@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -37,7 +36,7 @@ def _batch_dir(src: Path, kind: str) -> Path:
                             f"- not a {kind} python-batches directory")
 
 
-def _train_files(d: Path, kind: str) -> List[Path]:
+def _train_files(d: Path, kind: str) -> list[Path]:
     if kind == "cifar100":
         return [d / "train"]
     files = sorted(d.glob("data_batch_*"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
@@ -46,7 +45,7 @@ def _train_files(d: Path, kind: str) -> List[Path]:
     return files
 
 
-def _read_batch(path: Path, labels_key: bytes, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
+def _read_batch(path: Path, labels_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(N x 32 x 32 x 3 uint8 HWC images, N labels) of one batch file, validated."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing CIFAR batch")
@@ -63,7 +62,7 @@ def _read_batch(path: Path, labels_key: bytes, num_classes: int) -> Tuple[np.nda
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-def _items(images: np.ndarray, labels: np.ndarray, origins: List[str], rows: np.ndarray) -> List[Item]:
+def _items(images: np.ndarray, labels: np.ndarray, origins: list[str], rows: np.ndarray) -> list[Item]:
     return [Item(int(labels[i]), None, 3072, np.ascontiguousarray(images[i]).tobytes(), origins[i]) for i in rows]
 
 
@@ -82,7 +81,7 @@ def load_cifar(src: Path, kind: str, val_size: int = 0, seed: int = 0, labels: s
         raise ValueError(f"{d / layout['meta']}: no {names_key!r} list")
     classes = [{"index": i, "id": n, "name": n} for i, n in enumerate(names)]
 
-    def read(files: List[Path]) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    def read(files: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
         parts = [(_read_batch(f, labels_key, len(names)), f.name) for f in files]
         origins = [f"{name}[{r}]" for (imgs, _), name in parts for r in range(len(imgs))]
         return (np.concatenate([p[0][0] for p in parts]), np.concatenate([p[0][1] for p in parts]), origins)
@@ -90,7 +89,7 @@ def load_cifar(src: Path, kind: str, val_size: int = 0, seed: int = 0, labels: s
     train_x, train_y, train_o = read(_train_files(d, kind))
     test_x, test_y, test_o = read([d / f for f in layout["test"]])
     rows = np.arange(len(train_x))
-    splits: Dict[str, List[Item]] = {}
+    splits: dict[str, list[Item]] = {}
     if val_size:
         if not 0 < val_size < len(train_x):
             raise ValueError(f"--val-size {val_size} must be between 1 and {len(train_x) - 1}")

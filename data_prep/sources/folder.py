@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from typing import Dict, List
-
 from ..shards import Item
 from . import SourceData, class_dirs, empty_folder_message, list_class_tree
 
@@ -29,7 +27,7 @@ def load_folder(src: Path) -> SourceData:
         raise ValueError(f"{split_roots['train']}: no class folders (expected <class>/<image> files)")
     index = {n: i for i, n in enumerate(names)}
     classes = [{"index": i, "id": n, "name": n} for i, n in enumerate(names)]
-    splits: Dict[str, List[Item]] = {}
+    splits: dict[str, list[Item]] = {}
     warnings = []
     for split, root in split_roots.items():
         splits[split], empty = list_class_tree(root, index)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
-from typing import Dict, List, Optional
 
 from ..shards import Item
 from . import SourceData, class_dirs, empty_folder_message, list_class_tree, list_files
@@ -21,7 +20,7 @@ GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 _VAL_NUMBER = re.compile(r"ILSVRC2012_val_(\d+)")
 
 
-def _find(src: Path, devkit: Optional[Path], name: str) -> Optional[Path]:
+def _find(src: Path, devkit: Path | None, name: str) -> Path | None:
     """Look for a devkit file where the official and Kaggle layouts put it (shallow; no full-tree walk)."""
     roots = [devkit] if devkit else []
     roots += [src, src / "data", *sorted(src.glob("*/data")), *sorted(src.glob("*"))]
@@ -31,7 +30,7 @@ def _find(src: Path, devkit: Optional[Path], name: str) -> Optional[Path]:
     return None
 
 
-def _synsets_from_meta(path: Path) -> Dict[int, tuple]:
+def _synsets_from_meta(path: Path) -> dict[int, tuple]:
     """{ILSVRC2012_ID: (wnid, words)} for the 1000 leaf classes of the devkit's meta.mat."""
     import scipy.io
 
@@ -49,7 +48,7 @@ def _synsets_from_meta(path: Path) -> Dict[int, tuple]:
     return out
 
 
-def _names_from_mapping(path: Path) -> Dict[str, str]:
+def _names_from_mapping(path: Path) -> dict[str, str]:
     """{wnid: words} from Kaggle's LOC_synset_mapping.txt (`n01440764 tench, Tinca tinca`)."""
     out = {}
     for n, line in enumerate(path.read_text().splitlines(), start=1):
@@ -61,7 +60,7 @@ def _names_from_mapping(path: Path) -> Dict[str, str]:
     return out
 
 
-def _flat_val_labels(src: Path, devkit: Optional[Path], meta: Dict[int, tuple]) -> Dict[int, str]:
+def _flat_val_labels(src: Path, devkit: Path | None, meta: dict[int, tuple]) -> dict[int, str]:
     """{val image number: wnid} from Kaggle's solution CSV or the devkit's ground truth + meta.mat."""
     solution = _find(src, devkit, "LOC_val_solution.csv")
     if solution is not None:
@@ -85,7 +84,7 @@ def _flat_val_labels(src: Path, devkit: Optional[Path], meta: Dict[int, tuple]) 
     return out
 
 
-def _class_tree(root: Path, index: Dict[str, int], split: str) -> List[Item]:
+def _class_tree(root: Path, index: dict[str, int], split: str) -> list[Item]:
     """The items of a class-folder split; an empty class folder is an error: ILSVRC-2012's 1000 classes are
     fixed and every one has images in both splits, so an empty folder means an incomplete copy."""
     items, empty = list_class_tree(root, index)
@@ -96,7 +95,7 @@ def _class_tree(root: Path, index: Dict[str, int], split: str) -> List[Item]:
     return items
 
 
-def load_imagenet(src: Path, devkit: Optional[Path] = None) -> SourceData:
+def load_imagenet(src: Path, devkit: Path | None = None) -> SourceData:
     """List an ILSVRC-2012 tree in layout (a), (b) or (c); splits train and (when present) val."""
     src = Path(src)
     root = src / "ILSVRC" / "Data" / "CLS-LOC"
@@ -115,7 +114,7 @@ def load_imagenet(src: Path, devkit: Optional[Path] = None) -> SourceData:
         words.update(_names_from_mapping(mapping))
     index = {w: i for i, w in enumerate(wnids)}
     classes = [{"index": i, "id": w, "name": words.get(w, w)} for i, w in enumerate(wnids)]
-    splits: Dict[str, List[Item]] = {"train": _class_tree(root / "train", index, "train")}
+    splits: dict[str, list[Item]] = {"train": _class_tree(root / "train", index, "train")}
     val = root / "val"
     notes = [f"layout: {'kaggle' if root != src else 'official'}"]
     if val.is_dir():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 from launch.cli.parsers import parse
 from launch.plan.requests import BenchRequest, PlanRequest
@@ -16,7 +16,7 @@ from pipeline.config import ConfigError
 from pipeline.tables.request import TableRequest, load_request
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     request = parse(list(sys.argv[1:] if argv is None else argv))
     try:
         return run(request)
@@ -29,22 +29,22 @@ def run(request: Any) -> int:
     """Do what `request` asks; its exit code. A command's module is imported only when it is asked for: most load
     torch, which `--help` and a command line that fails to parse should not wait for."""
     if isinstance(request, ReproduceRequest):
-        from launch.reproduce.command import reproduce
+        from launch.reproduce.command import reproduce  # noqa: PLC0415 - loads torch: only the command asked for
 
         return reproduce(as_asked_before(request))
     if isinstance(request, StatusRequest):
-        from launch.reproduce.status import status
+        from launch.reproduce.status import status  # noqa: PLC0415 - loads torch: only the command asked for
 
         return status(request)
     if isinstance(request, BenchRequest):
-        from launch.plan.bench import bench
+        from launch.plan.bench import bench  # noqa: PLC0415 - loads torch: only the command asked for
 
         return bench(request)
     if isinstance(request, PlanRequest):
-        from launch.plan.printing import plan
+        from launch.plan.printing import plan  # noqa: PLC0415 - loads torch: only the command asked for
 
         return plan(request)
-    from launch.submit import commands
+    from launch.submit import commands  # noqa: PLC0415 - loads torch: only the command asked for
 
     work = {SubmitRequest: commands.submit_training, LocalRequest: commands.train_here, SweepRequest: commands.sweep,
             PrepRequest: commands.prep, EvaluateRequest: commands.evaluate}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import re
 import typing
-from typing import List, Optional, Tuple
 
 from launch.submit.resources import RESOURCES, ResourceFlags, flag_name
 from pipeline.config.schema import SlurmConfig
@@ -17,7 +16,7 @@ OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 ARRAY_PARALLELISM = 64  # training tasks of a table at once, unless --array-parallelism says otherwise
 
 
-def split_overrides(argv: List[str]) -> Tuple[List[str], List[str]]:
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     """(the overrides, the other arguments): options and overrides go in any order. Left to argparse, an option
     of several values would take the overrides after it (`--seeds 0 1 data.root=...`), and overrides after an
     option (`CONFIG --nproc 2 data.root=...`) would find their positional already filled. Nothing after `--`
@@ -53,7 +52,7 @@ _RESOURCE_HELP = {
 }
 
 
-def add_resource_flags(parser: argparse.ArgumentParser, node_counts_help: Optional[str] = None) -> None:
+def add_resource_flags(parser: argparse.ArgumentParser, node_counts_help: str | None = None) -> None:
     """A flag for each field of the config's `slurm` section; none given keeps the config's value. With
     `node_counts_help` (`plan`), --nodes takes several counts to compare."""
     group = parser.add_argument_group("SLURM resources (defaults: the config's slurm section)")
@@ -71,14 +70,14 @@ def add_resource_flags(parser: argparse.ArgumentParser, node_counts_help: Option
             group.add_argument(flag, type=value_type, dest=resource, help=help)
 
 
-def resource_flags(args: argparse.Namespace, skip: Tuple[str, ...] = ()) -> ResourceFlags:
+def resource_flags(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> ResourceFlags:
     """The resource flags `args` holds, those given only; `skip`: flags a command reads otherwise (plan's --nodes)."""
     given = {name: getattr(args, name) for name in RESOURCES
              if name != "additional" and name not in skip and getattr(args, name, None) is not None}
     return ResourceFlags(given, tuple(getattr(args, "sbatch", None) or ()))
 
 
-def add_table_options(parser: argparse.ArgumentParser, array_parallelism_default: Optional[int] = ARRAY_PARALLELISM,
+def add_table_options(parser: argparse.ArgumentParser, array_parallelism_default: int | None = ARRAY_PARALLELISM,
                       data_check: bool = True) -> None:
     """--seeds and --rows (what is planned is what is then submitted), --array-parallelism and --no-data-check, as
     `sweep`, `plan` and `reproduce` share them."""
@@ -93,4 +92,5 @@ def add_table_options(parser: argparse.ArgumentParser, array_parallelism_default
 
 def add_no_data_check(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-data-check", action="store_true",
-                        help="submit even where data.root holds no prepared dataset here (the compute nodes alone see it)")
+                        help="submit even where data.root holds no prepared dataset here (the compute nodes alone see "
+                             "it)")

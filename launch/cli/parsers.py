@@ -18,10 +18,17 @@ Options and section.key=value overrides go in any order; each command's --help s
 from __future__ import annotations
 
 import argparse
-from typing import Any, List
+from typing import Any
 
-from launch.cli.flags import (HelpFormatter, add_no_data_check, add_overrides, add_resource_flags, add_table_options,
-                              resource_flags, split_overrides)
+from launch.cli.flags import (
+    HelpFormatter,
+    add_no_data_check,
+    add_overrides,
+    add_resource_flags,
+    add_table_options,
+    resource_flags,
+    split_overrides,
+)
 from launch.plan.requests import BenchRequest, PlanRequest
 from launch.plan.scaling import NODES_HELP, Cluster, add_scaling_flags
 from launch.reproduce.request import ReproduceRequest, StatusRequest
@@ -32,7 +39,7 @@ from pipeline.dist.exit_codes import describe_exit_codes
 TABLE_HELP = "a table config, e.g. configs/tables/table3.yaml"
 
 
-def parse(argv: List[str]) -> Any:
+def parse(argv: list[str]) -> Any:
     """The command line as the typed request of its command (options and overrides in any order)."""
     parser = _parser()
     overrides, rest = split_overrides(argv)

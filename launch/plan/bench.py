@@ -32,17 +32,17 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from launch.plan.bench_results import EvalTimer, merged_profile, startup_seconds, summary, train_throughput
 from launch.plan.profile import REPO, machine_info, software_versions, write_profile
 from launch.plan.requests import BenchRequest
-from pipeline.config import ConfigError, ExperimentConfig, SlurmConfig, load_config
 from launch.submit.checks import check_startable
 from launch.submit.jobs import TrainJob
 from launch.submit.local import run_local, stopped_by_user
 from launch.submit.slurm import make_executor, prepare_run
 from launch.submit.waiting import cancel, wait_for_job
+from pipeline.config import ConfigError, ExperimentConfig, SlurmConfig, load_config
 from pipeline.data.dataset import DatasetError, read_manifest
 from pipeline.dist import dist_info_from_env
 from pipeline.models.registry import get_spec
@@ -69,11 +69,11 @@ def bench(request: BenchRequest) -> int:
     work = Path(tempfile.mkdtemp(prefix=".bench-", dir=out.resolve().parent))  # the job must see it on SLURM
     print(f"bench: {len(plans)} model(s), {request.warmup_steps} warm-up + {request.steps} timed steps each; "
           f"run directories under {work}", flush=True)
-    measured: Dict[str, dict] = {}
-    failed: List[str] = []
+    measured: dict[str, dict] = {}
+    failed: list[str] = []
     stopped = False
-    machine: Optional[dict] = None
-    software: Optional[dict] = None
+    machine: dict | None = None
+    software: dict | None = None
     if request.slurm:
         outcomes = _run_slurm(plans, work, request)
     else:
@@ -126,16 +126,16 @@ class _Plan:
 
     model: str  # the profile's key: the net's model.name
     config: Path
-    own: List[str]  # what the model name added to the config (model.name for a family's base config)
-    overrides: List[str]
+    own: list[str]  # what the model name added to the config (model.name for a family's base config)
+    overrides: list[str]
     cfg: ExperimentConfig
     name: str  # of its run directory
 
 
 @functools.lru_cache(maxsize=1)
-def paper_configs() -> Dict[str, Path]:
+def paper_configs() -> dict[str, Path]:
     """model.name -> its paper config: the file named after the net (resnet34.yaml, not resnet34_b.yaml)."""
-    found: Dict[str, Path] = {}
+    found: dict[str, Path] = {}
     for folder in PAPER_CONFIG_DIRS:
         for path in sorted(folder.glob("*.yaml")):
             if path.name.startswith("_"):
@@ -146,7 +146,7 @@ def paper_configs() -> Dict[str, Path]:
     return found
 
 
-def resolve_model(model: str) -> Tuple[Path, List[str]]:
+def resolve_model(model: str) -> tuple[Path, list[str]]:
     """The config (and any override it needs) a `--models` item stands for."""
     path = Path(model)
     if path.suffix in (".yaml", ".yml") or path.is_file():
@@ -164,7 +164,7 @@ def resolve_model(model: str) -> Tuple[Path, List[str]]:
     return FAMILY_BASE[spec.family], [f"model.name={model}"]
 
 
-def bench_overrides(steps: int, warmup: int) -> List[str]:
+def bench_overrides(steps: int, warmup: int) -> list[str]:
     """What turns a training config into a measurement of `warmup + steps` iterations (placement aside)."""
     # Windows of gcd(warmup, steps) steps: one ends exactly where the warm-up does, so none mixes the two.
     every = math.gcd(warmup, steps)
@@ -174,7 +174,7 @@ def bench_overrides(steps: int, warmup: int) -> List[str]:
             "logging.wandb_mode=disabled"]
 
 
-def _prepare(index: int, model: str, overrides: List[str], request: BenchRequest) -> _Plan:
+def _prepare(index: int, model: str, overrides: list[str], request: BenchRequest) -> _Plan:
     config, own = resolve_model(model)
     all_overrides = [*own, *overrides, *bench_overrides(request.steps, request.warmup_steps)]
     cfg = load_config(config, all_overrides)
@@ -214,7 +214,7 @@ def _resources(request: BenchRequest, cfg: ExperimentConfig) -> SlurmConfig:
 
 # --- running it -----------------------------------------------------------------------------------------------
 
-def _run_local(plan: _Plan, work: Path, request: BenchRequest) -> Tuple[int, dict]:
+def _run_local(plan: _Plan, work: Path, request: BenchRequest) -> tuple[int, dict]:
     print(f"bench: {plan.model}: {request.nproc} process(es), {plan.config}", flush=True)
     overrides = [*plan.overrides, f"run.out_dir={work}", f"run.name={plan.name}"]
     started = time.perf_counter()
@@ -223,7 +223,7 @@ def _run_local(plan: _Plan, work: Path, request: BenchRequest) -> Tuple[int, dic
     return code, {"eval_window": timer.window(), "wall_s": time.perf_counter() - started}
 
 
-def _run_slurm(plans: List[_Plan], work: Path, request: BenchRequest):
+def _run_slurm(plans: list[_Plan], work: Path, request: BenchRequest):
     """Submit one job per model (they may run side by side), then wait for each in turn."""
     for plan in plans:  # every job checked before the first is submitted
         check_startable(_resources(request, plan.cfg))
@@ -276,8 +276,8 @@ class BenchJob:
         return submitit.helpers.DelayedSubmission(self)
 
 
-def _entry(plan: _Plan, run_dir: Path, request: BenchRequest, eval_window: Optional[dict],
-           wall_s: Optional[float] = None) -> dict:
+def _entry(plan: _Plan, run_dir: Path, request: BenchRequest, eval_window: dict | None,
+           wall_s: float | None = None) -> dict:
     cfg = plan.cfg
     rate, wait, steps = train_throughput(read_metrics(run_dir), request.warmup_steps)
     world = _world_size(request, cfg)

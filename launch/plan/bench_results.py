@@ -10,7 +10,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from launch.plan.profile import load_profile
 from pipeline.config import ConfigError
@@ -26,14 +26,14 @@ class EvalTimer:
 
     def __init__(self, metrics: Path, enabled: bool = True) -> None:
         self.metrics, self.enabled = metrics, enabled
-        self.started: Optional[float] = None
-        self.ended: Optional[float] = None
-        self.samples: Optional[int] = None
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.samples: int | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="bench-eval-timer", daemon=True)
         self._offset = 0
 
-    def __enter__(self) -> "EvalTimer":
+    def __enter__(self) -> EvalTimer:
         if self.enabled:
             self._thread.start()
         return self
@@ -44,7 +44,7 @@ class EvalTimer:
             self._thread.join()
             self._read()  # whatever came after the last poll (its time is then not known: see window())
 
-    def window(self) -> Optional[dict]:
+    def window(self) -> dict | None:
         """{"samples", "seconds"} of the final evaluation, if both ends were seen while it ran."""
         if self.started is None or self.ended is None or self.samples is None:
             return None
@@ -54,7 +54,7 @@ class EvalTimer:
         while not self._done.wait(self.POLL_S):
             self._read(now=time.perf_counter())
 
-    def _read(self, now: Optional[float] = None) -> None:
+    def _read(self, now: float | None = None) -> None:
         try:
             with self.metrics.open() as f:
                 f.seek(self._offset)
@@ -71,7 +71,7 @@ class EvalTimer:
                 self.ended, self.samples = now, int(record["val_samples"])
 
 
-def train_throughput(records: List[dict], warmup: int) -> Tuple[float, float, int]:
+def train_throughput(records: list[dict], warmup: int) -> tuple[float, float, int]:
     """(images/s, data-wait fraction, timed steps) over the logging windows after step `warmup`.
 
     Each record is one window's images/s; the rate over all of them is images over time, i.e. their
@@ -92,7 +92,7 @@ def train_throughput(records: List[dict], warmup: int) -> Tuple[float, float, in
 
 
 def startup_seconds(wall_s: float, total_steps: int, global_batch: int, images_per_s: float,
-                    eval_window: Optional[dict]) -> float:
+                    eval_window: dict | None) -> float:
     """What a run spent besides its steps (all at the timed rate) and its final evaluation: process start,
     imports, dataset open, model build, the warm-up steps' extra time (compilation, autotuning), the final
     save, teardown. `launch plan` charges it to every start of a job."""
@@ -100,9 +100,9 @@ def startup_seconds(wall_s: float, total_steps: int, global_batch: int, images_p
     return max(0.0, wall_s - total_steps * global_batch / images_per_s - evaluation)
 
 
-def merged_profile(out: Path, measured: Dict[str, dict], machine: dict, software: dict, launcher: dict) -> dict:
+def merged_profile(out: Path, measured: dict[str, dict], machine: dict, software: dict, launcher: dict) -> dict:
     """The new profile; an existing one at `out` from the same kind of machine keeps its other models."""
-    models: Dict[str, dict] = {}
+    models: dict[str, dict] = {}
     if out.is_file():
         try:
             old = load_profile(out)

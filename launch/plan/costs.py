@@ -46,14 +46,20 @@ This module is the arithmetic; what the command prints, and the command itself, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
 
 from launch.plan.rates import Rate, Rates
 from launch.plan.scaling import Cluster, StepTime, checkpoint_saves, model_size, run_step, snapshot_seconds
-from launch.plan.workload import (makespan, split_size, split_sizes, table_evaluation_views, train_steps,
-                                  training_evaluations)
+from launch.plan.workload import (
+    makespan,
+    split_size,
+    split_sizes,
+    table_evaluation_views,
+    train_steps,
+    training_evaluations,
+)
 from pipeline.config.per_gpu_batch import gpu_share
 from pipeline.tables.spec import load_table, planned_runs, unique_runs
 
@@ -80,7 +86,7 @@ class RunCost:
     time_limit_s: float = math.inf
     max_requeues: int = 0
     images_per_gpu: float = 0.0  # of the global batch
-    below_recipe: Optional[str] = None  # the warning when a GPU gets fewer images than the recipe was made for
+    below_recipe: str | None = None  # the warning when a GPU gets fewer images than the recipe was made for
 
     @property
     def startup_s(self) -> float:
@@ -149,22 +155,22 @@ class RowCost:
     index: int
     label: str
     model: str
-    runs: List[RunCost]
-    same_as: Optional[str] = None  # the row whose runs these are (a figure showing one run in two panels)
+    runs: list[RunCost]
+    same_as: str | None = None  # the row whose runs these are (a figure showing one run in two panels)
 
 
 @dataclass
 class TablePlan:
     table: str
     title: str
-    rows: List[RowCost]
+    rows: list[RowCost]
     array_parallelism: int
     throughput: str  # where the images/s come from, as printed
     report_s: float = 0.0  # the report after the last run: a start-up (reading files and drawing is quick)
-    assumptions: List[str] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
 
     @property
-    def runs(self) -> List[RunCost]:
+    def runs(self) -> list[RunCost]:
         return [run for row in self.rows for run in row.runs]
 
     @property
@@ -179,18 +185,19 @@ class TablePlan:
 
 
 def plan_table(table_path: str | Path, profile: dict, reference: dict, resources_of: Callable,
-               seeds: Optional[List[int]] = None, overrides: Sequence[str] = (), array_parallelism: int = 64,
-               throughput: Optional[str] = None, cluster: Cluster = Cluster(),
-               rows: Optional[Sequence[str]] = None) -> TablePlan:
+               seeds: list[int] | None = None, overrides: Sequence[str] = (), array_parallelism: int = 64,
+               throughput: str | None = None, cluster: Cluster = Cluster(),
+               rows: Sequence[str] | None = None) -> TablePlan:
     """The cost of every run a table needs (of the rows labelled `rows`, where given); `resources_of(cfg)` gives a
-    run's resources (its `slurm` section with the flags applied), `cluster` what the profile does not say about the links between GPUs (launch.plan.scaling)."""
+    run's resources (its `slurm` section with the flags applied), `cluster` what the profile does not say about the
+    links between GPUs (launch.plan.scaling)."""
     table = load_table(table_path)
     planned = planned_runs(table_path, None, seeds, tuple(overrides), rows)
     unique = unique_runs(planned)
     rates = Rates(profile, reference)
-    sources: Dict[str, None] = {}
-    extra_views: Dict[str, float] = {}
-    costs: Dict[Path, RunCost] = {}
+    sources: dict[str, None] = {}
+    extra_views: dict[str, float] = {}
+    costs: dict[Path, RunCost] = {}
     for run in unique:
         cfg = run.cfg
         sizes, source = split_sizes(cfg)
@@ -214,7 +221,7 @@ def plan_table(table_path: str | Path, profile: dict, reference: dict, resources
             time_limit_s=60.0 * resources.time_minutes if resources.time_minutes else math.inf,
             max_requeues=resources.max_requeues, images_per_gpu=share.images, below_recipe=share.below_recipe())
 
-    row_costs: List[RowCost] = []
+    row_costs: list[RowCost] = []
     for index, row in enumerate(table.rows):
         if rows and row.label not in rows:
             continue  # not asked for: not shown
@@ -252,8 +259,8 @@ def _shown(path: str) -> str:
         return str(path)
 
 
-def _assumptions(kind: str, protocol: str, sources: List[str], views: Dict[str, float], rates: Rates,
-                 plan: TablePlan, cluster: Cluster) -> List[str]:
+def _assumptions(kind: str, protocol: str, sources: list[str], views: dict[str, float], rates: Rates,
+                 plan: TablePlan, cluster: Cluster) -> list[str]:
     lines = [f"split sizes: {'; '.join(sources)}; an epoch is floor(train split / global batch) steps",
              "evaluation: training's periodic evaluations and its final centre evaluation of the whole "
              "evaluation split, in centre views"]

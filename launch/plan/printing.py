@@ -6,28 +6,28 @@ from __future__ import annotations
 import dataclasses
 import math
 import textwrap
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 from launch.plan.costs import TablePlan, plan_table
-from launch.plan.workload import makespan
-from launch.plan.requests import PlanRequest
 from launch.plan.profile import REFERENCE, load_profile
+from launch.plan.requests import PlanRequest
 from launch.plan.scaling import Cluster
+from launch.plan.workload import makespan
 from pipeline.config import ConfigError
 
 WIDTH = 110  # of the printed notes and assumptions
 
 
 def format_plan(plan: TablePlan) -> str:
-    notes: Dict[str, int] = {}
+    notes: dict[str, int] = {}
 
     def refs(texts: Sequence[str]) -> str:
         numbers = [notes.setdefault(text, len(notes) + 1) for text in dict.fromkeys(texts)]
         return "[" + ",".join(map(str, numbers)) + "]" if numbers else ""
 
-    header = ["row", "model", "runs", "GPUs", "img/GPU", "train steps", "img/s/GPU", "GPU-h train", "GPU-h eval", "wall/run",
-              "notes"]
-    table: List[List[str]] = []
+    header = ["row", "model", "runs", "GPUs", "img/GPU", "train steps", "img/s/GPU", "GPU-h train", "GPU-h eval",
+              "wall/run", "notes"]
+    table: list[list[str]] = []
     for row in plan.rows:
         if not row.runs:
             table.append([row.label, row.model, "0", "-", "-", "-", "-", "-", "-", "-",
@@ -54,7 +54,7 @@ def format_plan(plan: TablePlan) -> str:
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
     right = {2, 3, 4, 5, 6, 7, 8, 9}
 
-    def line(cells: List[str]) -> str:
+    def line(cells: list[str]) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     rule = "-" * len(line(header).rstrip())
@@ -104,12 +104,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} d"
 
 
-def format_scaling(plans: Dict[int, TablePlan], counts: Sequence[int]) -> str:
+def format_scaling(plans: dict[int, TablePlan], counts: Sequence[int]) -> str:
     """Per row, a line per node count: what a step costs, the pauses, images/s and the speed-up against 1 node."""
     base = plans[1]
     header = ["row", "nodes", "GPUs", "img/GPU", "step", "compute", "all-reduce", "exposed", "eval/epoch",
               "ckpt/epoch", "images/s", "speed-up", "efficiency", "wall/run"]
-    table: List[List[str]] = []
+    table: list[list[str]] = []
     for index, row in enumerate(base.rows):
         if not row.runs:
             continue
@@ -167,10 +167,10 @@ def format_packing(plan: TablePlan, counts: Sequence[int], cluster: Cluster, arr
                       f"GPU-hours: {_hours(plan.gpu_s)} at any node count (each run is the same one-GPU job)"])
 
 
-def _aligned(header: List[str], rows: List[List[str]], left: set) -> List[str]:
+def _aligned(header: list[str], rows: list[list[str]], left: set) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
-    def line(cells: List[str]) -> str:
+    def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     head = line(header).rstrip()
@@ -204,13 +204,14 @@ def plan(request: PlanRequest) -> int:
         raise ConfigError(f"--nodes and --node-gpus must be at least 1, got {request.node_counts or None} and "
                           f"{cluster.node_gpus}")
 
-    def at(nodes: Optional[int], slots: int) -> TablePlan:
+    def at(nodes: int | None, slots: int) -> TablePlan:
         """The table with `nodes` nodes per run (None: the configs' own slurm.nodes) and `slots` jobs at once."""
         flags = request.resources if nodes is None else \
             dataclasses.replace(request.resources, given={**request.resources.given, "nodes": nodes})
         # The flags mean what they mean for `sweep` and `reproduce`.
-        return plan_table(request.table, profile, reference, lambda cfg: flags.applied_to(cfg.slurm), seeds=request.seeds,
-                          overrides=request.overrides, array_parallelism=slots, cluster=cluster, rows=request.rows)
+        return plan_table(request.table, profile, reference, lambda cfg: flags.applied_to(cfg.slurm),
+                          seeds=request.seeds, overrides=request.overrides, array_parallelism=slots, cluster=cluster,
+                          rows=request.rows)
 
     if not counts:
         print(format_plan(at(None, request.array_parallelism)))

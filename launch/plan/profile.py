@@ -27,12 +27,13 @@ A reference profile (configs/throughput/reference.json, `kind: reference`) has t
 
 from __future__ import annotations
 
+import importlib.metadata as metadata
 import json
 import os
 import platform
 import socket
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 from data_prep.durable import write_file
 from pipeline.config import ConfigError
@@ -45,7 +46,7 @@ KINDS = ("measured", "reference")
 MODEL_KEYS = ("images_per_s_per_gpu", "world_size", "precision", "batch_size")
 
 
-def load_profile(path: str | Path) -> Dict[str, Any]:
+def load_profile(path: str | Path) -> dict[str, Any]:
     """Read and check a profile; ConfigError names the file and what is wrong."""
     path = Path(path)
     try:
@@ -74,7 +75,7 @@ def load_profile(path: str | Path) -> Dict[str, Any]:
     return profile
 
 
-def write_profile(path: str | Path, profile: Dict[str, Any]) -> Path:
+def write_profile(path: str | Path, profile: dict[str, Any]) -> Path:
     """Write atomically (temporary name, then rename): a half-written profile is never read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,9 +84,9 @@ def write_profile(path: str | Path, profile: Dict[str, Any]) -> Path:
     return path
 
 
-def machine_info() -> Dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     """The machine this process runs on: its GPU model and count (if any), CPU model and count, host."""
-    import torch
+    import torch  # noqa: PLC0415 - torch describes the machine; the planner reads profiles without it
 
     cuda = torch.cuda.is_available()
     return {
@@ -108,11 +109,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def software_versions() -> Dict[str, Any]:
+def software_versions() -> dict[str, Any]:
     """Versions of what decides the speed: Python, torch, CUDA, cuDNN, NCCL, DeepSpeed, DALI (None: absent)."""
-    import torch
+    import torch  # noqa: PLC0415 - torch describes the machine; the planner reads profiles without it
 
-    versions: Dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+    versions: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                                 "cuda": torch.version.cuda, "cudnn": None, "nccl": None}
     if torch.backends.cudnn.is_available():
         versions["cudnn"] = torch.backends.cudnn.version()
@@ -128,9 +129,8 @@ def software_versions() -> Dict[str, Any]:
     return versions
 
 
-def _distribution_version(prefix: str) -> Optional[str]:
+def _distribution_version(prefix: str) -> str | None:
     """The version of the installed distribution named `prefix` or `prefix-*` (DALI: nvidia-dali-cuda120)."""
-    import importlib.metadata as metadata
 
     for dist in metadata.distributions():
         name = (dist.metadata["Name"] or "").lower()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
 
 from pipeline.config import ExperimentConfig
 from pipeline.models.complexity import measure
@@ -18,9 +17,9 @@ class Rate:
 
     train: float
     eval: float
-    notes: Tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
     eval_measured: bool = False
-    startup_s: Optional[float] = None  # a job's start-up, as `launch bench` measured it (None: not measured)
+    startup_s: float | None = None  # a job's start-up, as `launch bench` measured it (None: not measured)
 
 
 class Rates:
@@ -30,11 +29,11 @@ class Rates:
         self.profile, self.reference = profile, reference
         self.measured = profile["kind"] == "measured"
         self.eval_factor = float(profile.get("eval_factor") or reference["eval_factor"])
-        self._macs: Dict[str, int] = dict(reference.get("macs", {}))
+        self._macs: dict[str, int] = dict(reference.get("macs", {}))
 
     def for_run(self, cfg: ExperimentConfig, gpus: int) -> Rate:
         name, precision = cfg.model.name, cfg.engine.precision
-        notes: List[str] = []
+        notes: list[str] = []
         base, source, scale = name, self.profile, 1.0
         if name not in self.profile["models"]:
             base, source = self._nearest(name)
@@ -60,7 +59,7 @@ class Rates:
             return Rate(train, measured_eval * scale, tuple(notes), eval_measured=True, startup_s=startup)
         return Rate(train, train * self.eval_factor, tuple(notes), startup_s=startup)
 
-    def _at_precision(self, entry: dict, precision: str, label: str, notes: List[str]) -> float:
+    def _at_precision(self, entry: dict, precision: str, label: str, notes: list[str]) -> float:
         if entry["precision"] == precision:
             return float(entry["images_per_s_per_gpu"])
         by_precision = entry.get("by_precision") or {}
@@ -69,7 +68,7 @@ class Rates:
         notes.append(f"{label} ran in {entry['precision']}, this run uses {precision}")
         return float(entry["images_per_s_per_gpu"])
 
-    def _nearest(self, name: str) -> Tuple[str, dict]:
+    def _nearest(self, name: str) -> tuple[str, dict]:
         """The measured net of `name`'s family closest to it in FLOPs, else the reference's closest."""
         family = _family(name)
         own = [n for n in self.profile["models"] if self.measured and _family(n) == family]
@@ -79,7 +78,7 @@ class Rates:
         best = min(candidates, key=lambda n: abs(math.log(self._macs_at(n, None) / target)))
         return best, source
 
-    def _macs_at(self, name: str, image_size: Optional[int]) -> float:
+    def _macs_at(self, name: str, image_size: int | None) -> float:
         """Multiply-adds of one image at `image_size` (None: the net's native side): conv cost grows with pixels."""
         spec = get_spec(name)
         if name not in self._macs:
@@ -88,7 +87,7 @@ class Rates:
         return self._macs[name] * ((image_size or spec.resolution) / spec.resolution) ** 2
 
 
-def _family(name: str) -> Optional[str]:
+def _family(name: str) -> str | None:
     try:
         return get_spec(name).family
     except KeyError:

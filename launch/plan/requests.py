@@ -4,7 +4,6 @@ is parsed before anything heavy loads."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 from launch.plan.scaling import Cluster
 from launch.submit.resources import ResourceFlags
@@ -14,8 +13,8 @@ from launch.submit.resources import ResourceFlags
 class BenchRequest:
     """What `launch bench` was asked: the nets to measure, how long, where, and the profile to write."""
 
-    models: List[str]  # model names or training configs
-    overrides: List[str] = field(default_factory=list)  # for every model, e.g. data.root=/data/imagenet
+    models: list[str]  # model names or training configs
+    overrides: list[str] = field(default_factory=list)  # for every model, e.g. data.root=/data/imagenet
     steps: int = 50  # timed training steps per model
     warmup_steps: int = 10  # untimed steps first (compilation, cudnn autotune)
     nproc: int = 1  # processes (GPUs) on this machine, without slurm
@@ -30,11 +29,11 @@ class PlanRequest:
     profile, the node counts to compare and what the profile cannot say about the cluster."""
 
     table: str
-    overrides: List[str] = field(default_factory=list)
-    profile: Optional[str] = None  # a profile from `launch bench` (None: the reference figures)
-    seeds: Optional[List[int]] = None
-    rows: Optional[List[str]] = None
+    overrides: list[str] = field(default_factory=list)
+    profile: str | None = None  # a profile from `launch bench` (None: the reference figures)
+    seeds: list[int] | None = None
+    rows: list[str] | None = None
     array_parallelism: int = 64
-    node_counts: List[int] = field(default_factory=list)  # --nodes N [N ...]: nodes per run, compared
+    node_counts: list[int] = field(default_factory=list)  # --nodes N [N ...]: nodes per run, compared
     cluster: Cluster = Cluster()
     resources: ResourceFlags = ResourceFlags()  # the other resource flags (--gpus-per-node, --time, ...)

@@ -27,10 +27,9 @@ import functools
 import math
 import re
 from dataclasses import astuple, dataclass
-from typing import TYPE_CHECKING, List
 
-if TYPE_CHECKING:  # the config classes come with the library; nothing here imports it at module load
-    from pipeline.config.schema import CheckpointConfig, EngineConfig, ModelConfig
+from pipeline.config import CheckpointConfig, ConfigError, EngineConfig, ModelConfig
+from pipeline.models import build_model
 
 GIGA = 1e9
 DDP_BUCKET_BYTES = 25 * 2**20  # torch DDP's bucket_cap_mb=25 (of fp32 gradients, also under a bf16 hook)
@@ -54,16 +53,14 @@ class Cluster:
     node_gpus: int = 8  # GPUs in one node, for packing one-GPU runs
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Cluster":
+    def from_args(cls, args: argparse.Namespace) -> Cluster:
         names = cls.__dataclass_fields__
         cluster = cls(**{n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
         if not 0 <= cluster.backward_fraction <= 1:
-            from pipeline.config import ConfigError
-
             raise ConfigError(f"--backward-fraction must be between 0 and 1, got {cluster.backward_fraction}")
         return cluster
 
-    def describe(self) -> List[str]:
+    def describe(self) -> list[str]:
         """The assumptions, as `launch plan` prints them under the table."""
         return [
             "step time = compute (images per GPU / the profile's per-GPU images/s; the profile's own one-node "
@@ -148,7 +145,7 @@ class ModelSize:
     params: int
     buffer_bytes: int  # BN's running statistics (and its int64 step counters)
 
-    def gradient_bytes(self, engine: "EngineConfig") -> int:
+    def gradient_bytes(self, engine: EngineConfig) -> int:
         """What one all-reduce moves: fp32 gradients, bf16 with engine.reduce_dtype=bf16 or DeepSpeed's fp16."""
         half = engine.reduce_dtype == "bf16" or (engine.name == "deepspeed" and engine.precision == "fp16")
         return self.params * (2 if half else 4)
@@ -158,27 +155,25 @@ class ModelSize:
         """A checkpoint's snapshot: fp32 weights and SGD momentum (both kept in fp32 under bf16), BN buffers."""
         return 2 * 4 * self.params + self.buffer_bytes
 
-    def buckets(self, engine: "EngineConfig") -> int:
+    def buckets(self, engine: EngineConfig) -> int:
         if engine.name == "deepspeed":
             if not engine.zero_stage:
                 return 1  # one flat all-reduce after backward
-            from pipeline.engine.deepspeed_engine import ZERO_BUCKET_ELEMENTS
+            from pipeline.engine.deepspeed_engine import ZERO_BUCKET_ELEMENTS  # noqa: PLC0415 - the engine loads torch
 
             return max(1, math.ceil(self.params / ZERO_BUCKET_ELEMENTS))
         return max(1, math.ceil(4 * self.params / DDP_BUCKET_BYTES))
 
 
-def model_size(model: "ModelConfig") -> ModelSize:
+def model_size(model: ModelConfig) -> ModelSize:
     """Parameters and buffer bytes of the net a `model` section builds (counted on the meta device: no memory)."""
     return _model_size(astuple(model))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model_size(fields: tuple) -> ModelSize:
-    import torch
+    import torch  # noqa: PLC0415 - counting parameters builds a net; parsing `plan`'s flags must not
 
-    from pipeline.config.schema import ModelConfig
-    from pipeline.models import build_model
 
     with torch.device("meta"):
         net = build_model(ModelConfig(*fields))
@@ -215,7 +210,7 @@ def step_time(images_per_gpu: float, images_per_s_per_gpu: float, allreduce_s: f
     return StepTime(compute, allreduce_s, max(0.0, allreduce_s - overlappable_fraction * compute))
 
 
-def overlappable_fraction(engine: "EngineConfig", cluster: Cluster) -> float:
+def overlappable_fraction(engine: EngineConfig, cluster: Cluster) -> float:
     """How much of a step's compute the all-reduce can hide behind: backward's share, except where the engine
     reduces only after backward (DeepSpeed without ZeRO)."""
     return 0.0 if engine.name == "deepspeed" and not engine.zero_stage else cluster.backward_fraction
@@ -231,7 +226,7 @@ def run_step(cfg, gpus: int, nodes: int, images_per_s_per_gpu: float, cluster: C
 
 # --- pauses -----------------------------------------------------------------------------------------------------
 
-def checkpoint_saves(checkpoint: "CheckpointConfig", total_steps: int, steps_per_epoch: int, step_s: float) -> float:
+def checkpoint_saves(checkpoint: CheckpointConfig, total_steps: int, steps_per_epoch: int, step_s: float) -> float:
     """How many checkpoints training writes, as pipeline.train decides them.
 
     Every epoch's end but the last (`at_epoch_end`), every `every_steps` steps, `every_minutes` in the stretches

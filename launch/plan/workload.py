@@ -3,7 +3,7 @@ makes and the one a table adds after it (in centre views), and the makespan of r
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from collections.abc import Sequence
 
 from pipeline.config import ConfigError, ExperimentConfig
 from pipeline.data.base import train_steps_per_epoch
@@ -12,14 +12,14 @@ from pipeline.models.registry import get_spec
 from pipeline.tables.spec import table_evaluation
 from pipeline.train.schedule import LRSchedule
 
-PAPER_SPLITS: Dict[str, Tuple[str, Dict[str, int]]] = {
+PAPER_SPLITS: dict[str, tuple[str, dict[str, int]]] = {
     "imagenet": ("ImageNet", {"train": 1_281_167, "val": 50_000}),
     "cifar": ("CIFAR-10", {"train": 50_000, "test": 10_000}),
 }
 MULTISCALE_ASPECT = 4 / 3  # ImageNet's typical 500x375: a whole image at shorter side s has s * 4s/3 pixels
 
 
-def split_sizes(cfg: ExperimentConfig) -> Tuple[Dict[str, int], str]:
+def split_sizes(cfg: ExperimentConfig) -> tuple[dict[str, int], str]:
     """Sample count of each split: from data.root's manifest, else the paper's dataset (by the net's family)."""
     try:
         manifest = read_manifest(cfg.data.root)
@@ -31,14 +31,14 @@ def split_sizes(cfg: ExperimentConfig) -> Tuple[Dict[str, int], str]:
         return sizes, f"the paper's {dataset} ({sizes_text}; no manifest at data.root={cfg.data.root})"
 
 
-def split_size(sizes: Dict[str, int], split: str, source: str) -> int:
+def split_size(sizes: dict[str, int], split: str, source: str) -> int:
     if split not in sizes:
         raise ConfigError(f"split {split!r} has no known size: {source} gives {', '.join(sizes)}; pass "
                           "data.root=<the prepared dataset> so its manifest is read")
     return sizes[split]
 
 
-def train_steps(cfg: ExperimentConfig, train_size: int) -> Tuple[int, int]:
+def train_steps(cfg: ExperimentConfig, train_size: int) -> tuple[int, int]:
     """(total steps, steps per epoch) of the config's schedule, as the trainer counts them."""
     per_epoch = train_steps_per_epoch(train_size, cfg.data.batch_size)
     if per_epoch < 1:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 from launch.reproduce.report_job import ReportJob, report_resources, write_table_report
 from launch.submit.local import run_local, run_module_local, stopped_by_user
@@ -27,10 +26,10 @@ class RunStep:
 
     run: PlannedRun
     train: str  # done | queued | submit
-    train_job: Optional[str]  # the job id of a training in the queue
+    train_job: str | None  # the job id of a training in the queue
     evaluate: str  # done | queued | submit | none (the table reads what training records)
-    eval_job: Optional[str] = None
-    stale_eval_job: Optional[str] = None  # an earlier evaluation of this run, replaced by the one submitted now
+    eval_job: str | None = None
+    stale_eval_job: str | None = None  # an earlier evaluation of this run, replaced by the one submitted now
 
     @property
     def run_dir(self) -> Path:
@@ -41,10 +40,11 @@ class RunStep:
         return f"{self.run.label}, seed {self.run.seed}"
 
 
-def plan_steps(runs: List[PlannedRun], evaluation: Optional[TableEvaluation]) -> List[RunStep]:
+def plan_steps(runs: list[PlannedRun], evaluation: TableEvaluation | None) -> list[RunStep]:
     # SLURM's queue asked twice in all (the trainings, then the evaluations), not twice a run.
     statuses = run_statuses([run.run_dir for run in runs])
-    eval_jobs = [recorded_job(RunDir(run.run_dir).evaluation_job_id(evaluation.job_name)) if evaluation else None for run in runs]
+    eval_jobs = [recorded_job(RunDir(run.run_dir).evaluation_job_id(evaluation.job_name)) if evaluation else None
+                 for run in runs]
     queued_evals = queue_entries([job for job in eval_jobs if job])
     steps = []
     for run, status, job in zip(runs, statuses, eval_jobs):
@@ -68,7 +68,7 @@ def plan_steps(runs: List[PlannedRun], evaluation: Optional[TableEvaluation]) ->
     return steps
 
 
-def recorded_job(path: Path) -> Optional[str]:
+def recorded_job(path: Path) -> str | None:
     """The SLURM job id a file records, if there is one."""
     if not path.exists():
         return None
@@ -84,7 +84,7 @@ def _evaluated(run_dir: Path, evaluation: TableEvaluation) -> bool:
     return found is not None and found.get("step") == final_step
 
 
-def report_is_current(report: Path, runs: List[PlannedRun]) -> bool:
+def report_is_current(report: Path, runs: list[PlannedRun]) -> bool:
     """The report exists and is newer than every result it reads."""
     if not report.exists():
         return False
@@ -93,13 +93,13 @@ def report_is_current(report: Path, runs: List[PlannedRun]) -> bool:
     return all(not p.exists() or p.stat().st_mtime <= written for p in sources)
 
 
-def _after(kind: str, job_ids: List[str]) -> Optional[str]:
+def _after(kind: str, job_ids: list[str]) -> str | None:
     return f"{kind}:{':'.join(job_ids)}" if job_ids else None
 
 
 # -- SLURM --------------------------------------------------------------------------------------------
 
-def submit_chain(steps: List[RunStep], evaluation: Optional[TableEvaluation], table_path: Path, runs_dir: Path,
+def submit_chain(steps: list[RunStep], evaluation: TableEvaluation | None, table_path: Path, runs_dir: Path,
                  resources: SlurmConfig, array_parallelism: int, dry_run: bool) -> int:
     """Submit (or, dry, print) what `steps` still need and the report after them; returns the jobs submitted."""
     to_train = [s for s in steps if s.train == "submit"]
@@ -159,7 +159,7 @@ def submit_chain(steps: List[RunStep], evaluation: Optional[TableEvaluation], ta
 
 # -- this machine -------------------------------------------------------------------------------------
 
-def run_chain_locally(steps: List[RunStep], evaluation: Optional[TableEvaluation], table_path: Path, runs_dir: Path,
+def run_chain_locally(steps: list[RunStep], evaluation: TableEvaluation | None, table_path: Path, runs_dir: Path,
                       nproc: int) -> int:
     """The same chain, here: train, evaluate, then report; a run that fails does not stop the others."""
     failed = []

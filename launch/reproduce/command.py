@@ -27,13 +27,12 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
-from typing import List
 
 from launch.reproduce.chain import RunStep, plan_steps, recorded_job, report_is_current, run_chain_locally, submit_chain
 from launch.reproduce.report_job import write_table_report
+from launch.reproduce.request import ReproduceRequest
 from launch.submit.checks import check_prepared, check_startable, print_gpu_shares
 from launch.submit.queue import queue_state
-from launch.reproduce.request import ReproduceRequest
 from launch.submit.slurm import submission_lock
 from pipeline.run.layout import RunsFolder
 from pipeline.run.state import read_run_state
@@ -65,7 +64,7 @@ def reproduce(request: ReproduceRequest) -> int:
 
 
 def _reproduce(request: ReproduceRequest, table: TableConfig, table_path: Path, runs_dir: Path,
-               runs: List[PlannedRun], asked: TableRequest) -> int:
+               runs: list[PlannedRun], asked: TableRequest) -> int:
     evaluation = table_evaluation(table.kind, table.protocol)
     steps = plan_steps(runs, evaluation)
     if not request.dry_run:  # what was asked, for `launch status`, the report and the next call
@@ -106,7 +105,7 @@ def _reproduce(request: ReproduceRequest, table: TableConfig, table_path: Path, 
     return 0
 
 
-def _say_skipped(steps: List[RunStep]) -> None:
+def _say_skipped(steps: list[RunStep]) -> None:
     for step in steps:
         done = [what for what, state in (("trained", step.train), ("evaluated", step.evaluate)) if state == "done"]
         queued = [f"{what} (job {job})" for what, state, job in (("training", step.train, step.train_job),

@@ -6,7 +6,6 @@ versions).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
 
 from launch.submit.run_status import run_statuses
 from pipeline.config import SlurmConfig
@@ -20,11 +19,11 @@ class ReportJob:
     def __init__(self, table_path: Path, runs_dir: Path) -> None:
         self.table_path, self.runs_dir = Path(table_path), Path(runs_dir)
 
-    def __call__(self) -> List[str]:
+    def __call__(self) -> list[str]:
         return [str(p) for p in write_table_report(self.table_path, self.runs_dir)]
 
 
-def write_table_report(table_path: Path, runs_dir: Path) -> List[Path]:
+def write_table_report(table_path: Path, runs_dir: Path) -> list[Path]:
     """The report, with SLURM's word on each run (a run whose job failed shows as failed) and its W&B table."""
     return write_report(table_path, runs_dir, RunsFolder(runs_dir).reports, states_of=run_statuses, wandb=True)
 

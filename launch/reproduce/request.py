@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
 
 from launch.submit.resources import ResourceFlags
 from pipeline.tables.request import TableRequest
@@ -17,10 +16,10 @@ class ReproduceRequest:
 
     table: str
     runs: str
-    overrides: List[str] = field(default_factory=list)  # section.key=value, for every run
-    seeds: Optional[List[int]] = None  # None: each row's, else the table's
-    rows: Optional[List[str]] = None  # row labels; None: every row
-    array_parallelism: Optional[int] = None  # training tasks at once (None: ARRAY_PARALLELISM, not recorded)
+    overrides: list[str] = field(default_factory=list)  # section.key=value, for every run
+    seeds: list[int] | None = None  # None: each row's, else the table's
+    rows: list[str] | None = None  # row labels; None: every row
+    array_parallelism: int | None = None  # training tasks at once (None: ARRAY_PARALLELISM, not recorded)
     dry_run: bool = False
     no_data_check: bool = False
     local: bool = False  # the same chain here, run after run, instead of on SLURM
@@ -42,5 +41,5 @@ class ReproduceRequest:
 
 @dataclass(frozen=True)
 class StatusRequest:
-    paths: List[str] = field(default_factory=lambda: ["runs"])  # run directories, folders, table configs
-    runs: Optional[str] = None  # with a table config: the directory holding its runs
+    paths: list[str] = field(default_factory=lambda: ["runs"])  # run directories, folders, table configs
+    runs: str | None = None  # with a table config: the directory holding its runs

@@ -13,8 +13,8 @@ one its last error line and the path of its log.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, List, Optional
 
 from launch.reproduce.request import StatusRequest
 from launch.submit.partition import NEVER_STARTS
@@ -34,9 +34,9 @@ def status(request: StatusRequest) -> int:
     return print_status(request.paths, request.runs)
 
 
-def find_runs(paths: Iterable[str | Path]) -> List[Path]:
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     """Run directories (holding a config.yaml) at or under the given paths."""
-    found: List[Path] = []
+    found: list[Path] = []
     for path in map(Path, paths):
         if RunDir(path).config.exists():
             found.append(path)
@@ -46,7 +46,7 @@ def find_runs(paths: Iterable[str | Path]) -> List[Path]:
     return found
 
 
-def print_status(paths: List[str], runs: Optional[str | Path] = None) -> int:
+def print_status(paths: list[str], runs: str | Path | None = None) -> int:
     """Print each path's runs (a table config: its planned runs and its overall progress); 1 if none found.
 
     A table config that does not load raises `pipeline.config.ConfigError`, naming the file and the key."""
@@ -64,7 +64,7 @@ def print_status(paths: List[str], runs: Optional[str | Path] = None) -> int:
     return 0
 
 
-def _print_table(table_path: Path, runs_dir: Optional[str | Path]) -> None:
+def _print_table(table_path: Path, runs_dir: str | Path | None) -> None:
     table = load_table(table_path)
     request = load_request(Path(runs_dir) if runs_dir else None, table_path)
     planned = unique_runs(request.planned(Path(runs_dir)) if request else planned_runs(table_path, runs_dir))
@@ -89,12 +89,12 @@ def _print_table(table_path: Path, runs_dir: Optional[str | Path]) -> None:
           + (f", longest ETA {format_duration(max(etas))}" if etas else ""))
 
 
-def _planned_total(cfg) -> Optional[int]:
+def _planned_total(cfg) -> int | None:
     """Total steps a run's config fixes without its dataset: only a schedule counted in iterations."""
     return cfg.schedule.total if cfg.schedule.unit == "iteration" else None
 
 
-def _print_runs(statuses: List[RunStatus], labels: Optional[List[str]] = None) -> None:
+def _print_runs(statuses: list[RunStatus], labels: list[str] | None = None) -> None:
     rows = [["run", "state", "step", "%", "elapsed", "eta", "job", "last metrics"]]
     for i, s in enumerate(statuses):
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in s.last_metrics.items()

@@ -4,7 +4,7 @@ recipe's), a dataset where the config says, and a partition that can ever run th
 from __future__ import annotations
 
 import sys
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 from launch.submit.partition import impossible, read_partition
 from pipeline.config import ConfigError, ExperimentConfig, SlurmConfig
@@ -13,12 +13,12 @@ from pipeline.config.per_gpu_batch import gpu_share
 from pipeline.data.dataset import DatasetError, read_manifest
 
 
-def print_gpu_shares(runs: Dict[str, ExperimentConfig], resources: SlurmConfig) -> None:
+def print_gpu_shares(runs: dict[str, ExperimentConfig], resources: SlurmConfig) -> None:
     """What each GPU of each job gets of its run's batch, and warnings for runs spread too thin or whose
     schedule never lowers the rate (on stderr: stdout may be a dry run's sbatch script). `runs`: run name ->
     config; runs that share a batch or a warning are said once."""
-    by_share: Dict[str, List[str]] = {}
-    warnings: Dict[str, List[str]] = {}
+    by_share: dict[str, list[str]] = {}
+    warnings: dict[str, list[str]] = {}
     for name, cfg in runs.items():
         share = gpu_share(cfg, resources.gpus)
         by_share.setdefault(share.describe(), []).append(name)

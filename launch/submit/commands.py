@@ -9,16 +9,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+from data_prep.manifest import MANIFEST_NAME
 from launch.submit.checks import check_prepared, check_startable, print_gpu_shares
 from launch.submit.local import run_local, torchrun_command
 from launch.submit.requests import EvaluateRequest, LocalRequest, PrepRequest, SubmitRequest, SweepRequest
 from launch.submit.run_status import IN_QUEUE, run_status, run_statuses
-from launch.submit.slurm import (make_executor, prepare_planned_run, prepare_run, sbatch_script, submission_lock,
-                                 submit, submit_array, submit_evaluation, submit_prep_array)
+from launch.submit.slurm import (
+    make_executor,
+    prepare_planned_run,
+    prepare_run,
+    sbatch_script,
+    submission_lock,
+    submit,
+    submit_array,
+    submit_evaluation,
+    submit_prep_array,
+)
 from launch.submit.waiting import wait_for_job
 from pipeline.config import SlurmConfig, config_to_yaml, load_config
 from pipeline.dist.exit_codes import LOCKED, USAGE
-from data_prep.manifest import MANIFEST_NAME
 from pipeline.evaluate.config import run_config
 from pipeline.run.layout import RunDir, RunsFolder
 from pipeline.tables.spec import planned_runs, unique_runs

@@ -9,9 +9,11 @@ directory when it starts.
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any
 
+from data_prep.__main__ import main
 from pipeline.config import load_config
 from pipeline.run.layout import RunDir
 
@@ -27,10 +29,9 @@ class TrainJob:
         self.run_dir = str(run_dir)
 
     def __call__(self) -> dict:
-        # The trainer loads torch: only in the job.
-        from pipeline.dist import dist_info_from_env
-        from pipeline.train.loop import say_error, train
-        from pipeline.train.outcome import Interrupted
+        from pipeline.dist import dist_info_from_env  # noqa: PLC0415 - the trainer: only in the job
+        from pipeline.train.loop import say_error, train  # noqa: PLC0415 - the trainer: only in the job
+        from pipeline.train.outcome import Interrupted  # noqa: PLC0415 - the trainer: only in the job
 
         run = RunDir(self.run_dir)
         cfg = load_config(run.config)
@@ -80,7 +81,7 @@ class EvalJob:
         self.layer_responses, self.overrides = layer_responses, list(overrides)
 
     def __call__(self) -> dict:
-        from pipeline.evaluate.job import evaluate_run  # loads torch: only in the job
+        from pipeline.evaluate.job import evaluate_run  # noqa: PLC0415 - loads torch: only in the job
 
         return evaluate_run(Path(self.run_dir), self.protocol, self.which_checkpoint,
                             layer_responses=self.layer_responses, overrides=self.overrides)
@@ -94,12 +95,10 @@ class EvalJob:
 class PrepTask:
     """One task of a data_prep job array: its part of the shards (the last task to finish merges)."""
 
-    def __init__(self, prep_args: List[str], num_tasks: int, task_id: int) -> None:
+    def __init__(self, prep_args: list[str], num_tasks: int, task_id: int) -> None:
         self.prep_args, self.num_tasks, self.task_id = list(prep_args), num_tasks, task_id
 
     def __call__(self) -> int:
-        from data_prep.__main__ import main
-
         # submitit ignores SIGTERM in the job's process; data_prep's worker processes would inherit that
         # and could then never be stopped by their pool. Workers get the default back.
         previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)

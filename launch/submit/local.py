@@ -8,12 +8,14 @@ Ctrl-C kills them at once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any
 
 from pipeline.dist import free_port
 from pipeline.dist.exit_codes import FAILED
@@ -28,17 +30,17 @@ def stopped_by_user(code: int) -> bool:
     return code == EXIT_INTERRUPTED or code > 128
 
 
-def local_command(config: str, overrides: Sequence[str], nproc: int, port: int | None = None) -> List[str]:
+def local_command(config: str, overrides: Sequence[str], nproc: int, port: int | None = None) -> list[str]:
     """The torchrun command line that runs `pipeline.train` in `nproc` processes."""
     return torchrun_command("pipeline.train", [config, *overrides], nproc, port)
 
 
-def torchrun_command(module: str, args: Sequence[str], nproc: int, port: int | None = None) -> List[str]:
+def torchrun_command(module: str, args: Sequence[str], nproc: int, port: int | None = None) -> list[str]:
     """The torchrun command line that runs `python -m <module> <args>` in `nproc` processes on this machine."""
     return [sys.executable, "-m", "torch.distributed.run", *_torchrun_args(module, args, nproc, port)]
 
 
-def _torchrun_args(module: str, args: Sequence[str], nproc: int, port: int | None = None) -> List[str]:
+def _torchrun_args(module: str, args: Sequence[str], nproc: int, port: int | None = None) -> list[str]:
     return ["--nnodes=1", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
             f"--master-port={port or free_port()}", "-m", module, *args]
 
@@ -67,10 +69,10 @@ def run_module_local(module: str, args: Sequence[str], nproc: int, threads_per_p
 
 def _launch(torchrun_args: Sequence[str]) -> int:
     """What `torchrun <torchrun_args>` does, returning the first failing rank's exit code (0: all succeeded)."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import elastic_launch
-    from torch.distributed.run import config_from_args, parse_args
+    from torch.distributed.elastic.multiprocessing.api import SignalException  # noqa: PLC0415 - torch's launcher, only when ranks are started
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415 - torch's launcher, only when ranks are started
+    from torch.distributed.launcher.api import elastic_launch  # noqa: PLC0415 - torch's launcher, only when ranks are started
+    from torch.distributed.run import config_from_args, parse_args  # noqa: PLC0415 - torch's launcher, only when ranks are started
 
     config, entrypoint, args = config_from_args(parse_args(list(torchrun_args)))
     try:
@@ -80,7 +82,8 @@ def _launch(torchrun_args: Sequence[str]) -> int:
         rank, failure = e.get_first_failure()  # the root cause: the first rank to fail
         code = 128 - failure.exitcode if failure.exitcode < 0 else failure.exitcode  # killed by N: 128 + N
         if code == FAILED or code > 128:  # other codes come with the rank's own one-line error
-            how = f"was killed by {signal.Signals(code - 128).name}" if code > 128 else "failed (its traceback is above)"
+            how = (f"was killed by {signal.Signals(code - 128).name}" if code > 128
+                   else "failed (its traceback is above)")
             print(f"launch: rank {rank} (pid {failure.pid}) {how}; the other ranks were stopped", file=sys.stderr)
         return code
     except SignalException as e:  # SIGHUP or SIGQUIT: the agent has killed the ranks with it
@@ -92,7 +95,6 @@ def _launch(torchrun_args: Sequence[str]) -> int:
 def _quiet_agent() -> Iterator[None]:
     """torch's agent logs each rank's failure and the signals it sends to the others; a rank's own error line (or
     traceback) says it better, and `_launch` adds one line where that is not enough."""
-    import logging
 
     agent = logging.getLogger("torch.distributed.elastic")
     level = agent.level
@@ -113,13 +115,13 @@ class _StopRanks:
 
     def __init__(self) -> None:
         self.received = 0
-        self.killed_by: Optional[int] = None
+        self.killed_by: int | None = None
         self._previous: dict = {}
-        self._signalled: Dict[int, int] = {}  # pid -> the last signal sent to it
+        self._signalled: dict[int, int] = {}  # pid -> the last signal sent to it
         self._done = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="launch-stop-ranks", daemon=True)
 
-    def __enter__(self) -> "_StopRanks":
+    def __enter__(self) -> _StopRanks:
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -159,12 +161,12 @@ class _StopRanks:
                 pass  # it ended on its own meanwhile
 
 
-def child_processes(parent: int) -> List[int]:
+def child_processes(parent: int) -> list[int]:
     """The processes whose parent is `parent` (for torch's agent: the ranks it started)."""
     return _children_by_parent().get(parent, [])
 
 
-def process_tree(root: int) -> List[int]:
+def process_tree(root: int) -> list[int]:
     """`root` and every process descended from it, parents before children (e.g. torchrun and its ranks)."""
     children = _children_by_parent()
     tree, todo = [], [root]
@@ -175,9 +177,9 @@ def process_tree(root: int) -> List[int]:
     return tree
 
 
-def _children_by_parent() -> Dict[int, List[int]]:
+def _children_by_parent() -> dict[int, list[int]]:
     """Every process's children, read from /proc."""
-    children: Dict[int, List[int]] = {}
+    children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces

@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import List, Optional
 
 # SLURM's reasons for a pending job that waiting cannot change: the request exceeds what the partition is.
 NEVER_STARTS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "ReqNodeNotAvail", "BadConstraints",
@@ -27,10 +26,10 @@ class Partition:
     cpus_per_node: int  # of its largest node
     memory_mb: int
     gpus_per_node: int
-    time_limit_minutes: Optional[int]  # None: no limit
+    time_limit_minutes: int | None  # None: no limit
 
 
-def read_partition(name: Optional[str]) -> Optional[Partition]:
+def read_partition(name: str | None) -> Partition | None:
     """The partition `name` (None: the cluster's default) as `sinfo` describes it; None without SLURM or where
     sinfo does not know it (SLURM itself then refuses the job, with its own message)."""
     if not shutil.which("sinfo"):
@@ -54,7 +53,7 @@ def read_partition(name: Optional[str]) -> Optional[Partition]:
 
 
 def impossible(partition: Partition, nodes: int, tasks_per_node: int, cpus_per_task: int, gpus_per_node: int,
-               mem_gb: Optional[int], time_minutes: Optional[int]) -> List[str]:
+               mem_gb: int | None, time_minutes: int | None) -> list[str]:
     """What a job asks beyond the partition, one phrase each (empty: it can start once resources free up)."""
     where = f"partition {partition.name}"
     problems = []
@@ -84,7 +83,7 @@ def _gpus(gres: str) -> int:
     return sum(int(m.group(1)) for m in re.finditer(r"gpu(?::[^:,()]+)?:(\d+)", gres))
 
 
-def _minutes(limit: str) -> Optional[int]:
+def _minutes(limit: str) -> int | None:
     """sinfo's time limit ([days-]hours:minutes:seconds, minutes, `infinite`) in whole minutes."""
     if limit in ("infinite", "UNLIMITED", "n/a", ""):
         return None

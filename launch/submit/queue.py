@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 # A controller that times out mostly answers a few seconds later: asked this many times, these seconds apart.
 ATTEMPTS = 3
@@ -21,19 +21,19 @@ class QueueUnanswered(RuntimeError):
     """squeue failed (not for jobs that have left the queue): nothing may be decided from its silence."""
 
 
-def queue_state(job_id: str) -> Optional[str]:
+def queue_state(job_id: str) -> str | None:
     """SLURM's state of a job in its queue (PENDING, RUNNING, ...); None once the job has left it (or no SLURM)."""
     entry = queue_entry(job_id)
     return entry[0] if entry else None
 
 
-def queue_entry(job_id: str) -> Optional[Tuple[str, str]]:
+def queue_entry(job_id: str) -> tuple[str, str] | None:
     """(SLURM's state, its reason: None, Priority, Resources, BeginTime, PartitionConfig, ...) of a job in the
     queue; None once the job has left it (or no SLURM)."""
     return queue_entries([job_id]).get(job_id)
 
 
-def queue_entries(job_ids: Sequence[str]) -> Dict[str, Tuple[str, str]]:
+def queue_entries(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
     """`queue_entry` of each job still in the queue, from one `squeue` (an array's tasks one a line, `123_4`, as
     their ids are recorded). Raises QueueUnanswered where squeue fails for another reason than that every job
     asked for has left the queue, after ATTEMPTS tries."""
@@ -53,7 +53,7 @@ def queue_entries(job_ids: Sequence[str]) -> Dict[str, Tuple[str, str]]:
                           f"{RETRY_S:g} s apart; nothing was decided from it: run the same command again")
 
 
-def _parse(out: str) -> Dict[str, Tuple[str, str]]:
+def _parse(out: str) -> dict[str, tuple[str, str]]:
     entries = {}
     for line in out.splitlines():  # a reason may hold spaces: "ReqNodeNotAvail, UnavailableNodes:n1"
         job_id, _, rest = line.strip().partition("|")

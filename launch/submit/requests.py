@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 from launch.submit.resources import ResourceFlags
 
@@ -12,7 +11,7 @@ from launch.submit.resources import ResourceFlags
 @dataclass(frozen=True)
 class SubmitRequest:
     config: str
-    overrides: List[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
     dry_run: bool = False  # print the sbatch script and the resolved config only
     no_data_check: bool = False
     resources: ResourceFlags = ResourceFlags()
@@ -21,17 +20,17 @@ class SubmitRequest:
 @dataclass(frozen=True)
 class LocalRequest:
     config: str
-    overrides: List[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
     nproc: int = 1
 
 
 @dataclass(frozen=True)
 class SweepRequest:
     table: str
-    overrides: List[str] = field(default_factory=list)
-    seeds: Optional[List[int]] = None
-    rows: Optional[List[str]] = None
-    runs: Optional[str] = None  # the directory for the runs (default: each config's run.out_dir)
+    overrides: list[str] = field(default_factory=list)
+    seeds: list[int] | None = None
+    rows: list[str] | None = None
+    runs: str | None = None  # the directory for the runs (default: each config's run.out_dir)
     array_parallelism: int = 64
     dry_run: bool = False
     no_data_check: bool = False
@@ -41,7 +40,7 @@ class SweepRequest:
 @dataclass(frozen=True)
 class PrepRequest:
     num_tasks: int
-    prep_args: List[str]  # data_prep's own arguments
+    prep_args: list[str]  # data_prep's own arguments
     array_parallelism: int = 64
     wait: bool = False
     resources: ResourceFlags = ResourceFlags()
@@ -50,7 +49,7 @@ class PrepRequest:
 @dataclass(frozen=True)
 class EvaluateRequest:
     run_dir: str
-    overrides: List[str] = field(default_factory=list)  # data.* and eval.* settings for this evaluation
+    overrides: list[str] = field(default_factory=list)  # data.* and eval.* settings for this evaluation
     protocol: str = "center"
     checkpoint: str = "last"
     layer_responses: bool = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 from pipeline.config.schema import SlurmConfig
 
@@ -30,8 +30,8 @@ RESOURCES = [f.name for f in dataclasses.fields(SlurmConfig)]  # the section's f
 class ResourceFlags:
     """The resource flags a command line gave; what it did not give comes from the config's `slurm` section."""
 
-    given: Dict[str, Any] = field(default_factory=dict)  # SlurmConfig field -> value (`additional` aside)
-    sbatch: Tuple[str, ...] = ()  # each `--sbatch KEY=VALUE`, as given
+    given: dict[str, Any] = field(default_factory=dict)  # SlurmConfig field -> value (`additional` aside)
+    sbatch: tuple[str, ...] = ()  # each `--sbatch KEY=VALUE`, as given
 
     def applied_to(self, slurm: SlurmConfig) -> SlurmConfig:
         """The resources of a job: `slurm` with the given flags in place of its fields, `--sbatch` options added."""
@@ -41,9 +41,9 @@ class ResourceFlags:
             additional[key.replace("-", "_")] = value
         return dataclasses.replace(slurm, **self.given, additional=additional)
 
-    def command_line(self) -> List[str]:
+    def command_line(self) -> list[str]:
         """The flags again, as a command line would give them."""
-        flags: List[str] = []
+        flags: list[str] = []
         for name in RESOURCES:
             value = self.given.get(name)
             if name == "additional" or value is None or value is False:

@@ -7,9 +7,9 @@ finishing: its last error line and its log).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
 
 from launch.submit.queue import queue_entries
 from pipeline.run.layout import RunDir, RunsFolder
@@ -27,9 +27,9 @@ class RunStatus(RunState):
     failed (`submitted`, the files' own state of a SLURM run, is resolved by asking the queue). A waiting job
     has SLURM's reason (Priority, Resources, BeginTime, ...); a failed one its log and last error line."""
 
-    reason: Optional[str] = None
-    log: Optional[Path] = None
-    error: Optional[str] = None
+    reason: str | None = None
+    log: Path | None = None
+    error: str | None = None
 
 
 def run_status(run_dir: Path) -> RunStatus:
@@ -37,7 +37,7 @@ def run_status(run_dir: Path) -> RunStatus:
     return run_statuses([run_dir])[0]
 
 
-def run_statuses(run_dirs: Sequence[Path]) -> List[RunStatus]:
+def run_statuses(run_dirs: Sequence[Path]) -> list[RunStatus]:
     """`run_status` of each run, SLURM's queue asked once for all of them: `status` of a table of 50 runs is one
     `squeue`, not 50 (a busy controller answers each in a fraction of a second, and its admins count them)."""
     statuses = [RunStatus(**vars(read_run_state(run_dir))) for run_dir in run_dirs]
@@ -48,7 +48,7 @@ def run_statuses(run_dirs: Sequence[Path]) -> List[RunStatus]:
     return statuses
 
 
-def _resolve_by_queue(status: RunStatus, queued: Optional[Tuple[str, str]]) -> None:
+def _resolve_by_queue(status: RunStatus, queued: tuple[str, str] | None) -> None:
     """A submitted run's state as its job's entry in the queue says (none: the job left it without finishing)."""
     if queued is None:
         status.state = "failed"
@@ -63,7 +63,7 @@ def _resolve_by_queue(status: RunStatus, queued: Optional[Tuple[str, str]]) -> N
         status.reason = reason
 
 
-def job_log(run_dir: Path, job_id: str) -> Optional[Path]:
+def job_log(run_dir: Path, job_id: str) -> Path | None:
     """The stderr log of the job's first task: submitit's, in the run's slurm/ folder (`launch submit`) or its
     table's _sweeps/<table>/ folder (`sweep`, `reproduce`)."""
     folders = [RunDir(run_dir).slurm_logs, *sorted(RunsFolder(run_dir.parent).all_sweeps.glob("*"))]
@@ -71,7 +71,7 @@ def job_log(run_dir: Path, job_id: str) -> Optional[Path]:
     return found[0] if found else None
 
 
-def last_error(log: Path) -> Optional[str]:
+def last_error(log: Path) -> str | None:
     """What a failed job said last: its last `error:` line (every error a user can fix is one), else the last
     line of its traceback (`SomeError: message`)."""
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]

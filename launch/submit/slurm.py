@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any
 
 from data_prep.lock import FileLock, describe
 from launch.submit.jobs import EvalJob, PrepTask, TrainJob
@@ -37,7 +38,7 @@ def make_executor(folder: Path, resources: SlurmConfig, job_name: str, array_par
 
     explain_sacct_once()
     executor = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=resources.max_requeues)
-    params: Dict[str, Any] = dict(
+    params: dict[str, Any] = dict(
         job_name=job_name,
         time=resources.time_minutes,
         nodes=resources.nodes,
@@ -94,7 +95,7 @@ def submission_lock(folder: Path) -> Iterator[None]:
 
 
 
-def prepare_run(config: str, overrides: List[str]) -> tuple[ExperimentConfig, Path]:
+def prepare_run(config: str, overrides: list[str]) -> tuple[ExperimentConfig, Path]:
     """Resolve the config and fix the run directory before anything is submitted."""
     cfg = load_config(config, overrides)
     run = RunDir(RunDir.of(cfg).path.resolve())
@@ -119,7 +120,7 @@ def submit(run_dir: Path, resources: SlurmConfig, job_name: str):
     return job
 
 
-def submit_array(run_dirs: List[Path], resources: SlurmConfig, job_name: str, folder: Path,
+def submit_array(run_dirs: list[Path], resources: SlurmConfig, job_name: str, folder: Path,
                  array_parallelism: int) -> list:
     """One SLURM job array with a task per run; each task checkpoints and requeues on its own."""
     executor = make_executor(folder, resources, job_name, array_parallelism=array_parallelism)
@@ -131,7 +132,7 @@ def submit_array(run_dirs: List[Path], resources: SlurmConfig, job_name: str, fo
 
 
 def submit_evaluation(run_dir: Path, resources: SlurmConfig, protocol: str, checkpoint: str,
-                      layer_responses: bool, after: Optional[str] = None, overrides: Sequence[str] = ()):
+                      layer_responses: bool, after: str | None = None, overrides: Sequence[str] = ()):
     """Submit an evaluation job; with `after` (a job id) it starts once that job has ended successfully.
     `overrides`: data.* and eval.* settings for this evaluation (`pipeline.evaluate`)."""
     executor = make_executor(RunDir(run_dir).slurm_logs / "eval", resources, f"eval-{protocol}-{run_dir.name}")
@@ -144,7 +145,7 @@ def submit_evaluation(run_dir: Path, resources: SlurmConfig, protocol: str, chec
 
 
 
-def submit_prep_array(prep_args: List[str], num_tasks: int, resources: SlurmConfig, folder: Path,
+def submit_prep_array(prep_args: list[str], num_tasks: int, resources: SlurmConfig, folder: Path,
                       array_parallelism: int) -> list:
     """Shard a dataset with a SLURM job array of `num_tasks` independent tasks."""
     executor = make_executor(folder, resources, "data_prep", array_parallelism=array_parallelism)

@@ -11,9 +11,10 @@ import logging
 import subprocess
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 from launch.submit.partition import NEVER_STARTS
+from launch.submit.queue import QueueUnanswered, queue_entry
 
 POLL_S = 2.0  # squeue is cheap; a job that ends is noticed within this
 SACCT_SAID = ("warning: SLURM's accounting (sacct) does not answer on this cluster: jobs are followed through "
@@ -24,10 +25,9 @@ def wait_for_job(job: Any, what: str, poll_s: float = POLL_S) -> Any:
     """Wait until `job` (submitit's) has left SLURM's queue, then return its results (submitit raises the job's own
     failure). While it waits, SLURM's reason is printed when it changes. Ctrl-C cancels the job (`scancel`) and
     raises KeyboardInterrupt."""
-    from launch.submit.queue import QueueUnanswered, queue_entry
 
     job_id = str(job.job_id)
-    said: Optional[str] = None
+    said: str | None = None
     try:
         while True:
             try:

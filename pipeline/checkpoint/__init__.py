@@ -9,9 +9,19 @@ intact one.
 The store's classes and errors are importable from here.
 """
 
-from pipeline.checkpoint.store import (MARKER, Checkpoint, CheckpointDamaged, CheckpointDirError, CheckpointStore,
-                                       CheckpointWriteError, NoIntactCheckpoint, WorldSizeChangeError, load_state,
-                                       save_state, saved_world_size)
+from pipeline.checkpoint.store import (
+                                       MARKER,
+                                       Checkpoint,
+                                       CheckpointDamaged,
+                                       CheckpointDirError,
+                                       CheckpointStore,
+                                       CheckpointWriteError,
+                                       NoIntactCheckpoint,
+                                       WorldSizeChangeError,
+                                       load_state,
+                                       save_state,
+                                       saved_world_size,
+)
 
 __all__ = ["MARKER", "Checkpoint", "CheckpointDamaged", "CheckpointDirError", "CheckpointStore", "CheckpointWriteError",
            "NoIntactCheckpoint", "WorldSizeChangeError", "load_state", "save_state", "saved_world_size"]

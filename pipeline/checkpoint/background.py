@@ -22,9 +22,10 @@ for as long as the write takes; the writer serialises it in memory once more bef
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 
@@ -60,10 +61,10 @@ class FileWriter:
     the save calls from a collective, so that every rank learns of it together: a rank raising in the middle of
     an engine's save would leave the others waiting at its barriers."""
 
-    def __init__(self, staging: Path, pool: Optional[concurrent.futures.Executor] = None) -> None:
+    def __init__(self, staging: Path, pool: concurrent.futures.Executor | None = None) -> None:
         self.staging, self._pool = staging, pool
-        self._written: List[Tuple[str, "concurrent.futures.Future[FileRecord]"]] = []
-        self._error: Optional[OSError] = None
+        self._written: list[tuple[str, concurrent.futures.Future[FileRecord]]] = []
+        self._error: OSError | None = None
 
     def submit(self, path: Path | str, state: Any) -> None:
         """Write `state` to `path` (relative to the staging directory, or inside it)."""
@@ -71,7 +72,7 @@ class FileWriter:
         name = str(path.relative_to(self.staging))
         if self._error is not None:
             return  # the first failure stands: writing more would only fill the disk further
-        future: "concurrent.futures.Future[FileRecord]"
+        future: concurrent.futures.Future[FileRecord]
         if self._pool is None:
             future = concurrent.futures.Future()
             try:
@@ -89,9 +90,9 @@ class FileWriter:
     def done(self) -> bool:
         return all(future.done() for _, future in self._written)
 
-    def records(self) -> Dict[str, FileRecord]:
+    def records(self) -> dict[str, FileRecord]:
         """Every file's record once all are written (waits for them); raises the first write error."""
-        written: Dict[str, FileRecord] = {}
+        written: dict[str, FileRecord] = {}
         for name, future in self._written:
             try:
                 written[name] = future.result()
@@ -106,7 +107,7 @@ class FileWriter:
 class _Pending:
     step: int
     writer: FileWriter
-    meta: Optional[dict]
+    meta: dict | None
 
 
 class CheckpointSaves:
@@ -115,7 +116,7 @@ class CheckpointSaves:
 
     def __init__(self, store: CheckpointStore, is_primary: bool) -> None:
         self.store, self.is_primary = store, is_primary
-        self.pending: Optional[_Pending] = None
+        self.pending: _Pending | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
 
     @property
@@ -123,14 +124,14 @@ class CheckpointSaves:
         """This rank's files of the pending save are still being written."""
         return self.pending is not None and not self.pending.writer.done()
 
-    def save(self, step: int, queue_files: Callable[[Path, FileWriter], None], meta: Optional[dict] = None,
+    def save(self, step: int, queue_files: Callable[[Path, FileWriter], None], meta: dict | None = None,
              background: bool = False) -> None:
         """The checkpoint of `step`: `queue_files(staging, writer)` submits this rank's files (and runs the
         engine's collectives). In the background it returns once they are snapshotted; otherwise once the
         checkpoint is complete on disk."""
         self.finish()  # the previous save first: checkpoints complete in order
         if not background:
-            def write(staging: Path) -> Dict[str, FileRecord]:
+            def write(staging: Path) -> dict[str, FileRecord]:
                 writer = FileWriter(staging)
                 queue_files(staging, writer)
                 return writer.records()

@@ -15,8 +15,8 @@ every rank has written its files of a background save, which is then marked comp
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pipeline import dist
 from pipeline.checkpoint.run_checkpoints import RunCheckpoints

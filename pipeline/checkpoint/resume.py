@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from pipeline import dist
-from pipeline.dist import exit_codes
-from pipeline.checkpoint.store import Checkpoint, CheckpointDamaged, CheckpointStore, NoIntactCheckpoint, load_state, saved_world_size
-from pipeline.dist import DistInfo, RankFailed
+from pipeline.checkpoint.store import (
+    Checkpoint,
+    CheckpointDamaged,
+    CheckpointStore,
+    NoIntactCheckpoint,
+    load_state,
+    saved_world_size,
+)
+from pipeline.dist import DistInfo, RankFailed, exit_codes
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +32,15 @@ class Resumption:
     """What was loaded: the engine holds the weights and optimizer state; the rest is for the training loop."""
 
     checkpoint: Checkpoint
-    extra: Dict[str, Any]  # what the loop saved beside the weights: progress, schedule, config, rng
+    extra: dict[str, Any]  # what the loop saved beside the weights: progress, schedule, config, rng
     saved_world_size: int
-    rank_state: Optional[Dict[str, Any]]  # this rank's loader position and RNG (None: another world size)
-    skipped: List[str] = field(default_factory=list)  # each damaged newer checkpoint, with what is wrong with it
+    rank_state: dict[str, Any] | None  # this rank's loader position and RNG (None: another world size)
+    skipped: list[str] = field(default_factory=list)  # each damaged newer checkpoint, with what is wrong with it
 
 
-def resume_latest_intact(store: CheckpointStore, engine, info: DistInfo) -> Optional[Resumption]:
+def resume_latest_intact(store: CheckpointStore, engine, info: DistInfo) -> Resumption | None:
     """Load the newest intact checkpoint into `engine` (every rank calls this); None when the run has none yet."""
-    skipped: List[str] = []
+    skipped: list[str] = []
     for checkpoint in reversed(store.complete()):
         problem = dist.on_every_rank(lambda: store.verify(checkpoint) if info.is_primary else "", gather=True)[0]
         if not problem:

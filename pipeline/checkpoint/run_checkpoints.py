@@ -14,8 +14,8 @@ when to save is `policy`'s.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from pipeline.checkpoint.background import CheckpointSaves, FileWriter
 from pipeline.checkpoint.resume import Resumption, resume_latest_intact
@@ -41,11 +41,11 @@ class RunCheckpoints:
         if self.info.is_primary:
             self.store.remove_unfinished()
 
-    def resume(self, engine) -> Optional[Resumption]:
+    def resume(self, engine) -> Resumption | None:
         """Load the newest intact checkpoint into `engine` (collective); None when the run has none yet."""
         return resume_latest_intact(self.store, engine, self.info)
 
-    def save(self, step: int, queue_files: QueueFiles, metrics: Optional[dict] = None,
+    def save(self, step: int, queue_files: QueueFiles, metrics: dict | None = None,
              background: bool = False) -> None:
         """The checkpoint of `step` (collective); `metrics` go into its marker (the best checkpoint is kept)."""
         self._saves.save(step, queue_files, metrics, background)

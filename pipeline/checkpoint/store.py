@@ -27,14 +27,15 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any
 
 import torch
 
 from data_prep.durable import FileRecord, check_file, fsync_dir, write_file
-from pipeline.dist import exit_codes
+from pipeline.dist import RankFailed, exit_codes, on_every_rank
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ _NAME = re.compile(r"^step-(\d{9})$")
 class Checkpoint:
     path: Path
     step: int
-    meta: Dict[str, Any]
+    meta: dict[str, Any]
 
 
 class CheckpointDirError(OSError):
@@ -112,8 +113,8 @@ class CheckpointStore:
         staging.mkdir(parents=True)
         return staging
 
-    def commit(self, staging: Path, step: int, meta: Optional[Dict[str, Any]] = None,
-               files: Optional[Dict[str, FileRecord]] = None) -> Checkpoint:
+    def commit(self, staging: Path, step: int, meta: dict[str, Any] | None = None,
+               files: dict[str, FileRecord] | None = None) -> Checkpoint:
         """Mark `staging` complete (with the size and sha256 of each of its `files`) and move it into place, then
         drop old checkpoints. Every file is on disk before the marker, the marker before the name."""
         meta = {"step": step, "time": time.time(), **(meta or {})}
@@ -133,26 +134,24 @@ class CheckpointStore:
         self._rotate()
         return Checkpoint(final, step, meta)
 
-    def save(self, step: int, is_primary: bool, write: Callable[[Path], Dict[str, FileRecord]],
-             meta: Optional[Dict[str, Any]] = None) -> Checkpoint:
+    def save(self, step: int, is_primary: bool, write: Callable[[Path], dict[str, FileRecord]],
+             meta: dict[str, Any] | None = None) -> Checkpoint:
         """Every rank's files of the checkpoint of `step`, then one COMPLETE marker (collective: every rank calls it).
 
         `write(staging)` writes this rank's files into the staging directory and returns their records
         (relative path -> size and sha256). A rank that fails makes every rank raise CheckpointWriteError
         (or `dist.RankFailed` with its message): the staging directory is removed, the latest complete
         checkpoint stays the latest."""
-        from pipeline.dist import on_every_rank
 
         staging = self.staging_path(step)
         with self._removed_on_failure(staging, is_primary):
             on_every_rank(lambda: self._explained(step, lambda: self.begin(step) if is_primary else None))
         return self.complete_save(step, is_primary, lambda: write(staging), meta)
 
-    def complete_save(self, step: int, is_primary: bool, written: Callable[[], Dict[str, FileRecord]],
-                      meta: Optional[Dict[str, Any]] = None) -> Checkpoint:
+    def complete_save(self, step: int, is_primary: bool, written: Callable[[], dict[str, FileRecord]],
+                      meta: dict[str, Any] | None = None) -> Checkpoint:
         """Gather every rank's file records (`written()`, which may wait for this rank's writer), then the primary
         marks the checkpoint complete (collective). Failures as in `save`."""
-        from pipeline.dist import on_every_rank
 
         staging = self.staging_path(step)
         with self._removed_on_failure(staging, is_primary):
@@ -162,7 +161,7 @@ class CheckpointStore:
                 step, lambda: self.commit(staging, step, meta, files) if is_primary else None))
         return Checkpoint(self.root / _dirname(step), step, meta or {})
 
-    def remove_unfinished(self) -> List[Path]:
+    def remove_unfinished(self) -> list[Path]:
         """Remove the staging directories a killed start left (never loaded: see `complete`); returns them.
 
         Called by the primary before training starts, so that a background save, whose ranks each make its
@@ -175,8 +174,6 @@ class CheckpointStore:
 
     @contextlib.contextmanager
     def _removed_on_failure(self, staging: Path, is_primary: bool) -> Iterator[None]:
-        from pipeline.dist import RankFailed
-
         try:
             yield
         except (CheckpointWriteError, RankFailed):
@@ -207,7 +204,7 @@ class CheckpointStore:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def complete(self, warn: bool = True) -> List[Checkpoint]:
+    def complete(self, warn: bool = True) -> list[Checkpoint]:
         """Every complete checkpoint, oldest first; incomplete ones are skipped (and reported, with `warn`)."""
         found = []
         for path in sorted(self.root.glob("step-*")) if self.root.exists() else []:
@@ -224,11 +221,11 @@ class CheckpointStore:
             found.append(Checkpoint(path, int(match.group(1)), meta))
         return found
 
-    def latest(self) -> Optional[Checkpoint]:
+    def latest(self) -> Checkpoint | None:
         complete = self.complete()
         return complete[-1] if complete else None
 
-    def best(self) -> Optional[Checkpoint]:
+    def best(self) -> Checkpoint | None:
         scored = [c for c in self.complete() if c.meta.get(self.best_metric) is not None]
         return min(scored, key=lambda c: (c.meta[self.best_metric], -c.step)) if scored else None
 
@@ -271,7 +268,7 @@ def saved_world_size(checkpoint: Path) -> int:
     return len(list(Path(checkpoint).glob("rank-*.pt")))
 
 
-def save_state(path: Path, state: Dict[str, Any]) -> FileRecord:
+def save_state(path: Path, state: dict[str, Any]) -> FileRecord:
     """torch.save `state` to `path`, whole and on disk once named; returns its size and sha256.
 
     Serialised in memory first: a write that fails (a full disk) then raises an OSError naming the file and
@@ -281,7 +278,7 @@ def save_state(path: Path, state: Dict[str, Any]) -> FileRecord:
     return write_file(path, buffer.getbuffer())
 
 
-def load_state(path: Path, allowed: Optional[list] = None) -> Dict[str, Any]:
+def load_state(path: Path, allowed: list | None = None) -> dict[str, Any]:
     """Load a state file as data only: tensors, numbers, strings, containers, and the classes in `allowed`
     (plain data classes a library pickles, allowed by name), never pickled code."""
     try:
@@ -296,7 +293,7 @@ def _dirname(step: int) -> str:
     return f"step-{step:09d}"
 
 
-def _read_marker(path: Path) -> Optional[Dict[str, Any]]:
+def _read_marker(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads((path / MARKER).read_text())
     except (OSError, ValueError):

@@ -10,10 +10,27 @@ before a run starts.
 `load_config`, `ConfigError`, `ExperimentConfig` and the section classes are importable from here.
 """
 
-from pipeline.config.loading import (ConfigError, config_to_dict, config_to_yaml, load_config, loggable_config,
-                                     save_config)
-from pipeline.config.schema import (CheckpointConfig, DataConfig, EngineConfig, EvalConfig, ExperimentConfig,
-                                    LoggingConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, SlurmConfig)
+from pipeline.config.loading import (
+                                     ConfigError,
+                                     config_to_dict,
+                                     config_to_yaml,
+                                     load_config,
+                                     loggable_config,
+                                     save_config,
+)
+from pipeline.config.schema import (
+                                     CheckpointConfig,
+                                     DataConfig,
+                                     EngineConfig,
+                                     EvalConfig,
+                                     ExperimentConfig,
+                                     LoggingConfig,
+                                     ModelConfig,
+                                     OptimConfig,
+                                     RunConfig,
+                                     ScheduleConfig,
+                                     SlurmConfig,
+)
 
 __all__ = ["CheckpointConfig", "ConfigError", "DataConfig", "EngineConfig", "EvalConfig", "ExperimentConfig",
            "LoggingConfig", "ModelConfig", "OptimConfig", "RunConfig", "ScheduleConfig", "SlurmConfig",

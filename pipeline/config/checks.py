@@ -8,7 +8,6 @@ before a job runs (the schedule's).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from pipeline.config import ConfigError
 from pipeline.config.schema import EngineConfig, ScheduleConfig
@@ -19,7 +18,7 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def schedule_warning(schedule: ScheduleConfig) -> Optional[str]:
+def schedule_warning(schedule: ScheduleConfig) -> str | None:
     """Milestones at or past the end of training never lower the learning rate: almost always a shrunk
     `schedule.total` whose milestones were left at the recipe's."""
     if schedule.kind != "multistep":
@@ -34,7 +33,7 @@ def schedule_warning(schedule: ScheduleConfig) -> Optional[str]:
             f"constant rate")
 
 
-def precision_warning(engine: EngineConfig, device_type: str, cpu_flags: Optional[str] = None) -> Optional[str]:
+def precision_warning(engine: EngineConfig, device_type: str, cpu_flags: str | None = None) -> str | None:
     """bf16 on a CPU that has no bf16 arithmetic is emulated, about ten times slower than fp32 (ResNet-50: 20.2 s
     against 2.0 s a step on such a CPU). `cpu_flags`: /proc/cpuinfo's text (read when not given)."""
     if engine.precision != "bf16" or device_type != "cpu":
@@ -51,7 +50,7 @@ def precision_warning(engine: EngineConfig, device_type: str, cpu_flags: Optiona
             "engine.precision=fp32")
 
 
-def num_classes_warning(model_classes: int, dataset_classes: int, manifest: str) -> Optional[str]:
+def num_classes_warning(model_classes: int, dataset_classes: int, manifest: str) -> str | None:
     """The net's outputs against the dataset's classes. Fewer outputs than classes cannot train (labels past the
     last output): a ConfigError. More is a config made for a bigger dataset: it trains, but top-5 picks among
     outputs no image is labelled with."""

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, List, Sequence
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from pipeline.dist import exit_codes
 from pipeline.config.schema import ExperimentConfig
+from pipeline.dist import exit_codes
 
 BASE_KEY = "base"
 COMMAND_LINE = "the command line"
@@ -83,7 +84,7 @@ def loggable_config(cfg: ExperimentConfig) -> dict:
 # base: chains
 
 
-def _base_chain(path: Path, _seen: tuple[Path, ...] = ()) -> List[Path]:
+def _base_chain(path: Path, _seen: tuple[Path, ...] = ()) -> list[Path]:
     """The files to merge, deepest base first. `base:` is a path relative to the file, or a list."""
     path = path.resolve() if path.exists() else path
     if not path.is_file():
@@ -97,7 +98,7 @@ def _base_chain(path: Path, _seen: tuple[Path, ...] = ()) -> List[Path]:
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
         raise ConfigError(f"{path}: '{BASE_KEY}' must be a file path or a list of file paths")
-    chain: List[Path] = []
+    chain: list[Path] = []
     for base in bases:
         for p in _base_chain(path.parent / base, (*_seen, path)):
             if p not in chain:
@@ -162,7 +163,7 @@ def _describe(error: OmegaConfBaseException, origin: str) -> str:
     return f"{origin}: bad value for '{key}': {text}"
 
 
-def _known_keys(section: str | None) -> List[str]:
+def _known_keys(section: str | None) -> list[str]:
     node: Any = OmegaConf.structured(ExperimentConfig)
     for part in (section.split(".") if section else []):
         if not isinstance(node, DictConfig) or part not in node:

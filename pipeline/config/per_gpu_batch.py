@@ -13,7 +13,6 @@ Light on purpose (no torch): `launch` asks it before anything is submitted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from pipeline.config import ConfigError, ExperimentConfig
 
@@ -44,7 +43,7 @@ class GpuShare:
         bn = f", BN statistics over groups of {self.bn_group_size:g}" if self.bn_batch != self.images else ""
         return f"{self.images:g} images per GPU ({self.global_batch} over {self.gpus}){bn}"
 
-    def below_recipe(self) -> Optional[str]:
+    def below_recipe(self) -> str | None:
         """A warning when a GPU gets fewer images than the recipe was made for, naming the ways out."""
         if self.images >= self.recipe:
             return None

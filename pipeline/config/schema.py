@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-
 # The paper's testing protocols: one centre view, Table 3's ten crops, Table 4's fully-convolutional scales.
 PROTOCOLS = ("center", "tencrop", "multiscale")
 

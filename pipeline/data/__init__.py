@@ -8,7 +8,7 @@
 Importing this package is cheap: DALI is imported only when a DALI loader is built.
 """
 
-from pipeline.data.factory import build_loader, dataset_num_classes
 from pipeline.data.dataset import DatasetError
+from pipeline.data.factory import build_loader, dataset_num_classes
 
 __all__ = ["build_loader", "dataset_num_classes", "DatasetError"]

@@ -25,8 +25,8 @@ Lighting noise is added before either: (x + light - mean) / std.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                        [-0.5836, -0.6948, 0.4203]], dtype=np.float32)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
-Window = Tuple[float, float, float, float]  # x0, y0, width, height in source pixels
+Window = tuple[float, float, float, float]  # x0, y0, width, height in source pixels
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Geometry:
     resize_max: int = 480
     rrc_min_scale: float = 0.08
     flip: bool = False
-    scales: Tuple[int, ...] = ()
+    scales: tuple[int, ...] = ()
 
 
 def paper_window(h: int, w: int, rng: np.random.Generator, g: Geometry) -> Window:
@@ -99,13 +99,13 @@ def sample_window(h: int, w: int, rng: np.random.Generator, g: Geometry) -> Wind
 TENCROP_POSITIONS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5))  # (x, y) of each crop
 
 
-def tencrop_boxes(h: int, w: int, side: int) -> List[Tuple[int, int, int, int]]:
+def tencrop_boxes(h: int, w: int, side: int) -> list[tuple[int, int, int, int]]:
     """The five `side` crops (left, top, right, bottom) of an h x w image; each is also used flipped."""
     return [(round(px * (w - side)), round(py * (h - side)), round(px * (w - side)) + side,
              round(py * (h - side)) + side) for px, py in TENCROP_POSITIONS]
 
 
-def shorter_side_size(h: int, w: int, shorter: int) -> Tuple[int, int]:
+def shorter_side_size(h: int, w: int, shorter: int) -> tuple[int, int]:
     """(height, width) after resizing the shorter side to `shorter`, keeping the aspect ratio."""
     scale = shorter / min(h, w)
     return max(1, round(h * scale)), max(1, round(w * scale))
@@ -146,12 +146,12 @@ class Normalize:
     """Normalisation with lighting noise, for backends that apply it per sample (DALI): views of the mean
     image's size get (x + light - mean_image) / std, other views (x + light - mean) / std."""
 
-    mean: Tuple[float, float, float]  # per channel; with a mean image, its per-channel average
-    std: Tuple[float, float, float]
+    mean: tuple[float, float, float]  # per channel; with a mean image, its per-channel average
+    std: tuple[float, float, float]
     pca_lighting: float
-    mean_image: Optional[np.ndarray] = None  # float32 HxWx3, 0-255 (per_pixel_mean)
+    mean_image: np.ndarray | None = None  # float32 HxWx3, 0-255 (per_pixel_mean)
 
-    def mean_image_for(self, h: int, w: int) -> Optional[np.ndarray]:
+    def mean_image_for(self, h: int, w: int) -> np.ndarray | None:
         """The mean image when an h x w view subtracts it pixel by pixel, else None (per-channel mean)."""
         if self.mean_image is not None and self.mean_image.shape[:2] == (h, w):
             return self.mean_image
@@ -167,9 +167,9 @@ class Finish:
     pca_lighting: float = 0.0  # std of the lighting coefficients; 0: off
     cifar_pad: int = 0  # >0: pad, random crop back to size, random flip (CIFAR training)
     dtype: torch.dtype = torch.float32
-    mean_image: Optional[torch.Tensor] = None  # (3, H, W), 0-255: subtracted from H x W views instead of `mean`
+    mean_image: torch.Tensor | None = None  # (3, H, W), 0-255: subtracted from H x W views instead of `mean`
 
-    def __call__(self, images: torch.Tensor, seed: Optional[Tuple[int, ...]]) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, seed: tuple[int, ...] | None) -> torch.Tensor:
         """uint8 NHWC (any device) -> normalised NCHW of `dtype`; `seed` None means no randomness.
 
         Float input was normalised by the backend already (DALI's fused crop_mirror_normalize): cast only.
@@ -230,7 +230,7 @@ def pad_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tens
     return out.gather(3, cols.view(n, 1, 1, w).expand(n, 3, h, w))
 
 
-def _generator(seed: Tuple[int, ...]) -> torch.Generator:
+def _generator(seed: tuple[int, ...]) -> torch.Generator:
     # Mix the tuple into one 63-bit seed through numpy's SeedSequence (well spread, deterministic).
     value = int(np.random.SeedSequence([int(v) for v in seed]).generate_state(2, np.uint64)[0]) >> 1
     return torch.Generator().manual_seed(value)

@@ -9,10 +9,12 @@ uint8 NHWC image batches and int64 labels on the CPU (or the GPU for DALI's mixe
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterator, Optional, Tuple
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
+from pipeline.config import ConfigError
 from pipeline.data.augment import Finish
 from pipeline.dist import DistInfo
 
@@ -26,15 +28,13 @@ def train_steps_per_epoch(num_samples: int, global_batch: int) -> int:
     return num_samples // global_batch
 
 
-def rank_range(num_samples: int, rank: int, world_size: int) -> Tuple[int, int]:
+def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
     """This rank's contiguous part [start, end) of N samples - the same split as DALI's reader uses."""
     return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
 
 
 def local_batch(global_batch: int, world_size: int, what: str) -> int:
     if global_batch % world_size:
-        from pipeline.config import ConfigError
-
         raise ConfigError(f"data.{what} ({global_batch}) is not divisible by the world size ({world_size}): "
                           f"choose a multiple of {world_size}, or another number of processes")
     return global_batch // world_size
@@ -61,7 +61,7 @@ class Loader:
     def __len__(self) -> int:
         return self.steps_per_epoch
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if not self.train:
             self.step = 0  # evaluation always covers the whole split
         for images, labels in self._batches(self.epoch, self.step):
@@ -74,17 +74,17 @@ class Loader:
         if self.train:
             self.epoch, self.step = self.epoch + 1, 0
 
-    def _batches(self, epoch: int, start_step: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, epoch: int, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
 
     # --- state -------------------------------------------------------------------------------
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         """Plain data (ints, strings, bytes, dicts): safe for `torch.load(weights_only=True)`."""
         return {"version": STATE_VERSION, "backend": self.backend, "epoch": self.epoch, "step": self.step,
                 "rank": self.info.rank, "world_size": self.info.world_size, "seed": self.seed,
                 "backend_state": self._backend_state()}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where `state` was taken; a different world size restarts the current epoch."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r} is not {STATE_VERSION}")
@@ -104,10 +104,10 @@ class Loader:
         self.epoch, self.step = epoch, 0
         self._load_backend_state(None)
 
-    def _backend_state(self) -> Optional[dict]:
+    def _backend_state(self) -> dict | None:
         return None
 
-    def _load_backend_state(self, state: Optional[dict]) -> None:
+    def _load_backend_state(self, state: dict | None) -> None:
         pass
 
     def close(self) -> None:

@@ -13,8 +13,8 @@ where `mean` is the mean image for views of its size (data.normalize=per_pixel_m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence
 
 import torch
 
@@ -32,15 +32,15 @@ class WindowFinish:
         self.mean_image = None if image is None else torch.from_numpy(image).permute(2, 0, 1).contiguous()
         mean = (0.0, 0.0, 0.0) if image is not None else normalize.mean
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3)
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool: ThreadPoolExecutor | None = None
 
-    def __call__(self, windows: Sequence[torch.Tensor], mirror: Optional[torch.Tensor],
-                 light: Optional[torch.Tensor]) -> torch.Tensor:
+    def __call__(self, windows: Sequence[torch.Tensor], mirror: torch.Tensor | None,
+                 light: torch.Tensor | None) -> torch.Tensor:
         """windows: HWC uint8, any sizes; mirror: (N,) 0/1 or None; light: (N, 3) 0-255 offsets or None."""
         n = len(windows)
         offset = -self.mean.expand(n, 3) if light is None else light.view(n, 3).float() - self.mean
         bias = (offset * self.inv_std).view(n, 3, 1, 1)  # (x + light - mean) / std = x / std + bias
-        flips: List[bool] = [False] * n if mirror is None else [bool(v) for v in mirror.view(-1).tolist()]
+        flips: list[bool] = [False] * n if mirror is None else [bool(v) for v in mirror.view(-1).tolist()]
         images = torch.empty((n, 3, self.out, self.out), dtype=torch.float32)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="window-finish")

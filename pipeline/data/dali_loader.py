@@ -21,15 +21,22 @@ every random draw is DALI's.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
-
-import torch
+from collections.abc import Iterator
 
 import numpy as np
+import torch
 
-from pipeline.data.augment import (PCA_EIGVAL, PCA_EIGVEC, RRC_RATIO, TENCROP_POSITIONS, Geometry, Normalize,
-                                   lighting_offsets)
+from pipeline.data.augment import (
+    PCA_EIGVAL,
+    PCA_EIGVEC,
+    RRC_RATIO,
+    TENCROP_POSITIONS,
+    Geometry,
+    Normalize,
+    lighting_offsets,
+)
 from pipeline.data.base import Loader, log
+from pipeline.data.dali_cpu_finish import WindowFinish
 from pipeline.data.dataset import Split
 
 READER = "Reader"
@@ -44,9 +51,9 @@ GPU_ROI_DECODE = True
 
 
 def build_pipeline(split: Split, geometry: Geometry, *, train: bool, batch_size: int, shard_id: int,
-                   num_shards: int, seed: int, num_threads: int, shuffle_buffer: int, device_id: Optional[int],
-                   hw_decoder_load: float, normalize: Optional[Normalize] = None,
-                   checkpoint: Optional[bytes] = None, crop_in_resize: Optional[bool] = None,
+                   num_shards: int, seed: int, num_threads: int, shuffle_buffer: int, device_id: int | None,
+                   hw_decoder_load: float, normalize: Normalize | None = None,
+                   checkpoint: bytes | None = None, crop_in_resize: bool | None = None,
                    window_outputs: bool = False):
     """The DALI pipeline; `device_id=None` runs it on the CPU (decode included).
 
@@ -197,7 +204,7 @@ class DaliLoader(Loader):
     backend = "dali"
 
     def __init__(self, split: Split, geometry: Geometry, shuffle_buffer: int, num_threads: int,
-                 hw_decoder_load: float, normalize: Optional[Normalize], *, device: torch.device, **kw) -> None:
+                 hw_decoder_load: float, normalize: Normalize | None, *, device: torch.device, **kw) -> None:
         super().__init__(device=device, **kw)
         if geometry.kind != "none" and normalize is None:
             raise ValueError("DALI's ImageNet views normalise in the pipeline: pass `normalize`")
@@ -207,10 +214,8 @@ class DaliLoader(Loader):
         # On the CPU, the crop views are resized and normalised by torch, beside DALI (window_finish).
         self._window_finish = None
         if device.type != "cuda" and geometry.kind in ("paper", "rrc", "center"):
-            from pipeline.data.dali_cpu_finish import WindowFinish
-
             self._window_finish = WindowFinish(geometry.out, normalize, num_threads)
-        self._checkpoint: Optional[bytes] = None  # to restore from, at the next (lazy) build
+        self._checkpoint: bytes | None = None  # to restore from, at the next (lazy) build
         self._base_epoch = 0  # the epoch the pipeline started at: part of its seed
 
     # The pipeline is built at first use, so `load_state_dict` after construction costs nothing extra.
@@ -241,14 +246,14 @@ class DaliLoader(Loader):
                 self._iterator = DALIRaggedIterator([pipe], self._outputs, output_types=kinds, **policy)
         return self._iterator
 
-    def _batches(self, epoch: int, start_step: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, epoch: int, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         try:
             yield from self._epoch(start_step)
         except RuntimeError as e:  # DALI's errors name the operator, not the dataset
             self._iterator = None  # a failed pipeline is unusable
             raise RuntimeError(f"{self.split.root} ({self.split.name} split): the DALI pipeline failed: {e}") from e
 
-    def _epoch(self, start_step: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def _epoch(self, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         it = self._ensure_iterator()  # builds and prefetches: errors in the first batches surface here
         step = start_step
         limit = self.steps_per_epoch if self.train else None
@@ -269,14 +274,14 @@ class DaliLoader(Loader):
             yield images, decode_labels(batch["labels"])
         it.reset()
 
-    def _backend_state(self) -> Optional[dict]:
+    def _backend_state(self) -> dict | None:
         cpt = self._checkpoint if self._iterator is None else self._iterator.checkpoints()[0]
         if cpt is None:
             return None
         # DALI's checkpoint is a serialized protobuf: keep it as bytes (plain data for weights_only loads).
         return {"base_epoch": self._base_epoch, "checkpoint": cpt.encode("latin-1") if isinstance(cpt, str) else cpt}
 
-    def _load_backend_state(self, state: Optional[dict]) -> None:
+    def _load_backend_state(self, state: dict | None) -> None:
         self.close()
         if state is None:
             self._checkpoint, self._base_epoch = None, self.epoch

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -32,8 +31,8 @@ class SampleRef:
     """Where one sample's two members lie inside its tar: (offset, size) of the image and the label."""
 
     shard: int
-    image: Tuple[int, int]
-    label: Tuple[int, int]
+    image: tuple[int, int]
+    label: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -52,16 +51,16 @@ class Split:
     image_ext: str
     label_ext: str
     num_classes: int
-    shards: Tuple[Shard, ...]
-    mean: Tuple[float, float, float]  # per channel, 0-255
-    std: Tuple[float, float, float]
-    mean_image_path: Optional[Path]
+    shards: tuple[Shard, ...]
+    mean: tuple[float, float, float]  # per channel, 0-255
+    std: tuple[float, float, float]
+    mean_image_path: Path | None
 
     @property
     def num_samples(self) -> int:
         return sum(s.num_samples for s in self.shards)
 
-    def mean_image(self) -> Optional[np.ndarray]:
+    def mean_image(self) -> np.ndarray | None:
         """The per-pixel mean (float32 HxWx3, 0-255), or None when the dataset has none."""
         if self.mean_image_path is None:
             return None
@@ -73,9 +72,9 @@ class Split:
             raise DatasetError(f"{self.mean_image_path}: the mean image has shape {image.shape}, not H x W x 3")
         return image
 
-    def sample_refs(self) -> List[SampleRef]:
+    def sample_refs(self) -> list[SampleRef]:
         """Every sample of the split, in manifest (shard, then tar) order, from the index files."""
-        refs: List[SampleRef] = []
+        refs: list[SampleRef] = []
         for i, shard in enumerate(self.shards):
             for members in read_index(shard.index):
                 try:
@@ -85,7 +84,7 @@ class Split:
         return refs
 
 
-def sample_table(refs: List[SampleRef]) -> np.ndarray:
+def sample_table(refs: list[SampleRef]) -> np.ndarray:
     """The samples as one int64 row each, (shard, image offset, size, label offset, size): compact to keep, share
     between processes and send to other ranks."""
     return np.array([(r.shard, *r.image, *r.label) for r in refs], dtype=np.int64).reshape(-1, 5)
@@ -113,14 +112,15 @@ def open_split(root: str | Path, split: str) -> Split:
         shards.append(shard)
     total = sum(s.num_samples for s in shards)
     if total != info.num_samples:
-        raise DatasetError(f"{manifest.path}: split {split!r} says {info.num_samples} samples but its shards hold {total}")
+        raise DatasetError(f"{manifest.path}: split {split!r} says {info.num_samples} samples but its shards hold "
+                           f"{total}")
     stats = manifest.stats
     return Split(root=root, name=split, image_ext=manifest.image_ext, label_ext=manifest.label_ext,
                  num_classes=manifest.num_classes, shards=tuple(shards), mean=stats.mean, std=stats.std,
                  mean_image_path=stats.mean_image)
 
 
-def read_index(path: Path) -> List[Dict[str, Tuple[int, int, str]]]:
+def read_index(path: Path) -> list[dict[str, tuple[int, int, str]]]:
     """Parse a DALI webdataset index (data_prep's parser): per sample, {extension: (offset, size, member name)}."""
     try:
         samples = parse_index(path)
@@ -129,7 +129,7 @@ def read_index(path: Path) -> List[Dict[str, Tuple[int, int, str]]]:
     return [{ext: (offset, size, name) for ext, offset, size, name in members} for members in samples]
 
 
-def _check_shard(shard: Shard, expected_bytes: Optional[int]) -> None:
+def _check_shard(shard: Shard, expected_bytes: int | None) -> None:
     if not shard.tar.is_file():
         raise DatasetError(f"{shard.tar}: shard missing")
     if not shard.index.is_file():

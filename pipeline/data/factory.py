@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from data_prep.manifest import MANIFEST_NAME
-
 from pipeline.config.schema import DataConfig
 from pipeline.data.augment import Finish, Normalize, geometry_for
 from pipeline.data.base import Loader, local_batch, log, rank_range, train_steps_per_epoch
+from pipeline.data.dali_loader import DaliLoader
 from pipeline.data.dataset import DatasetError, Split, open_split, read_manifest, sample_table
+from pipeline.data.synthetic import SyntheticLoader
+from pipeline.data.torch_loader import TorchLoader
 from pipeline.dist import DistInfo, from_primary
 from pipeline.dist.process import resolve_device
 
@@ -20,10 +22,10 @@ from pipeline.dist.process import resolve_device
 _SYNTHETIC_SIZES = {False: (1_281_167, 1000), True: (50_000, 10)}  # keyed by "is CIFAR"
 
 
-def build_loader(data: DataConfig, split: str, info: DistInfo, state: Optional[dict] = None, *,
-                 train: Optional[bool] = None, device: Optional[torch.device] = None, seed: int = 0,
+def build_loader(data: DataConfig, split: str, info: DistInfo, state: dict | None = None, *,
+                 train: bool | None = None, device: torch.device | None = None, seed: int = 0,
                  protocol: str = "center", scales: Sequence[int] = (224, 256, 384, 480, 640),
-                 eval_resize: Optional[int] = None) -> Loader:
+                 eval_resize: int | None = None) -> Loader:
     """A loader of `split` for this rank: iterate it once per epoch; `len(loader)` is its steps per epoch.
 
     train: training mode (shuffled, augmented, floor(N / global batch) equal steps on every rank);
@@ -71,8 +73,6 @@ def build_loader(data: DataConfig, split: str, info: DistInfo, state: Optional[d
         finish = _finish(data, ds, train, dtype)
         common.update(num_samples=ds.num_samples, steps_per_epoch=steps, finish=finish)
         if data.backend == "dali":
-            from pipeline.data.dali_loader import DaliLoader
-
             normalize = None
             if geometry.kind != "none":  # the ImageNet views: DALI normalises in the pipeline, fused
                 mean_image = None if finish.mean_image is None else finish.mean_image.permute(1, 2, 0).numpy()
@@ -81,15 +81,13 @@ def build_loader(data: DataConfig, split: str, info: DistInfo, state: Optional[d
             loader = DaliLoader(ds, geometry, data.shuffle_buffer, data.num_threads, data.hw_decoder_load,
                                 normalize, **common)
         else:
-            from pipeline.data.torch_loader import TorchLoader
-
             loader = TorchLoader(ds, table, geometry, data.shuffle_buffer, data.num_threads, **common)
     if state is not None:
         loader.load_state_dict(state)
     return loader
 
 
-def _validated_split(root: str, split: str, with_table: bool) -> Tuple[Split, Optional[np.ndarray]]:
+def _validated_split(root: str, split: str, with_table: bool) -> tuple[Split, np.ndarray | None]:
     ds = open_split(root, split)
     return ds, sample_table(ds.sample_refs()) if with_table else None
 
@@ -114,7 +112,7 @@ def _finish(data: DataConfig, ds, train: bool, dtype: torch.dtype) -> Finish:
                   mean_image=None if image is None else torch.from_numpy(image).permute(2, 0, 1).contiguous())
 
 
-def _normalisation(data: DataConfig, ds) -> Tuple[Sequence[float], Sequence[float], Optional[np.ndarray]]:
+def _normalisation(data: DataConfig, ds) -> tuple[Sequence[float], Sequence[float], np.ndarray | None]:
     """(per-channel mean, std, mean image HxWx3 or None) for `data.normalize` (see augment.py)."""
     if data.normalize == "per_channel":
         return ds.mean, ds.std, None
@@ -132,8 +130,6 @@ def _normalisation(data: DataConfig, ds) -> Tuple[Sequence[float], Sequence[floa
 
 
 def _synthetic(data: DataConfig, split: str, info: DistInfo, train: bool, common: dict, dtype: torch.dtype) -> Loader:
-    from pipeline.data.synthetic import SyntheticLoader
-
     cifar = data.image_size <= 32
     num_samples, num_classes = _SYNTHETIC_SIZES[cifar]
     try:

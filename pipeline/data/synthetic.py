@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from collections.abc import Iterator
 
 import torch
 
@@ -19,6 +19,6 @@ class SyntheticLoader(Loader):
                                      generator=gen)
         self._labels = torch.randint(0, num_classes, (self.batch_size,), dtype=torch.int64, generator=gen)
 
-    def _batches(self, epoch: int, start_step: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, epoch: int, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for _ in range(start_step, self.steps_per_epoch):
             yield self._images, self._labels

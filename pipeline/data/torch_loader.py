@@ -16,7 +16,7 @@ offers neither sample-exact sharding across ranks nor skipping without reading.
 from __future__ import annotations
 
 import io
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ class _SampleReader(torch.utils.data.Dataset):
         # One int64 row per sample (shard, image offset, size, label offset, size): compact, and shared
         # copy-on-write with forked workers without Python objects whose refcounts would copy the pages.
         self.table, self.geometry, self.seed = table, geometry, seed
-        self._files: Dict[int, "io.BufferedReader"] = {}
+        self._files: dict[int, io.BufferedReader] = {}
 
     def __len__(self) -> int:
         return len(self.table)
@@ -82,7 +82,7 @@ class _SampleReader(torch.utils.data.Dataset):
             raise RuntimeError(f"{self.tars[shard]}: truncated (wanted {size} bytes at {offset})")
         return data
 
-    def __getitem__(self, key: Tuple[int, int]) -> Tuple[np.ndarray, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, int]:
         epoch, gid = key
         shard, image_at, image_size, label_at, label_size = (int(v) for v in self.table[gid])
         try:
@@ -128,7 +128,7 @@ def _eval_views(img: Image.Image, g: Geometry):
     return np.stack([np.asarray(c) for c in crops])
 
 
-def _collate(batch: List[Tuple[np.ndarray, int]]):
+def _collate(batch: list[tuple[np.ndarray, int]]):
     labels = torch.tensor([b[1] for b in batch], dtype=torch.int64)
     if isinstance(batch[0][0], tuple):  # multiscale (batch of one: sizes differ between images)
         return [torch.from_numpy(np.stack([b[0][k] for b in batch])) for k in range(len(batch[0][0]))], labels
@@ -138,7 +138,7 @@ def _collate(batch: List[Tuple[np.ndarray, int]]):
 class TorchLoader(Loader):
     backend = "torch"
 
-    def __init__(self, split: Split, table: Optional[np.ndarray], geometry: Geometry, shuffle_buffer: int,
+    def __init__(self, split: Split, table: np.ndarray | None, geometry: Geometry, shuffle_buffer: int,
                  num_workers: int, **kw) -> None:
         """`table`: the split's `sample_table` (read from its indexes when None)."""
         super().__init__(**kw)
@@ -147,9 +147,9 @@ class TorchLoader(Loader):
         self.table = sample_table(split.sample_refs()) if table is None else table
         self.per_shard = [s.num_samples for s in split.shards]
         self._sampler = _EpochBatches()
-        self._dataloader: "torch.utils.data.DataLoader | None" = None
+        self._dataloader: torch.utils.data.DataLoader | None = None
 
-    def _batches(self, epoch: int, start_step: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, epoch: int, start_step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = epoch_order(self.per_shard, self.seed, epoch, self.info.rank, self.info.world_size,
                             self.shuffle_buffer, shuffle=self.train)
         b = self.batch_size
@@ -179,7 +179,7 @@ class _EpochBatches:
     """The batch sampler: the current epoch's batches of (epoch, global id), replaced before each epoch."""
 
     def __init__(self) -> None:
-        self.batches: List[List[Tuple[int, int]]] = []
+        self.batches: list[list[tuple[int, int]]] = []
 
     def __iter__(self):
         return iter(self.batches)

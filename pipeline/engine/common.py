@@ -7,9 +7,12 @@ import contextlib
 import functools
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pipeline.config.schema import EngineConfig
+
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -40,8 +43,6 @@ def checkpoint_blocks(model: nn.Module) -> None:
 
 
 def _checkpointed_forward(block: nn.Module, forward, x: torch.Tensor) -> torch.Tensor:
-    from torch.utils.checkpoint import checkpoint
-
     if not torch.is_grad_enabled():
         return forward(x)
     return checkpoint(forward, x, use_reentrant=False,
@@ -86,7 +87,6 @@ class BufferSync:
     def sync(self) -> None:
         if not self.changed:
             return
-        import torch.distributed as dist
 
         for buffer in self.module.buffers():
             dist.broadcast(buffer, src=0)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -15,8 +16,8 @@ from pipeline.checkpoint.background import FileWriter
 from pipeline.checkpoint.store import load_state
 from pipeline.config.schema import EngineConfig, OptimConfig
 from pipeline.dist import DistInfo, from_primary
+from pipeline.engine.common import AUTOCAST_DTYPES, BufferSync, bn_statistics_kept, prepare_model, top1_hits
 from pipeline.engine.optimizer import build_optimizer, set_lr
-from pipeline.engine.common import BufferSync, AUTOCAST_DTYPES, bn_statistics_kept, top1_hits, prepare_model
 
 
 class DDPEngine:
@@ -45,7 +46,7 @@ class DDPEngine:
         self.buffers = BufferSync(self.module, info.distributed)
         self._buckets_settled = not info.distributed
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns the loss and the number of top-1 hits (both detached)."""
         self.forward.train()
         if not self._buckets_settled:
@@ -71,7 +72,7 @@ class DDPEngine:
     def set_lr(self, lr: float) -> None:
         set_lr(self.optimizer, lr)
 
-    def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool, writer: FileWriter) -> None:
+    def save(self, staging: Path, extra: dict[str, Any], is_primary: bool, writer: FileWriter) -> None:
         self.buffers.sync()  # collective: before the write, which may fail on this rank alone
         if is_primary:
             writer.submit("state.pt", {
@@ -81,7 +82,7 @@ class DDPEngine:
                 **extra,
             })
 
-    def load(self, checkpoint: Path, saved_world_size: int) -> Dict[str, Any]:
+    def load(self, checkpoint: Path, saved_world_size: int) -> dict[str, Any]:
         # Weights, optimizer and scaler are whole on every rank: any world size can continue from them. Read once,
         # by the primary, and broadcast: 64 ranks reading the same 500 MB from a shared file system would not be.
         state = from_primary(lambda: load_state(checkpoint / "state.pt"))
@@ -120,7 +121,6 @@ def _bf16_reduce(state: Any, bucket):  # no return annotation: DDP would check i
 
     torch's own `bf16_compress_hook` does the same but is refused on anything but NCCL/XCCL; this one also
     runs over gloo, so the CPU tests exercise the path a GPU job takes."""
-    import torch.distributed as dist
 
     buffer = bucket.buffer()
     compressed = buffer.to(torch.bfloat16).div_(dist.get_world_size())

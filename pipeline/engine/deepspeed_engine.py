@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +14,10 @@ from torch import nn
 from pipeline.checkpoint.background import FileWriter
 from pipeline.checkpoint.store import WorldSizeChangeError, load_state
 from pipeline.config.schema import EngineConfig, OptimConfig
-from pipeline.engine.deepspeed_files import DurableCheckpointFiles
 from pipeline.dist import DistInfo, from_primary
+from pipeline.engine.common import BufferSync, prepare_model, top1_hits
+from pipeline.engine.deepspeed_files import DurableCheckpointFiles
 from pipeline.engine.optimizer import build_optimizer, set_lr
-from pipeline.engine.common import BufferSync, top1_hits, prepare_model
 
 DEEPSPEED_TAG = "deepspeed"  # the subdirectory DeepSpeed writes its files into, inside our checkpoint
 
@@ -52,7 +52,7 @@ class DeepSpeedEngine:
         self.input_dtype = torch.float16 if cfg.precision == "fp16" else None
         self.buffers = BufferSync(self.module, info.distributed)
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.engine.train()
         logits = self.engine(self._format(images))
         loss = F.cross_entropy(logits.float(), labels)
@@ -70,7 +70,7 @@ class DeepSpeedEngine:
     def set_lr(self, lr: float) -> None:
         set_lr(self.optimizer, lr)
 
-    def save(self, staging: Path, extra: Dict[str, Any], is_primary: bool, writer: FileWriter) -> None:
+    def save(self, staging: Path, extra: dict[str, Any], is_primary: bool, writer: FileWriter) -> None:
         self.buffers.sync()
         # Every rank takes part: with ZeRO each holds a slice of the optimizer state. DeepSpeed's files go to
         # `writer` through `self.files`; a failure is kept by the writer, never raised inside DeepSpeed's barriers.
@@ -79,7 +79,7 @@ class DeepSpeedEngine:
         if is_primary:
             writer.submit("state.pt", extra)
 
-    def load(self, checkpoint: Path, saved_world_size: int) -> Dict[str, Any]:
+    def load(self, checkpoint: Path, saved_world_size: int) -> dict[str, Any]:
         world_size = self.engine.dp_world_size
         if self.cfg.zero_stage and saved_world_size != world_size:
             raise WorldSizeChangeError(
@@ -105,9 +105,9 @@ class DeepSpeedEngine:
 ZERO_BUCKET_ELEMENTS = 5_000_000
 
 
-def deepspeed_config(cfg: EngineConfig, micro_batch: int, world_size: int) -> Dict[str, Any]:
+def deepspeed_config(cfg: EngineConfig, micro_batch: int, world_size: int) -> dict[str, Any]:
     """DeepSpeed's JSON config, derived from the `engine` section (no separate file to keep in sync)."""
-    precision: Dict[str, Any] = {}
+    precision: dict[str, Any] = {}
     if cfg.precision == "bf16":
         # DeepSpeed's `bf16` mode would cast the weights and BN (with `buffer_dtype`, its running statistics)
         # to bf16 and reduce bf16 gradients. Its `torch_autocast` mode is DDP's recipe: fp32 weights, BN and
@@ -123,7 +123,7 @@ def deepspeed_config(cfg: EngineConfig, micro_batch: int, world_size: int) -> Di
         # kernels need them in the weights' dtype).
         precision = {"fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 16},
                      "data_types": {"buffer_dtype": "fp16"}}
-    zero: Dict[str, Any] = {"stage": cfg.zero_stage}
+    zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if cfg.zero_stage:
         zero.update(overlap_comm=True, reduce_bucket_size=ZERO_BUCKET_ELEMENTS,
                     allgather_bucket_size=ZERO_BUCKET_ELEMENTS)

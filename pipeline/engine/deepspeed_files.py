@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from pipeline.checkpoint.background import FileWriter
 from pipeline.checkpoint.store import load_state
@@ -26,7 +27,7 @@ class DurableCheckpointFiles:
     name = "resnet-repro durable files"
 
     def __init__(self) -> None:
-        self._writer: Optional[FileWriter] = None
+        self._writer: FileWriter | None = None
 
     @contextlib.contextmanager
     def writing_to(self, writer: FileWriter) -> Iterator[None]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import List
-
 import torch
 from torch import nn
 
 from pipeline.config.schema import OptimConfig
 
 
-def parameter_groups(model: nn.Module, cfg: OptimConfig) -> List[dict]:
+def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """One group with decay; with `decay_bn_and_bias: false`, a second without it for BN weights and biases."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.decay_bn_and_bias:

@@ -4,7 +4,6 @@ optimizer)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
 
 import torch
 
@@ -12,7 +11,7 @@ from pipeline.checkpoint.store import load_state
 from pipeline.engine.deepspeed_engine import DEEPSPEED_TAG
 
 
-def load_weights(checkpoint: Path) -> Dict[str, torch.Tensor]:
+def load_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The model's state dict from a checkpoint of either engine (for evaluation: no optimizer needed)."""
     ours = load_state(checkpoint / "state.pt") if (checkpoint / "state.pt").exists() else {}
     if "model" in ours:  # DDPEngine.save

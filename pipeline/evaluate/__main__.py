@@ -17,19 +17,17 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
-
 
 from pipeline import dist
 from pipeline.checkpoint.store import CheckpointDamaged
 from pipeline.config import ConfigError
-from pipeline.dist import dist_info_from_env
 from pipeline.config.schema import PROTOCOLS
+from pipeline.dist import dist_info_from_env
 from pipeline.evaluate.job import evaluate_run
 from pipeline.run.layout import RunDir
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a run directory (it holds config.yaml and checkpoints/)")

@@ -3,8 +3,8 @@ evaluation's own `data.*` and `eval.*` settings changed."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.data import dataset_num_classes

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -17,25 +17,25 @@ from pipeline import dist
 from pipeline.checkpoint.store import CheckpointDamaged, CheckpointStore
 from pipeline.config import ExperimentConfig
 from pipeline.config.schema import PROTOCOLS
-from pipeline.evaluate.config import run_config
+from pipeline.data import build_loader
 from pipeline.dist import DistInfo, dist_info_from_env
-from pipeline.evaluate.progress import EvalProgress
+from pipeline.dist.process import resolve_device, use_task_cpus
+from pipeline.engine.weights import load_weights
+from pipeline.evaluate.config import run_config
 from pipeline.evaluate.layer_responses import LayerResponses
+from pipeline.evaluate.progress import EvalProgress
 from pipeline.evaluate.protocols import evaluate
+from pipeline.models import build_model
 from pipeline.run.layout import RunDir
 from pipeline.run.results import update_results, write_layer_responses
-from pipeline.dist.process import resolve_device, use_task_cpus
-from pipeline.data import build_loader
-from pipeline.engine.weights import load_weights
-from pipeline.models import build_model
 
 log = logging.getLogger("pipeline.evaluate")
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def evaluate_run(run_dir: Path, protocol: str = "center", checkpoint: str = "last", split: Optional[str] = None,
-                 layer_responses: bool = False, info: Optional[DistInfo] = None, overrides: Sequence[str] = ()) -> dict:
+def evaluate_run(run_dir: Path, protocol: str = "center", checkpoint: str = "last", split: str | None = None,
+                 layer_responses: bool = False, info: DistInfo | None = None, overrides: Sequence[str] = ()) -> dict:
     """Evaluate `run_dir`'s checkpoint with `protocol` (`overrides`: data.* and eval.* settings for this evaluation
     only); the primary rank records and returns the result."""
     run_dir = Path(run_dir)

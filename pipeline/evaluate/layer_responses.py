@@ -3,8 +3,6 @@ ranks."""
 
 from __future__ import annotations
 
-from typing import List, Tuple
-
 import torch
 
 from pipeline.dist import all_reduce_sum
@@ -28,10 +26,10 @@ class LayerResponses:
         self.layers = _bn_after_3x3(model)
         if not self.layers:
             raise ValueError("layer responses: the model has no 3x3 convolution followed by BatchNorm")
-        self.sums: List[torch.Tensor] = [torch.zeros(3, dtype=torch.float64) for _ in self.layers]
-        self._hooks: List = []
+        self.sums: list[torch.Tensor] = [torch.zeros(3, dtype=torch.float64) for _ in self.layers]
+        self._hooks: list = []
 
-    def __enter__(self) -> "LayerResponses":
+    def __enter__(self) -> LayerResponses:
         for index, (_, bn) in enumerate(self.layers):
             self._hooks.append(bn.register_forward_hook(self._hook(index)))
         return self
@@ -62,7 +60,7 @@ class LayerResponses:
         return {"layers": [name for name, _ in self.layers], "std": stds}
 
 
-def _bn_after_3x3(model: torch.nn.Module) -> List[Tuple[str, torch.nn.Module]]:
+def _bn_after_3x3(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """(name of the BN, BN) for every 3x3 convolution, in the order the layers are applied."""
     pairs, pending = [], None
     for name, module in model.named_modules():

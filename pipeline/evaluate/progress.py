@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional, TextIO
+from typing import TextIO
 
+from tqdm import tqdm
 
 from pipeline.run.logger import format_duration
 
@@ -21,8 +22,8 @@ class EvalProgress:
             evaluate(predict, loader, progress=progress)
     """
 
-    def __init__(self, total: Optional[int], enabled: bool = True, desc: str = "evaluation",
-                 every_batches: Optional[int] = None, every_s: float = 30.0, stream: Optional[TextIO] = None) -> None:
+    def __init__(self, total: int | None, enabled: bool = True, desc: str = "evaluation",
+                 every_batches: int | None = None, every_s: float = 30.0, stream: TextIO | None = None) -> None:
         self.total, self.enabled, self.desc = total, enabled, desc
         self.stream = stream or sys.stderr
         if every_batches is None:
@@ -33,8 +34,6 @@ class EvalProgress:
         self.start = self.last_line = time.perf_counter()
         self.bar = None
         if enabled and getattr(self.stream, "isatty", lambda: False)():
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=desc, unit="batch", file=self.stream, dynamic_ncols=True)
 
     def __call__(self, images: int) -> None:
@@ -49,7 +48,7 @@ class EvalProgress:
         elif self.batches % self.every_batches == 0 or now - self.last_line >= self.every_s:
             self._line(now)
 
-    def __enter__(self) -> "EvalProgress":
+    def __enter__(self) -> EvalProgress:
         return self
 
     def __exit__(self, *exc) -> None:

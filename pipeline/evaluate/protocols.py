@@ -9,14 +9,14 @@ The evaluation protocols differ only in the views a loader yields for each sampl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 
 from pipeline.dist import all_reduce_sum
 
-Views = Union[torch.Tensor, Sequence[torch.Tensor]]
+Views = torch.Tensor | Sequence[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,9 @@ class EvaluationInterrupted(RuntimeError):
     """A stop signal arrived during the evaluation; it was cut short on every rank and gives no result."""
 
 
-def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[Tuple[Views, torch.Tensor]],
-             should_stop: Optional[Callable[[], bool]] = None,
-             progress: Optional[Callable[[int], None]] = None) -> EvalResult:
+def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple[Views, torch.Tensor]],
+             should_stop: Callable[[], bool] | None = None,
+             progress: Callable[[int], None] | None = None) -> EvalResult:
     """Run `predict` over this rank's batches, averaging views; the totals are summed over all ranks.
 
     `should_stop` is asked before each batch (a local flag, e.g. a signal this process received): a rank
@@ -68,7 +68,7 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[
     last batch, so a GPU is never idle between batches while the host reads a count.
     """
     samples = 0
-    hits: Optional[torch.Tensor] = None  # (top-1, top-5), on the device
+    hits: torch.Tensor | None = None  # (top-1, top-5), on the device
     stopped = False
     for images, labels in batches:
         if should_stop is not None and should_stop():

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from pipeline.models.complexity import model_table
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -16,7 +18,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print a JSON list of {name, depth, params, macs}")
     args = parser.parse_args(argv)
 
-    from pipeline.models.complexity import model_table
 
     rows = model_table()
     if args.json:

@@ -8,8 +8,6 @@ A plain block is the same stack with no shortcut at all (`shortcut=None`).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,7 +44,7 @@ class Projection(nn.Sequential):
         super().__init__(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
 
 
-def make_shortcut(option: Optional[str], in_ch: int, out_ch: int, stride: int) -> Optional[nn.Module]:
+def make_shortcut(option: str | None, in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
     """The shortcut of one block; None for a plain block."""
     if option is None:
         return None
@@ -63,7 +61,7 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_ch: int, width: int, stride: int, shortcut: Optional[str]) -> None:
+    def __init__(self, in_ch: int, width: int, stride: int, shortcut: str | None) -> None:
         super().__init__()
         out_ch = width * self.expansion
         self.conv1, self.bn1 = conv3x3(in_ch, width, stride), nn.BatchNorm2d(width)
@@ -91,7 +89,7 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(
-        self, in_ch: int, width: int, stride: int, shortcut: Optional[str], stride_on: str = "1x1"
+        self, in_ch: int, width: int, stride: int, shortcut: str | None, stride_on: str = "1x1"
     ) -> None:
         super().__init__()
         if stride_on not in ("1x1", "3x3"):

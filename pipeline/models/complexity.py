@@ -9,7 +9,6 @@ and the forward runs torch's CPU kernels (the meta device's shape functions are 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import List
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -40,6 +39,6 @@ def measure(spec: ModelSpec) -> Complexity:
     return Complexity(spec.name, spec.depth, count_params(model), counter.get_total_flops() // 2)
 
 
-def model_table() -> List[dict]:
+def model_table() -> list[dict]:
     """One row per registered model: name, depth, params, macs."""
     return [asdict(measure(spec)) for spec in list_models()]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # keep `import pipeline.models` free of torch until a model is built
     from torch import nn
@@ -35,7 +35,7 @@ class ModelSpec:
     family: str  # "imagenet" | "cifar"
     depth: int
     residual: bool
-    default_shortcut: Optional[str]  # None for plain nets
+    default_shortcut: str | None  # None for plain nets
     num_classes: int  # native class count
     resolution: int  # native input side (224 ImageNet, 32 CIFAR)
 
@@ -54,7 +54,7 @@ def _cifar_spec(depth: int, residual: bool) -> ModelSpec:
     return ModelSpec(name, "cifar", depth, residual, "A" if residual else None, 10, 32)
 
 
-def _registered() -> Dict[str, ModelSpec]:
+def _registered() -> dict[str, ModelSpec]:
     specs = [_imagenet_spec(d, True) for d in IMAGENET_STAGES]
     specs += [_imagenet_spec(d, False) for d in (18, 34)]
     specs += [_cifar_spec(d, True) for d in CIFAR_RESNET_DEPTHS]
@@ -62,10 +62,10 @@ def _registered() -> Dict[str, ModelSpec]:
     return {s.name: s for s in specs}
 
 
-REGISTRY: Dict[str, ModelSpec] = _registered()
+REGISTRY: dict[str, ModelSpec] = _registered()
 
 
-def list_models() -> List[ModelSpec]:
+def list_models() -> list[ModelSpec]:
     return list(REGISTRY.values())
 
 
@@ -82,7 +82,7 @@ def get_spec(name: str) -> ModelSpec:
     )
 
 
-def build_model(cfg: "ModelConfig") -> "nn.Module":
+def build_model(cfg: ModelConfig) -> nn.Module:
     """Build the network a `model` config section describes."""
     net = build(
         cfg.name,
@@ -92,7 +92,7 @@ def build_model(cfg: "ModelConfig") -> "nn.Module":
         zero_init_residual=cfg.zero_init_residual,
     )
     if cfg.bn_group_size:
-        from pipeline.models.ghost_bn import use_ghost_batchnorm
+        from pipeline.models.ghost_bn import use_ghost_batchnorm  # noqa: PLC0415 - torch: names are read without it
 
         use_ghost_batchnorm(net, cfg.bn_group_size)
     return net
@@ -100,14 +100,14 @@ def build_model(cfg: "ModelConfig") -> "nn.Module":
 
 def build(
     name: str,
-    num_classes: Optional[int] = None,
+    num_classes: int | None = None,
     shortcut: str = "default",
     bottleneck_stride: str = "1x1",
     zero_init_residual: bool = False,
-) -> "nn.Module":
+) -> nn.Module:
     """Build a network by name; `shortcut` is "default" (the paper's choice), "A", "B" or "C"."""
-    from pipeline.models.blocks import BasicBlock, Bottleneck
-    from pipeline.models.resnet import CifarResNet, ImageNetResNet
+    from pipeline.models.blocks import BasicBlock, Bottleneck  # noqa: PLC0415 - torch: names are read without it
+    from pipeline.models.resnet import CifarResNet, ImageNetResNet  # noqa: PLC0415 - torch: names are read without it
 
     spec = get_spec(name)
     option = _shortcut_option(spec, shortcut)
@@ -121,7 +121,7 @@ def build(
     return ImageNetResNet(block, stages, classes, option, bottleneck_stride, zero_init_residual)
 
 
-def _shortcut_option(spec: ModelSpec, shortcut: str) -> Optional[str]:
+def _shortcut_option(spec: ModelSpec, shortcut: str) -> str | None:
     if shortcut == "default":
         return spec.default_shortcut
     if not spec.residual:

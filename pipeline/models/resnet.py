@@ -5,7 +5,7 @@ Plain PyTorch, no distributed code. `shortcut=None` gives the plain counterpart 
 
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Sequence, Type, Union
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from torch import nn
 
 from pipeline.models.blocks import BasicBlock, Bottleneck, conv3x3
 
-Block = Union[BasicBlock, Bottleneck]
+Block = BasicBlock | Bottleneck
 
 
 def he_init(model: nn.Module, zero_init_residual: bool) -> None:
@@ -49,10 +49,10 @@ class ImageNetResNet(_ResNetBase):
 
     def __init__(
         self,
-        block: Type[Block],
+        block: type[Block],
         blocks_per_stage: Sequence[int],
         num_classes: int = 1000,
-        shortcut: Optional[str] = "B",
+        shortcut: str | None = "B",
         bottleneck_stride: str = "1x1",
         zero_init_residual: bool = False,
     ) -> None:
@@ -63,7 +63,7 @@ class ImageNetResNet(_ResNetBase):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(3, stride=2, padding=1),
         )
-        stages: List[nn.Sequential] = []
+        stages: list[nn.Sequential] = []
         in_ch = 64
         for index, (width, count) in enumerate(zip((64, 128, 256, 512), blocks_per_stage)):
             layers = []
@@ -89,14 +89,14 @@ class CifarResNet(_ResNetBase):
         self,
         n: int,
         num_classes: int = 10,
-        shortcut: Optional[str] = "A",
+        shortcut: str | None = "A",
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if n < 1:
             raise ValueError(f"a CIFAR ResNet needs n >= 1 blocks per stage, got {n}")
         self.stem = nn.Sequential(conv3x3(3, 16), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
-        stages: List[nn.Sequential] = []
+        stages: list[nn.Sequential] = []
         in_ch = 16
         for index, width in enumerate((16, 32, 64)):
             layers = []

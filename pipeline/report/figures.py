@@ -9,8 +9,8 @@ descending order (bottom).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
 
 DPI = 100
 PANEL_SIZE = (5.0, 4.0)  # inches per panel
@@ -35,7 +35,7 @@ CAPTION_STYLES = {
 FEW_POINTS = 30  # a curve with fewer is drawn with markers: one or two logged points are otherwise invisible
 
 
-def plot_curves(table, rows: Sequence[Tuple[str, Optional[str], object]], out: Path, eval_split: str = "val") -> Path:
+def plot_curves(table, rows: Sequence[tuple[str, str | None, object]], out: Path, eval_split: str = "val") -> Path:
     """rows: (label, panel, RunReading or None); `table.metrics` = [training metric, validation metric];
     `eval_split`: what the bold curves are measured on ("val": Fig. 4's words, "test": Fig. 6's)."""
     plt = _pyplot()
@@ -82,7 +82,7 @@ def plot_curves(table, rows: Sequence[Tuple[str, Optional[str], object]], out: P
     return out
 
 
-def plot_responses(table, rows: Sequence[Tuple[str, Optional[List[float]]]], out: Path) -> Path:
+def plot_responses(table, rows: Sequence[tuple[str, list[float] | None]], out: Path) -> Path:
     """rows: (label, per-layer std or None)."""
     plt = _pyplot()
     fig, (by_layer, by_size) = plt.subplots(2, 1, figsize=(PANEL_SIZE[0] * 2, PANEL_SIZE[1] * 2), dpi=DPI)
@@ -110,7 +110,7 @@ def plot_responses(table, rows: Sequence[Tuple[str, Optional[List[float]]]], out
     return out
 
 
-def figure_size(kind: str, panels: int = 1) -> Tuple[int, int]:
+def figure_size(kind: str, panels: int = 1) -> tuple[int, int]:
     """The pixel size (width, height) of a figure, as written: for tests and for embedding."""
     if kind == "curves":
         return round(PANEL_SIZE[0] * panels * DPI), round(PANEL_SIZE[1] * DPI)

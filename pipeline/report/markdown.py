@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import List, Optional, Tuple
 
+from pipeline.report.reading import RowReading, RunReading
 from pipeline.tables.request import load_request
 from pipeline.tables.spec import PaperSpread, TableConfig
-from pipeline.report.reading import RowReading, RunReading
-
 
 DEPARTURES = "departures from the paper's recipe"
 _NAMES = {"top1_error": "top-1 err. (%)", "top5_error": "top-5 err. (%)",
           "train_top1_error": "train err. (%)", "val_top1_error": "val err. (%)"}
 
 
-def render(table_path: Path, table: TableConfig, rows: List[RowReading], figure: Optional[str],
-           runs_dir: Optional[Path] = None) -> str:
+def render(table_path: Path, table: TableConfig, rows: list[RowReading], figure: str | None,
+           runs_dir: Path | None = None) -> str:
     lines = [f"# {table.title}", "", f"From `{table_path}`; protocol: {table.protocol}. "
              "Ours: the value of the one run done, or best (mean ± std) over the seeds that are done, as the "
              "paper writes a best of several runs (n: done / planned); diff.: our mean minus the paper's "
@@ -48,7 +46,7 @@ def render(table_path: Path, table: TableConfig, rows: List[RowReading], figure:
     return "\n".join(lines) + "\n"
 
 
-def table_cells(table: TableConfig, rows: List[RowReading]) -> Tuple[List[str], List[List[str]]]:
+def table_cells(table: TableConfig, rows: list[RowReading]) -> tuple[list[str], list[list[str]]]:
     """The report's table as a header and one list of cells per row (Markdown here, a W&B table there)."""
     if table.kind == "table":
         return _value_table(table, rows)
@@ -57,7 +55,7 @@ def table_cells(table: TableConfig, rows: List[RowReading]) -> Tuple[List[str], 
     return _response_table(rows)
 
 
-def _value_table(table: TableConfig, rows: List[RowReading]) -> Tuple[List[str], List[List[str]]]:
+def _value_table(table: TableConfig, rows: list[RowReading]) -> tuple[list[str], list[list[str]]]:
     header = ["row"]
     for metric in table.metrics:
         name = _NAMES.get(metric, metric)
@@ -77,7 +75,7 @@ def _value_table(table: TableConfig, rows: List[RowReading]) -> Tuple[List[str],
     return header, lines
 
 
-def _curve_table(table: TableConfig, rows: List[RowReading]) -> Tuple[List[str], List[List[str]]]:
+def _curve_table(table: TableConfig, rows: list[RowReading]) -> tuple[list[str], list[list[str]]]:
     header = ["row", "panel", *[f"final {_NAMES.get(m, m)}" for m in table.metrics], "state", DEPARTURES]
     lines = []
     for row in rows:
@@ -87,7 +85,7 @@ def _curve_table(table: TableConfig, rows: List[RowReading]) -> Tuple[List[str],
     return header, lines
 
 
-def _response_table(rows: List[RowReading]) -> Tuple[List[str], List[List[str]]]:
+def _response_table(rows: list[RowReading]) -> tuple[list[str], list[list[str]]]:
     header = ["row", "3x3 layers", "mean std", "max std", "state", DEPARTURES]
     lines = []
     for row in rows:
@@ -98,7 +96,7 @@ def _response_table(rows: List[RowReading]) -> Tuple[List[str], List[List[str]]]
     return header, lines
 
 
-def shown_run(row: RowReading) -> Optional[RunReading]:
+def shown_run(row: RowReading) -> RunReading | None:
     """The run a figure draws for a row: the first seed that is done, else the furthest along."""
     with_curves = [r for r in row.runs if any(r.curves.values())]
     done = [r for r in with_curves if r.state == "done"]
@@ -117,18 +115,18 @@ def _row_state(row: RowReading) -> str:
     return ", ".join(parts)
 
 
-def _fmt(value: Optional[float]) -> str:
+def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def _fmt_paper(value: Optional[float], spread: Optional[PaperSpread]) -> str:
+def _fmt_paper(value: float | None, spread: PaperSpread | None) -> str:
     """The paper's value, in its own form where it reports several runs: "6.43 (6.61 ± 0.16)"."""
     if value is None or spread is None:
         return _fmt(value)
     return f"{value:.2f} ({spread.mean:.2f} ± {spread.std:.2f})"
 
 
-def _fmt_stats(stats: Optional[tuple]) -> str:
+def _fmt_stats(stats: tuple | None) -> str:
     """Ours in the paper's form: one run's value, or best (mean ± std) over several."""
     if stats is None:
         return "–"

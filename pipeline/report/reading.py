@@ -8,9 +8,10 @@ values with the table's protocol, its curves, its layer responses and its depart
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 from pipeline.config import ConfigError, load_config
 from pipeline.run.layout import RunDir
@@ -20,12 +21,11 @@ from pipeline.run.state import read_run_state
 from pipeline.tables.request import load_request
 from pipeline.tables.spec import PaperSpread, PlannedRun, TableConfig, load_table, planned_runs, recipe_departures
 
-
 # run directories -> their states, in order: objects with .state, .step, .total_steps, .progress and .job_id
 StatesOf = Callable[[Sequence[Path]], Sequence[Any]]
 
 
-def states_from_files(run_dirs: Sequence[Path]) -> List[Any]:
+def states_from_files(run_dirs: Sequence[Path]) -> list[Any]:
     return [read_run_state(run_dir) for run_dir in run_dirs]
 
 
@@ -40,25 +40,25 @@ class RunReading:
     run: PlannedRun
     state: str  # done | missing | not evaluated, or the run's state (submitted | running | stopped | ...)
     detail: str = ""  # progress, or the command that would finish it
-    values: Dict[str, float] = field(default_factory=dict)  # table metrics
-    curves: Dict[str, List[tuple]] = field(default_factory=dict)  # metric -> [(step, value)]
-    responses: Optional[List[float]] = None
-    departures: List[str] = field(default_factory=list)  # from the paper's recipe
+    values: dict[str, float] = field(default_factory=dict)  # table metrics
+    curves: dict[str, list[tuple]] = field(default_factory=dict)  # metric -> [(step, value)]
+    responses: list[float] | None = None
+    departures: list[str] = field(default_factory=list)  # from the paper's recipe
 
 
 @dataclass
 class RowReading:
     label: str
-    panel: Optional[str]
-    paper: Dict[str, float]
-    runs: List[RunReading]
-    paper_spread: Dict[str, PaperSpread] = field(default_factory=dict)
+    panel: str | None
+    paper: dict[str, float]
+    runs: list[RunReading]
+    paper_spread: dict[str, PaperSpread] = field(default_factory=dict)
 
     @property
-    def done(self) -> List[RunReading]:
+    def done(self) -> list[RunReading]:
         return [r for r in self.runs if r.state == "done"]
 
-    def stats(self, metric: str, primary: Optional[str] = None) -> Optional[tuple]:
+    def stats(self, metric: str, primary: str | None = None) -> tuple | None:
         """(mean, std or None, n, best) over the seeds that are done.
 
         best: `metric` of the best run, the one with the lowest `primary` (default: `metric`) error, so
@@ -82,8 +82,8 @@ class RowReading:
 
 # -- reading runs -------------------------------------------------------------------------------------
 
-def read_table(table_path: Path, runs_dir: Optional[Path] = None,
-               states_of: StatesOf = states_from_files) -> tuple[TableConfig, List[RowReading]]:
+def read_table(table_path: Path, runs_dir: Path | None = None,
+               states_of: StatesOf = states_from_files) -> tuple[TableConfig, list[RowReading]]:
     """The table's rows and runs: those `launch reproduce` was asked for in `runs_dir` (its seeds, rows and
     overrides), else every row with its seeds."""
     table = load_table(table_path)
@@ -131,7 +131,7 @@ def read_run(run: PlannedRun, table: TableConfig, status: Any) -> RunReading:
     return reading
 
 
-def _departures(run: PlannedRun) -> List[str]:
+def _departures(run: PlannedRun) -> list[str]:
     """The run's departures from its row's paper recipe, from the config it ran with (else the planned one)."""
     saved = RunDir(run.run_dir).config
     try:
@@ -164,8 +164,8 @@ def _read_values(reading: RunReading, table: TableConfig) -> None:
         reading.values[metric] = float(result[metric])
 
 
-def _curves(run_dir: Path, metrics: List[str]) -> Dict[str, List[tuple]]:
-    curves: Dict[str, List[tuple]] = {m: [] for m in metrics}
+def _curves(run_dir: Path, metrics: list[str]) -> dict[str, list[tuple]]:
+    curves: dict[str, list[tuple]] = {m: [] for m in metrics}
     for record in read_metrics(run_dir):
         for metric in metrics:
             if metric in record and "step" in record:

@@ -11,19 +11,18 @@ from __future__ import annotations
 import secrets
 from dataclasses import replace
 from pathlib import Path
-from typing import List, Optional
 
 from pipeline.config.schema import LoggingConfig
+from pipeline.run.wandb_run import start_wandb
 
 
-def log_report_table(name: str, title: str, header: List[str], rows: List[List[str]], logging: LoggingConfig,
-                     out_dir: Path) -> Optional[str]:
+def log_report_table(name: str, title: str, header: list[str], rows: list[list[str]], logging: LoggingConfig,
+                     out_dir: Path) -> str | None:
     """Log `rows` under `header` as the W&B table `name`; returns the W&B run id (None with W&B disabled)."""
     if logging.wandb_mode == "disabled":
         return None
     import wandb
 
-    from pipeline.run.wandb_run import start_wandb
 
     id_file = out_dir / f"{name}.wandb_id"
     run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)

@@ -4,21 +4,21 @@ the table logged to W&B where asked."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 from pipeline.config import load_config
-from pipeline.run.layout import RunDir
+from pipeline.report.figures import plot_curves, plot_responses
+from pipeline.report.markdown import render, shown_run, table_cells
 from pipeline.report.reading import RowReading, StatesOf, read_table, states_from_files
-from pipeline.report.markdown import shown_run, render, table_cells
+from pipeline.report.wandb_table import log_report_table
+from pipeline.run.layout import RunDir
 
 
-def write_report(table_path: Path, runs_dir: Optional[Path], out_dir: Path,
-                 states_of: StatesOf = states_from_files, wandb: bool = False) -> List[Path]:
+def write_report(table_path: Path, runs_dir: Path | None, out_dir: Path,
+                 states_of: StatesOf = states_from_files, wandb: bool = False) -> list[Path]:
     """Read the table's runs and write `<out_dir>/<table>.md` (and `.png` for figures); returns the files.
 
     `states_of`: how the runs' states are read (default: from their files alone). `wandb`: also log the table as a
     W&B table, in the W&B project and mode of the table's runs (`pipeline.report.wandb_table`)."""
-    from pipeline.report.figures import plot_curves, plot_responses
 
     table, rows = read_table(table_path, runs_dir, states_of)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -33,14 +33,12 @@ def write_report(table_path: Path, runs_dir: Optional[Path], out_dir: Path,
     markdown = out_dir / f"{table_path.stem}.md"
     markdown.write_text(render(table_path, table, rows, figure.name if figure else None, runs_dir))
     if wandb:
-        from pipeline.report.wandb_table import log_report_table
-
         header, cells = table_cells(table, rows)
         log_report_table(table_path.stem, table.title, header, cells, _runs_logging(rows), out_dir)
     return [markdown] + ([figure] if figure else [])
 
 
-def _runs_logging(rows: List[RowReading]):
+def _runs_logging(rows: list[RowReading]):
     """The W&B settings the table's runs used: the first run's saved config, else its planned one."""
     first = next(r.run for row in rows for r in row.runs)
     saved = RunDir(first.run_dir).config

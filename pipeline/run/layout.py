@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for the annotation: the config package is not needed to name files
     from pipeline.config.schema import ExperimentConfig
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class RunDir:
         object.__setattr__(self, "path", Path(self.path))  # a str is taken too
 
     @classmethod
-    def of(cls, cfg: "ExperimentConfig") -> "RunDir":
+    def of(cls, cfg: ExperimentConfig) -> RunDir:
         """The run directory a resolved config trains into."""
         return cls(Path(cfg.run.out_dir) / cfg.run.name)
 

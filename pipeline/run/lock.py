@@ -11,10 +11,10 @@ job, whose earlier start SLURM has ended, wherever it ran). The lock itself is d
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, Mapping, Optional
 
-from data_prep.lock import FileLock, Locked, describe, holder_info
+from data_prep.lock import FileLock, Locked, describe, holder_info, read_lock, stale_reason
 from pipeline.dist import exit_codes
 from pipeline.run.layout import RunDir
 
@@ -25,7 +25,7 @@ class RunLocked(Locked):
     exit_code = exit_codes.LOCKED
 
 
-def slurm_job(env: Optional[Mapping[str, str]] = None) -> Dict[str, object]:
+def slurm_job(env: Mapping[str, str] | None = None) -> dict[str, object]:
     """This process's SLURM job id and how many times SLURM has restarted (requeued) it, if it runs in one."""
     env = os.environ if env is None else env
     if "SLURM_JOB_ID" not in env:
@@ -36,12 +36,12 @@ def slurm_job(env: Optional[Mapping[str, str]] = None) -> Dict[str, object]:
 class RunLock(FileLock):
     """`RunLock(run_dir).acquire()`: this run directory is ours until `release()`, or RunLocked naming its holder."""
 
-    def __init__(self, run_dir: Path, env: Optional[Mapping[str, str]] = None) -> None:
+    def __init__(self, run_dir: Path, env: Mapping[str, str] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.job = slurm_job(env)
         super().__init__(RunDir(self.run_dir).lock, holder_info(**self.job), reclaim=self._earlier_start_of_this_job)
 
-    def _earlier_start_of_this_job(self, holder: Dict) -> Optional[str]:
+    def _earlier_start_of_this_job(self, holder: dict) -> str | None:
         """A lock left by an earlier start of this same SLURM job: SLURM ended that start before requeueing the job,
         wherever it ran, so it is ours to take back. (Two starts of one job never run at once; two job steps of
         one allocation can, and have the same restart count: those are told apart by pid and heartbeat.)"""
@@ -51,7 +51,7 @@ class RunLock(FileLock):
             return None
         return f"left by an earlier start of this SLURM job {self.job['slurm_job_id']}, which SLURM requeued"
 
-    def refusal(self, holder: Dict) -> str:
+    def refusal(self, holder: dict) -> str:
         return (f"{self.run_dir} is already being trained by another run ({describe(holder)}); this start writes "
                 f"nothing. Wait for it to end or stop it; if it is dead, its lock ({self.path}) is taken over once "
                 "its process is gone from this host, or 10 minutes after its last heartbeat from another host "
@@ -64,9 +64,8 @@ class RunLock(FileLock):
             raise RunLocked(str(e), e.holder) from None
 
 
-def lock_holder(run_dir: Path) -> Optional[Dict]:
+def lock_holder(run_dir: Path) -> dict | None:
     """The holder of a run directory's lock while it is alive (for `status`), else None."""
-    from data_prep.lock import read_lock, stale_reason
 
     path = RunDir(run_dir).lock
     holder = read_lock(path)

@@ -26,7 +26,7 @@ import json
 import secrets
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 from pipeline.config.schema import LoggingConfig
 from pipeline.run.layout import RunDir
@@ -36,12 +36,12 @@ from pipeline.run.wandb_run import forget_wandb_service, start_wandb
 class NullLogger:
     """What non-primary ranks log through: nothing."""
 
-    run_id: Optional[str] = None
+    run_id: str | None = None
 
-    def log(self, record: Dict[str, Any], step: int, console: bool = True) -> None:
+    def log(self, record: dict[str, Any], step: int, console: bool = True) -> None:
         pass
 
-    def summary(self, values: Dict[str, Any]) -> None:
+    def summary(self, values: dict[str, Any]) -> None:
         pass
 
     def close(self) -> None:
@@ -49,7 +49,7 @@ class NullLogger:
 
 
 class RunLogger(NullLogger):
-    def __init__(self, run_dir: Path, cfg: LoggingConfig, run_name: str, config: Dict[str, Any],
+    def __init__(self, run_dir: Path, cfg: LoggingConfig, run_name: str, config: dict[str, Any],
                  resume_step: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -73,14 +73,14 @@ class RunLogger(NullLogger):
             if self._wandb_last_step < step <= resume_step:
                 self._send(record, step)
 
-    def log(self, record: Dict[str, Any], step: int, console: bool = True) -> None:
+    def log(self, record: dict[str, Any], step: int, console: bool = True) -> None:
         record = {"step": step, **record}
         self._append(record)
         if console:
             print(_format(record), file=sys.stderr, flush=True)
         self._send(record, step)
 
-    def _send(self, record: Dict[str, Any], step: int) -> None:
+    def _send(self, record: dict[str, Any], step: int) -> None:
         # W&B refuses steps that go backwards; several records of one step of this start go to the same row.
         if self._wandb is None or step < self._wandb_last_step or (step == self._wandb_last_step and not self._sent):
             return
@@ -88,7 +88,7 @@ class RunLogger(NullLogger):
         if self._call_wandb(step, lambda: self._wandb.log(values, step=step)):
             self._wandb_last_step, self._sent = step, True
 
-    def summary(self, values: Dict[str, Any]) -> None:
+    def summary(self, values: dict[str, Any]) -> None:
         if self._wandb is not None:
             self._call_wandb(None, lambda: self._wandb.summary.update(values))
 
@@ -112,7 +112,7 @@ class RunLogger(NullLogger):
         except OSError:
             pass  # a full disk: the next start sends some records again, which W&B drops
 
-    def _append(self, record: Dict[str, Any]) -> None:
+    def _append(self, record: dict[str, Any]) -> None:
         try:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -124,7 +124,7 @@ class RunLogger(NullLogger):
         else:
             self._metrics_failed = False
 
-    def _call_wandb(self, step: Optional[int], call) -> bool:
+    def _call_wandb(self, step: int | None, call) -> bool:
         """`call()`; False (and W&B off for this start, said once) when W&B has failed."""
         try:
             call()
@@ -135,7 +135,7 @@ class RunLogger(NullLogger):
             forget_wandb_service(run)
             return False
 
-    def _wandb_failed(self, step: Optional[int], error: BaseException) -> None:
+    def _wandb_failed(self, step: int | None, error: BaseException) -> None:
         reason = " ".join(f"{type(error).__name__}: {error}".split())
         where = f"at step {step}" if step is not None else "while closing"
         why = " (its service process has ended: SLURM signals every process of a job it stops)" \
@@ -147,7 +147,7 @@ class RunLogger(NullLogger):
         self._append({"step": step if step is not None else self._wandb_last_step, "event": f"warning: {message}"})
 
 
-def make_logger(is_primary: bool, run_dir: Path, cfg: LoggingConfig, run_name: str, config: Dict[str, Any],
+def make_logger(is_primary: bool, run_dir: Path, cfg: LoggingConfig, run_name: str, config: dict[str, Any],
                 resume_step: int = 0) -> NullLogger:
     if not is_primary:
         return NullLogger()
@@ -173,14 +173,14 @@ def _truncate_after(path: Path, step: int) -> None:
         tmp.replace(path)
 
 
-def _read(path: Path) -> Optional[str]:
+def _read(path: Path) -> str | None:
     try:
         return path.read_text().strip() or None
     except FileNotFoundError:
         return None
 
 
-def format_duration(seconds: Optional[float]) -> str:
+def format_duration(seconds: float | None) -> str:
     """42s, 3m07s, 1h02m, 2d03h: short enough for a log line or a status column; "-" for None."""
     if seconds is None:
         return "-"
@@ -198,7 +198,7 @@ def format_duration(seconds: Optional[float]) -> str:
 _DURATIONS = {"elapsed_s": "elapsed", "eta_s": "eta"}
 
 
-def _format(record: Dict[str, Any]) -> str:
+def _format(record: dict[str, Any]) -> str:
     parts = []
     for key, value in record.items():
         if key in _DURATIONS and isinstance(value, (int, float)):

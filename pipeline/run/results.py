@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import fcntl
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any
 
 from pipeline.run.layout import RunDir
 
 
-def read_results(run_dir: Path) -> Dict[str, Any]:
+def read_results(run_dir: Path) -> dict[str, Any]:
     path = RunDir(run_dir).results
     if not path.exists():
         return {}
@@ -30,7 +31,7 @@ def read_results(run_dir: Path) -> Dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
-def update_results(run_dir: Path, key: str, value: Dict[str, Any], protocol: Optional[str] = None) -> None:
+def update_results(run_dir: Path, key: str, value: dict[str, Any], protocol: str | None = None) -> None:
     """Set `results[key]` (or `results[key][protocol]`), keeping everything else in the file."""
     path = RunDir(run_dir).results
     with _locked(path):
@@ -42,7 +43,7 @@ def update_results(run_dir: Path, key: str, value: Dict[str, Any], protocol: Opt
         _write_json(path, results)
 
 
-def protocol_result(results: Dict[str, Any], protocol: str) -> Optional[Dict[str, Any]]:
+def protocol_result(results: dict[str, Any], protocol: str) -> dict[str, Any] | None:
     """The evaluation of `protocol`, if the run has one (training's final evaluation is the centre view)."""
     found = results.get("eval", {}).get(protocol)
     if found is None and results.get("train", {}).get("protocol") == protocol:
@@ -50,16 +51,16 @@ def protocol_result(results: Dict[str, Any], protocol: str) -> Optional[Dict[str
     return found
 
 
-def write_layer_responses(run_dir: Path, responses: Dict[str, Any]) -> None:
+def write_layer_responses(run_dir: Path, responses: dict[str, Any]) -> None:
     _write_json(RunDir(run_dir).layer_responses, responses)
 
 
-def read_layer_responses(run_dir: Path) -> Optional[Dict[str, Any]]:
+def read_layer_responses(run_dir: Path) -> dict[str, Any] | None:
     path = RunDir(run_dir).layer_responses
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _write_json(path: Path, data: Dict[str, Any]) -> None:
+def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from pipeline.checkpoint.store import CheckpointStore
 from pipeline.run.layout import RunDir
@@ -35,16 +34,16 @@ class RunState:
     run_dir: Path
     state: str  # not started | submitted | running | stopped | finished
     step: int
-    job_id: Optional[str]
+    job_id: str | None
     last_metrics: dict = field(default_factory=dict)  # the last training record (loss, lr, images_per_s, ...)
-    total_steps: Optional[int] = None  # from the run's start record
-    elapsed_s: Optional[float] = None  # training wall time up to the last training record (across resumes)
-    eta_s: Optional[float] = None  # the last record's estimate, less the time since it was written
-    checkpoint_step: Optional[int] = None  # the latest complete checkpoint's step, if any
-    idle_s: Optional[float] = None  # seconds since metrics.jsonl was last written
+    total_steps: int | None = None  # from the run's start record
+    elapsed_s: float | None = None  # training wall time up to the last training record (across resumes)
+    eta_s: float | None = None  # the last record's estimate, less the time since it was written
+    checkpoint_step: int | None = None  # the latest complete checkpoint's step, if any
+    idle_s: float | None = None  # seconds since metrics.jsonl was last written
 
     @property
-    def progress(self) -> Optional[float]:
+    def progress(self) -> float | None:
         return self.step / self.total_steps if self.total_steps else None
 
 
@@ -79,7 +78,7 @@ def read_run_state(run_dir: Path) -> RunState:
                     float(elapsed) if elapsed is not None else None, eta_s, latest.step if latest else None, idle_s)
 
 
-def _seconds_since_written(path: Path) -> Optional[float]:
+def _seconds_since_written(path: Path) -> float | None:
     try:
         return max(0.0, time.time() - path.stat().st_mtime)
     except FileNotFoundError:

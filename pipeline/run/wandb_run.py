@@ -8,7 +8,7 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 from pipeline.config.schema import LoggingConfig
 
@@ -29,8 +29,8 @@ def forget_wandb_service(run: Any) -> None:
         pass
 
 
-def start_wandb(run_dir: Path, cfg: LoggingConfig, run_name: str, config: Dict[str, Any], run_id: str,
-                job_type: Optional[str] = None):
+def start_wandb(run_dir: Path, cfg: LoggingConfig, run_name: str, config: dict[str, Any], run_id: str,
+                job_type: str | None = None):
     """A W&B run (in `cfg.wandb_mode`) kept in `run_dir`, resumed if `run_id` exists; online falls back to offline."""
     if cfg.wandb_mode == "disabled":
         return None

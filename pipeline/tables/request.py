@@ -10,7 +10,6 @@ import json
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional
 
 from pipeline.config import ConfigError
 from pipeline.run.layout import RunsFolder
@@ -22,16 +21,16 @@ FORMAT = "resnet-repro-request"
 @dataclass
 class TableRequest:
     table: str  # the table config's absolute path
-    overrides: List[str] = field(default_factory=list)  # section.key=value, for every run
-    seeds: Optional[List[int]] = None  # None: each row's, else the table's
-    rows: Optional[List[str]] = None  # row labels; None: every row
-    flags: List[str] = field(default_factory=list)  # how the jobs run: resources, --local --nproc N, ...
+    overrides: list[str] = field(default_factory=list)  # section.key=value, for every run
+    seeds: list[int] | None = None  # None: each row's, else the table's
+    rows: list[str] | None = None  # row labels; None: every row
+    flags: list[str] = field(default_factory=list)  # how the jobs run: resources, --local --nproc N, ...
 
-    def planned(self, runs_dir: Path) -> List[PlannedRun]:
+    def planned(self, runs_dir: Path) -> list[PlannedRun]:
         """The runs asked for, as `planned_runs` resolves them."""
         return planned_runs(self.table, runs_dir, self.seeds, tuple(self.overrides), self.rows)
 
-    def arguments(self, runs_dir: Path) -> List[str]:
+    def arguments(self, runs_dir: Path) -> list[str]:
         """`launch reproduce`'s arguments that ask the same again."""
         return [self.table, *self.overrides, "--runs", str(runs_dir),
                 *(["--seeds", *map(str, self.seeds)] if self.seeds else []),
@@ -50,7 +49,7 @@ def save_request(runs_dir: Path, request: TableRequest) -> Path:
     return path
 
 
-def load_request(runs_dir: Optional[Path], table: str | Path) -> Optional[TableRequest]:
+def load_request(runs_dir: Path | None, table: str | Path) -> TableRequest | None:
     """The request recorded for `table` in `runs_dir`, or None (no runs directory, or never reproduced there)."""
     if runs_dir is None:
         return None

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import ConfigError, ExperimentConfig, config_to_dict, load_config
+from pipeline.config.per_gpu_batch import gpu_share
 from pipeline.config.schema import PROTOCOLS
 
 KINDS = ("table", "curves", "responses")
@@ -209,7 +210,6 @@ def recipe_departures(paper: ExperimentConfig, run: ExperimentConfig, gpus: Opti
     and so is the BN batch (the images each BN statistic is taken over), which follows from the run's
     number of GPUs (`gpus`, where known) against the recipe's images per GPU.
     """
-    from pipeline.config.per_gpu_batch import gpu_share
 
     ours, theirs = _flat(config_to_dict(run)), _flat(config_to_dict(paper))
     changed = [key for key in theirs if not key.startswith(NOT_RECIPE) and ours.get(key) != theirs[key]]

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Optional
-
 
 from pipeline.config import ConfigError, load_config
 from pipeline.dist import dist_info_from_env, exit_codes
@@ -27,7 +25,7 @@ from pipeline.train.loop import say_error, train
 from pipeline.train.outcome import Interrupted
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.train",
         description="Train one run of the paper. Under torchrun or SLURM every rank runs this same command. "

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -35,14 +35,13 @@ from pipeline.run.results import update_results, write_layer_responses
 from pipeline.train.outcome import Finished, Interrupted, TrainOutcome
 from pipeline.train.progress import Clock, Progress, Window
 from pipeline.train.schedule import LRSchedule
-from pipeline.train.setup import (check_run_directory, checkpoint_files, log_start, open_data,
-                                  own_run_directory, resume)
+from pipeline.train.setup import check_run_directory, checkpoint_files, log_start, open_data, own_run_directory, resume
 
 log = logging.getLogger("pipeline.train")
 
 
-def train(cfg: ExperimentConfig, info: Optional[DistInfo] = None,
-          on_start: Optional[Callable[[], None]] = None) -> TrainOutcome:
+def train(cfg: ExperimentConfig, info: DistInfo | None = None,
+          on_start: Callable[[], None] | None = None) -> TrainOutcome:
     """Train (or resume) the run `cfg` describes.
 
     The primary rank first takes the run directory's lock (`pipeline.run.lock`): a second training into the
@@ -85,7 +84,7 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> Train
     stop = StopSignal().install()
     policy = SavePolicy(cfg.checkpoint, lambda: stop.received is not None, checkpoints)
 
-    def save(background: bool, metrics: Optional[dict] = None) -> None:
+    def save(background: bool, metrics: dict | None = None) -> None:
         """A periodic save is written in the background while training goes on; a stop's and the last are not."""
         files = checkpoint_files(cfg, info, engine, progress, clock, schedule, train_loader)
         checkpoints.save(progress.step, files, metrics, background)
@@ -176,7 +175,7 @@ def _final_evaluation(cfg: ExperimentConfig, info: DistInfo, run: RunDir, engine
     return outcome
 
 
-def _record_results(run: RunDir, outcome: Finished, stds: Optional[dict]) -> None:
+def _record_results(run: RunDir, outcome: Finished, stds: dict | None) -> None:
     update_results(run.path, "train", outcome.as_dict())
     if stds is not None:
         write_layer_responses(run.path, {**stds, "samples": outcome.samples, "split": outcome.split,

@@ -5,7 +5,6 @@ itself after an interruption by its time-limit signal."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
 
 
 @dataclass(frozen=True)
@@ -31,10 +30,10 @@ class Interrupted:
     """A stop signal ended training after a checkpoint of `step`: the same command (or the requeued job) resumes."""
 
     step: int
-    signal: Optional[str]  # what this rank received (SIGUSR2, SIGTERM, SIGINT); None: a signal on another rank
+    signal: str | None  # what this rank received (SIGUSR2, SIGTERM, SIGINT); None: a signal on another rank
 
     def as_dict(self) -> dict:
         return {"interrupted": True, "step": self.step, "signal": self.signal}
 
 
-TrainOutcome = Union[Finished, Interrupted]
+TrainOutcome = Finished | Interrupted

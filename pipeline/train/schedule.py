@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import List, Optional
 
 from pipeline.config.schema import ScheduleConfig
 
@@ -29,7 +28,7 @@ class PlateauState:
     """Divide-on-plateau bookkeeping: plain numbers, saved in checkpoints."""
 
     divisions: int = 0
-    best_error: Optional[float] = None
+    best_error: float | None = None
     evals_since_best: int = 0
 
     def state_dict(self) -> dict:
@@ -52,14 +51,14 @@ class LRSchedule:
         self.peak_lr = base_lr * (global_batch / cfg.base_batch_size if cfg.scale_lr else 1.0)
         self.plateau = PlateauState()
         # until_train_error: the step from which the scheduled lr applies, once a logged error decided it.
-        self.warmup_end_step: Optional[int] = None
+        self.warmup_end_step: int | None = None
 
     @property
     def total_steps(self) -> int:
         return self._to_steps(self.cfg.total)
 
     @property
-    def milestone_steps(self) -> List[int]:
+    def milestone_steps(self) -> list[int]:
         return [self._to_steps(m) for m in self.cfg.milestones]
 
     @property

@@ -12,9 +12,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
 
 import torch
 
@@ -37,7 +37,7 @@ from pipeline.train.schedule import LRSchedule
 log = logging.getLogger("pipeline.train")
 
 
-def own_run_directory(lock: Optional[RunLock], on_start: Optional[Callable[[], None]]) -> None:
+def own_run_directory(lock: RunLock | None, on_start: Callable[[], None] | None) -> None:
     """The primary takes the run directory's lock (RunLocked when another live run holds it), then runs
     `on_start`; the other ranks (`lock` None) do nothing."""
     if lock is None:
@@ -94,7 +94,7 @@ class Resumed:
     """Where training starts: the progress restored (step 0 for a new run), and what the start record says of it."""
 
     progress: Progress = field(default_factory=Progress)
-    events: List[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
 
 
 def resume(checkpoints: RunCheckpoints, engine, schedule: LRSchedule, loader, info: DistInfo,
@@ -126,7 +126,7 @@ def resume(checkpoints: RunCheckpoints, engine, schedule: LRSchedule, loader, in
 
 
 def log_start(logger, cfg: ExperimentConfig, info: DistInfo, device: torch.device, schedule: LRSchedule, loader,
-              warnings: List[Optional[str]], resumed: Resumed) -> None:
+              warnings: list[str | None], resumed: Resumed) -> None:
     """The start record (the report's progress reads its total), then each warning and what the resume did."""
     step = resumed.progress.step
     share = gpu_share(cfg, info.world_size)

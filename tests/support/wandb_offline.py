@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List
 
 _FILE_HEADER = 7
 _BLOCK = 32768
@@ -24,10 +24,10 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 class OfflineRun:
     path: Path
     run_id: str = ""
-    history: List[dict] = field(default_factory=list)  # one dict per wandb.log call, with "_step"
+    history: list[dict] = field(default_factory=list)  # one dict per wandb.log call, with "_step"
     config: dict = field(default_factory=dict)
     group: str = ""
-    tags: List[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
     job_type: str = ""
 
 
@@ -65,7 +65,7 @@ def _update_config(config: dict, record) -> None:
             config[key] = json.loads(item.value_json)
 
 
-def offline_runs(run_dir: Path | str) -> List[OfflineRun]:
+def offline_runs(run_dir: Path | str) -> list[OfflineRun]:
     """Every offline W&B run file under a run directory, oldest first."""
     # By time written: a resumed run's directory name ("...-<id>-1") does not sort after the first's.
     files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"), key=lambda f: f.stat().st_mtime)

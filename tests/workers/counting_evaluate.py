@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pipeline.evaluate.job as evaluate_job
+from pipeline.dist import dist_info_from_env
 from pipeline.evaluate import protocols
 from pipeline.evaluate.__main__ import main as evaluate_main
-from pipeline.dist import dist_info_from_env
 from tests.host_syncs import HostSyncs
 
 
