@@ -209,6 +209,8 @@ def train_overrides(row: Row, s: Setting, gpu: bool) -> list[str]:
 
 def run_row(row: Row, s: Setting, gpu: bool, data: Datasets, runs: Path, results: dict[str, dict]) -> dict:
     """Measure one row; returns {figure, note}."""
+    from pipeline.run.layout import RunDir  # this commit's own layout (benchmarks run against older commits too)
+
     if row.kind == "project":
         step_key = row.baseline.split(":")[0]
         step = results.get(step_key, {}).get("figure")
@@ -223,7 +225,7 @@ def run_row(row: Row, s: Setting, gpu: bool, data: Datasets, runs: Path, results
     if row.kind == "step":
         return {"figure": 1000 * s.batch / r["images_per_s"], "note": f"data wait {r['data_wait_fraction']:.3f}"}
     if row.kind == "memory":
-        records = [json.loads(line) for line in (runs / row.key / "metrics.jsonl").read_text().splitlines()]
+        records = [json.loads(line) for line in RunDir(runs / row.key).metrics.read_text().splitlines()]
         return {"figure": max(rec.get("memory_mb", 0.0) for rec in records), "note": ""}
     return {"figure": r["images_per_s"], "note": f"data wait {r['data_wait_fraction']:.3f}"}
 

@@ -43,6 +43,7 @@ from train_throughput import REPO, machine, sh, write_report  # benchmarks/ is t
 sys.path.insert(0, str(REPO))
 from launch.submit.local import child_processes, process_tree  # noqa: E402
 from pipeline.dist.exit_codes import LOCKED  # noqa: E402
+from pipeline.run.layout import RunDir  # noqa: E402
 
 CONFIG = str(REPO / "configs" / "demo" / "digits.yaml")
 ACTIONS = ("kill-rank", "usr2", "sigterm", "truncate", "second-start")
@@ -78,7 +79,7 @@ class Run:
         A start cuts metrics.jsonl back to the step it resumes from and then logs a "start" event, so the
         lines after the (starts_before + 1)-th start event are this start's (earlier lines may be a killed
         start's, logged past its last checkpoint)."""
-        path = self.run_dir / "metrics.jsonl"
+        path = RunDir(self.run_dir).metrics
         lines = path.read_text(errors="replace").split("\n")[:-1] if path.exists() else []  # the last: half written
         starts = [i for i, line in enumerate(lines) if '"event": "start"' in line]
         if len(starts) <= self.starts_before:
@@ -105,7 +106,7 @@ class Run:
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in (run_dir / "checkpoints").glob("step-*/COMPLETE"))
+    return sorted(p.parent for p in RunDir(run_dir).checkpoints.glob("step-*/COMPLETE"))
 
 
 def latest_step(run_dir: Path, damaged: dict[Path, str]) -> int:
@@ -132,12 +133,13 @@ def cut_newest_checkpoint(run_dir: Path, damaged: dict[Path, str]) -> None:
 def second_start(args: list[str], nproc: int, run_dir: Path, log: Path) -> int:
     """Start the same command while the run trains; returns its exit code (refused: LOCKED) after checking that it
     wrote nothing: the run's config, lock and W&B runs are as they were."""
-    before = [(run_dir / "config.yaml").read_bytes(), (run_dir / "run.lock").read_bytes(),
+    run = RunDir(run_dir)
+    before = [run.config.read_bytes(), run.lock.read_bytes(),
               sorted(run_dir.glob("wandb/offline-run-*"))]
     with open(log, "ab") as out:
         code = subprocess.run(command(args, nproc), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                               env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600).returncode
-    after = [(run_dir / "config.yaml").read_bytes(), (run_dir / "run.lock").read_bytes(),
+    after = [run.config.read_bytes(), run.lock.read_bytes(),
              sorted(run_dir.glob("wandb/offline-run-*"))]
     if after != before:
         raise RuntimeError(f"a refused second start changed {run_dir}")
@@ -200,8 +202,8 @@ def soak(engine: str, kills: int, data: Path, out: Path, nproc: int, rng: random
 
     from pipeline.engine.weights import load_weights
 
-    a = load_weights(reference / "run" / "checkpoints" / f"step-{total:09d}")
-    b = load_weights(run_dir / "checkpoints" / f"step-{total:09d}") if finished else {}
+    a = load_weights(RunDir(reference / "run").checkpoints / f"step-{total:09d}")
+    b = load_weights(RunDir(run_dir).checkpoints / f"step-{total:09d}") if finished else {}
     identical = finished and a.keys() == b.keys() and all(a[key].equal(b[key]) for key in a)
     refusals_ok = all(r["second_start_exit"] == LOCKED for r in rows if r["action"] == "second-start")
     fell_back = _fallbacks_named(log, damaged)

@@ -33,6 +33,8 @@ def sh(*args: str, env: dict | None = None) -> None:
 def measure(backend: str, shards: Path, out: Path, model: str, steps: int, nproc: int, batch: int,
             extra: Sequence[str] = (), name: str | None = None) -> dict:
     """Mean images/s and data-wait fraction of a `pipeline.train` run (`extra`: more overrides)."""
+    from pipeline.run.layout import RunDir  # this commit's own layout (benchmarks run against older commits too)
+
     name = name or backend
     overrides = [f"data.root={shards}", f"data.backend={backend}", f"run.out_dir={out}", f"run.name={name}",
                  f"model.name={model}", "schedule.unit=iteration", f"schedule.total={steps}", "schedule.milestones=[]",
@@ -40,7 +42,7 @@ def measure(backend: str, shards: Path, out: Path, model: str, steps: int, nproc
                  "checkpoint.every_minutes=0", "checkpoint.at_epoch_end=false", "logging.wandb_mode=disabled", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
     sh("-m", "launch", "local", str(CONFIG), *overrides, "--nproc", str(nproc), env=env)
-    records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in RunDir(out / name).metrics.read_text().splitlines()]
     window = [r for r in records if "images_per_s" in r][1:]  # the first window includes start-up
     return {
         "images_per_s": sum(r["images_per_s"] for r in window) / len(window),

@@ -15,13 +15,14 @@ Run it again and it resumes (or, finished, just re-evaluates): nothing is redone
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from launch.submit.local import torchrun_command
+from pipeline.run.layout import RunDir
+from pipeline.run.results import read_results
 from pipeline.tables.spec import planned_runs
 
 DEMO_TABLES = Path(__file__).resolve().parents[1] / "configs" / "demo" / "tables"
@@ -74,14 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     _run("-m", "pipeline.report", *[str(DEMO_TABLES / name) for name in REPORTS], "--runs", str(runs),
          "--out", str(report))
 
-    result = json.loads((run_dir / "results.json").read_text())["train"]
+    run = RunDir(run_dir)
+    result = read_results(run_dir)["train"]
     print(f"\ntest error: {result['top1_error']:.2f}% (top-5 {result['top5_error']:.2f}%, "
           f"{result['samples']} test images, {result['step']} steps)")
     print(f"report:         {report}/  ({', '.join(sorted(p.name for p in report.iterdir()))})")
     print(f"run directory:  {run_dir}")
-    print(f"checkpoints:    {run_dir / 'checkpoints'}")
-    print(f"metrics:        {run_dir / 'metrics.jsonl'}")
-    wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    print(f"checkpoints:    {run.checkpoints}")
+    print(f"metrics:        {run.metrics}")
+    wandb_runs = sorted(run.wandb.glob("offline-run-*"))
     if wandb_runs:
         print(f"offline W&B run: {wandb_runs[-1]}  (upload with `wandb sync {wandb_runs[-1]}`)")
     return 0

@@ -110,12 +110,13 @@ def checkpoint_blocking(args: argparse.Namespace, work: Path) -> Lines:
     import gc
 
     from pipeline.checkpoint.store import CheckpointStore
+    from pipeline.run.layout import RunDir
 
     rows, background_rows = [], []
     for name, config in IMAGENET_CONFIGS.items():
         engine, write_for, state_mb = _engine_and_write(config)
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-            store = CheckpointStore(Path(tmp) / "checkpoints")  # the trainer's defaults: keep 2 and the best
+            store = CheckpointStore(RunDir(tmp).checkpoints)  # the trainer's defaults: keep 2 and the best
             seconds = []
             for step in range(1, args.repeats + 1):
                 write = write_for(step)

@@ -13,6 +13,8 @@ from overheads.common import ENGINES, Lines, digits, median, table
 def engine_step_times(args: argparse.Namespace, work: Path) -> Lines:
     from train_throughput import measure  # `launch local` runs, read back from metrics.jsonl
 
+    from pipeline.run.layout import RunDir  # this commit's own layout
+
     shards = digits(work)
     out = work / "engine-runs"
     batch = 2 * args.engine_batch  # global: 2 ranks
@@ -26,7 +28,7 @@ def engine_step_times(args: argparse.Namespace, work: Path) -> Lines:
                         extra=[f"engine.name={engine}"], name=name)
             except subprocess.CalledProcessError as e:
                 raise RuntimeError(f"{engine} run failed: {(e.stderr or b'').decode(errors='replace')[-3000:]}") from e
-            records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+            records = [json.loads(line) for line in RunDir(out / name).metrics.read_text().splitlines()]
             windows = [batch / rec["images_per_s"] for rec in records if "images_per_s" in rec][1:]
             per_step[engine] += windows
             rounds[engine].append(median(windows))

@@ -120,6 +120,7 @@ def _process_group_of_one() -> None:
 
 
 def host_syncs(args: argparse.Namespace, work: Path) -> Lines:
+    from pipeline.run.layout import RunDir
     from pipeline.train.loop import train
 
     shards = digits(work)
@@ -146,8 +147,8 @@ def host_syncs(args: argparse.Namespace, work: Path) -> Lines:
             result = train(cfg)
     finally:
         os.environ.update(saved)
-    steps = int(result.get("step") or counter.forwards["training"])
-    records = [json.loads(line) for line in (out / "syncs" / "metrics.jsonl").read_text().splitlines()]
+    steps = int(getattr(result, "step", 0) or counter.forwards["training"])
+    records = [json.loads(line) for line in RunDir(out / "syncs").metrics.read_text().splitlines()]
     evaluations = sum(1 for r in records if "val_top1_error" in r)
     per_epoch = next((r.get("steps_per_epoch") for r in records if r.get("event") == "start"), None)
     by_phase: Counter = Counter()
@@ -163,8 +164,8 @@ def host_syncs(args: argparse.Namespace, work: Path) -> Lines:
              f"{by_phase['evaluation'] / max(batches, 1):.2f}"]]
     sites = sorted(counter.calls.items(), key=lambda kv: (kv[0][0], -kv[1], kv[0][1]))
     lines = ["### 1. Host syncs per training step and per evaluation batch", "",
-             "`pipeline.train.train(cfg)` in this process, world of 1 in a gloo process group of its own (as a rank "
-             "of a multi-GPU job has one; without it pipeline.dist's collectives skip their reads), CPU: "
+             "`pipeline.train.loop.train(cfg)` in this process, world of 1 in a gloo process group of its own (as a "
+             "rank of a multi-GPU job has one; without it pipeline.dist's collectives skip their reads), CPU: "
              f"`{args.model}` on the digits "
              f"(`python -m data_prep synth --kind cifar10` + `python -m data_prep cifar10`, 1,500 train / 297 test), "
              f"data.backend={args.sync_backend}, batch 64, {steps} steps; logging.every_steps={every_log} (a logged "
