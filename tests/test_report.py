@@ -18,6 +18,7 @@ from pipeline.report.figures import figure_size
 from pipeline.report.reading import ReportError
 from pipeline.report.write import write_report
 from pipeline.run.layout import RunDir
+from pipeline.run.logger import read_metrics
 from pipeline.tables.spec import PlannedRun, planned_runs
 from tests.report_fixtures import write_run
 
@@ -92,16 +93,43 @@ def test_the_cli_explains_a_bad_table(tmp_path):
     assert "row 0 (X) names a run config that does not exist: ../nowhere/resnet.yaml" in proc.stderr
 
 
-def _non_white_fraction(path: Path) -> float:
-    pixels = np.asarray(Image.open(path).convert("L"))
-    return float((pixels < 250).mean())
+def _saved_figures(monkeypatch) -> list:
+    """Every matplotlib figure saved from here on, kept as it was drawn: the lines, legends and titles that its
+    PNG shows, to be read back by what they hold rather than by counting pixels. The real savefig still writes."""
+    from matplotlib.figure import Figure
+
+    saved, savefig = [], Figure.savefig
+
+    def keep(figure, *args, **kwargs):
+        saved.append(figure)
+        return savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return saved
 
 
-def test_fig6_curves_are_drawn_per_panel(tmp_path):
+def _logged(run_dir: Path, metric: str) -> list:
+    return [(record["step"], record[metric]) for record in read_metrics(run_dir) if metric in record]
+
+
+def _curves_by_legend_entry(ax) -> dict:
+    """A panel's legend entries, each with the lines drawn in its colour as (line style, points)."""
+    from matplotlib.colors import to_hex
+
+    legend = ax.get_legend()
+    colours = {text.get_text(): to_hex(handle.get_color())
+               for handle, text in zip(legend.legend_handles, legend.get_texts())}
+    return {entry: sorted((line.get_linestyle(), [tuple(point) for point in line.get_xydata().tolist()])
+                          for line in ax.get_lines() if to_hex(line.get_color()) == colour)
+            for entry, colour in colours.items()}
+
+
+def test_fig6_curves_are_drawn_per_panel(tmp_path, monkeypatch):
     runs = _runs("fig6.yaml", tmp_path)
     for label, error in (("plain-20", 9.0), ("plain-56", 13.0), ("ResNet-20", 8.5), ("ResNet-110", 6.5)):
         write_run(runs[(label, 0)], final_error=error)
     write_run(runs[("ResNet-1202", 0)], steps=400, active=True)
+    figures = _saved_figures(monkeypatch)
 
     markdown_path, png = write_report(TABLES / "fig6.yaml", tmp_path, tmp_path / "report")
     markdown = markdown_path.read_text()
@@ -111,15 +139,37 @@ def test_fig6_curves_are_drawn_per_panel(tmp_path):
     assert _row(markdown, "ResNet-1202")[-2:] == ["running at step 400 of 1000 (40%)", "none"]
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size == figure_size("curves", panels=3)
-    assert _non_white_fraction(png) > 0.02  # axes, curves and legends were drawn
+
+    # Each row with a run: its training error dashed and its testing error solid, in its own colour, through every
+    # point its run logged (the running ResNet-1202's up to step 400); each row without one: no line, and its legend
+    # entry says so. The two line styles are named last, in Fig. 6's caption's words, with no line of their own.
+    def drawn(label: str) -> list:
+        run_dir = runs[(label, 0)].run_dir
+        return sorted([("--", _logged(run_dir, "train_top1_error")), ("-", _logged(run_dir, "val_top1_error"))])
+
+    assert [len(points) for _, points in drawn("ResNet-1202")] == [4, 8]  # val at 100..400, train at 50..400
+    styles = {"dashed lines: training error": [], "bold lines: testing error": []}
+    expected = {
+        "plain": {"plain-20": drawn("plain-20"), "plain-32 (no data yet)": [], "plain-44 (no data yet)": [],
+                  "plain-56": drawn("plain-56"), **styles},
+        "residual": {"ResNet-20": drawn("ResNet-20"), "ResNet-32 (no data yet)": [], "ResNet-44 (no data yet)": [],
+                     "ResNet-56 (no data yet)": [], "ResNet-110": drawn("ResNet-110"), **styles},
+        "deep": {"ResNet-110": drawn("ResNet-110"), "ResNet-1202": drawn("ResNet-1202"), **styles},
+    }
+    (figure,) = figures
+    assert [ax.get_title() for ax in figure.axes] == list(expected)
+    for ax in figure.axes:
+        assert _curves_by_legend_entry(ax) == expected[ax.get_title()], ax.get_title()
 
 
-def test_fig7_layer_responses_figure(tmp_path):
+def test_fig7_layer_responses_figure(tmp_path, monkeypatch):
     runs = _runs("fig7.yaml", tmp_path)
     rng = np.random.default_rng(0)
-    write_run(runs[("plain-20", 0)], responses=list(rng.uniform(0.5, 2.0, 19)))
-    write_run(runs[("ResNet-20", 0)], responses=list(rng.uniform(0.3, 1.0, 19)))
+    responses = {"plain-20": rng.uniform(0.5, 2.0, 19).tolist(), "ResNet-20": rng.uniform(0.3, 1.0, 19).tolist()}
+    for label, stds in responses.items():
+        write_run(runs[(label, 0)], responses=stds)
     write_run(runs[("ResNet-56", 0)])  # trained, responses not measured yet
+    figures = _saved_figures(monkeypatch)
 
     markdown_path, png = write_report(TABLES / "fig7.yaml", tmp_path, tmp_path / "report")
     markdown = markdown_path.read_text()
@@ -129,7 +179,20 @@ def test_fig7_layer_responses_figure(tmp_path):
     assert f"python -m pipeline.evaluate {tmp_path / 'cifar10-resnet56-seed0'} --layer-responses" in markdown
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size == figure_size("responses")
-    assert _non_white_fraction(png) > 0.02
+
+    # Top: each measured row's stds in layer order (layers 1 to 19); a row without them is an empty line named so.
+    (figure,) = figures
+    by_layer, by_size = figure.axes
+    assert {line.get_label(): line.get_xydata().tolist() for line in by_layer.get_lines()} == {
+        "plain-20": [[layer, std] for layer, std in enumerate(responses["plain-20"], start=1)],
+        "plain-56 (no data yet)": [],
+        "ResNet-20": [[layer, std] for layer, std in enumerate(responses["ResNet-20"], start=1)],
+        "ResNet-56 (no data yet)": [], "ResNet-110 (no data yet)": []}
+    # Bottom: the same rows in the same colours, each row's stds sorted in descending order.
+    assert len(by_size.get_lines()) == len(by_layer.get_lines())
+    for top, bottom in zip(by_layer.get_lines(), by_size.get_lines()):
+        assert bottom.get_color() == top.get_color(), top.get_label()
+        assert bottom.get_ydata().tolist() == sorted(top.get_ydata().tolist(), reverse=True), top.get_label()
 
 
 def test_the_cli_shows_table6_in_the_papers_form(tmp_path):
