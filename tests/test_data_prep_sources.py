@@ -6,7 +6,9 @@ import json
 import os
 import pickle
 import shutil
+from collections import Counter
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import pytest
@@ -140,6 +142,29 @@ def test_folder_source_with_train_val(tmp_path: Path) -> None:
     assert m.splits["train"].rejected == 3 and len(m.splits["train"].shards) == 2
 
 
+def _raw_cifar_training_images(batches: Path, kind: str) -> np.ndarray:
+    """The training images of the batches the test wrote, in file order (N x 32 x 32 x 3 uint8, HWC): read with
+    plain pickle, apart from data_prep's reader."""
+    files = sorted(batches.glob("data_batch_*")) if kind == "cifar10" else [batches / "train"]
+    data = np.concatenate([pickle.loads(f.read_bytes())[b"data"] for f in files])
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # rows are R, G, B planes
+
+
+def _shard_images(split) -> List[np.ndarray]:
+    """The decoded images of one split's shards (CIFAR's are lossless PNG)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    images = []
+    for shard in split.shards:
+        with tarfile.open(shard.tar) as tar:
+            images += [np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
+                       for member in tar if member.name.endswith(".png")]
+    return images
+
+
 @pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
 def test_cifar_splits_and_exact_stats(tmp_path: Path, kind: str) -> None:
     d = synth_cifar(tmp_path / "raw", kind, per_class=20)
@@ -149,10 +174,25 @@ def test_cifar_splits_and_exact_stats(tmp_path: Path, kind: str) -> None:
     assert m.image_ext == "png" and set(m.splits) == {"train", "val", "test"}
     assert m.splits["train"].num_samples == 200 - 50 and m.splits["val"].num_samples == 50
     assert m.splits["test"].num_samples == 40 and m.num_classes == (10 if kind == "cifar10" else 100)
+
+    # The statistics are those of the training split alone: the raw training images less the 50 that --val-size
+    # carved out (found by their pixels among the val shards' images, one raw image each).
+    raw = _raw_cifar_training_images(d, kind)
+    held_out = Counter(image.tobytes() for image in _shard_images(m.splits["val"]))
+    train = []
+    for image in raw:
+        if held_out[image.tobytes()] > 0:
+            held_out[image.tobytes()] -= 1
+        else:
+            train.append(image)
+    assert len(raw) == 200 and not +held_out, "a val image that is not one of the raw training images"
+    pixels = np.stack(train).astype(np.float64)
+    assert m.stats.num_images == len(pixels) == 150
     mean_image = np.load(m.stats.mean_image)
     assert mean_image.shape == (32, 32, 3) and mean_image.dtype == np.float32
-    np.testing.assert_allclose(mean_image.mean((0, 1)), m.stats.mean, rtol=1e-5)
-    assert m.stats.num_images == 150
+    np.testing.assert_allclose(mean_image, pixels.mean(0), rtol=1e-6)  # per pixel and channel
+    np.testing.assert_allclose(m.stats.mean, pixels.mean((0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(m.stats.std, pixels.std((0, 1, 2)), rtol=1e-6)
 
 
 def test_cifar_pickle_that_runs_code_is_refused(tmp_path: Path, capsys) -> None:
