@@ -71,9 +71,11 @@ def test_resume_with_another_world_size_replays_the_epoch(killed_runs, digits_da
     # ...and the run ends at the schedule's last step in the epoch an uninterrupted run ends in.
     results = json.loads((run_dir / "results.json").read_text())["train"]
     assert (results["step"], results["epoch"]) == (TOTAL, TOTAL // steps_per_epoch)
-    assert results["world_size"] == after if "world_size" in results else True
-    placement = sorted(p.name for p in (run_dir / "ranks").iterdir())
-    assert len(placement) >= after
+    # The resumed start trained on `after` ranks (results.json does not say: its start record and ranks/ do): the
+    # first start's record says 2, the resumed one's `after`, and each of its ranks recorded that world.
+    assert [r["world_size"] for r in records if r.get("event") == "start"] == [2, after]
+    placement = [json.loads((run_dir / "ranks" / f"rank-{r:05d}.json").read_text()) for r in range(after)]
+    assert [(p["rank"], p["world_size"]) for p in placement] == [(r, after) for r in range(after)]
 
 
 def test_deepspeed_zero_refuses_another_world_size_and_says_what_to_do(digits_dataset, tmp_path):
