@@ -1,6 +1,6 @@
 """The kill soak, short: 5 interruptions, one of each kind (a rank SIGKILLed; USR2 and SIGTERM to every process of
 the run, W&B's service included; every process killed and the newest checkpoint cut in half; a second start of the
-same command, refused by the run's lock), resumed, bitwise.
+same command, refused by the run's lock), resumed, bitwise (weights and optimizer state).
 
 The recorded soak (K=20 DDP, K=10 DeepSpeed) is `benchmarks/kill_soak.py`; this runs the same script.
 """
@@ -13,7 +13,7 @@ import sys
 
 from pipeline.run.logger import read_metrics
 from tests.support.wandb_offline import offline_runs
-from tests.train_support import REPO, env
+from tests.train_support import REPO, assert_bitwise_equal, env, final_state
 
 
 def test_five_interruptions_of_every_kind_resume_to_identical_weights(digits_dataset, tmp_path):
@@ -35,6 +35,10 @@ def test_five_interruptions_of_every_kind_resume_to_identical_weights(digits_dat
     total = json.loads(next(line for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                             if '"start"' in line))["total_steps"]
     assert [m["step"] for m in read_metrics(run_dir) if "loss" in m] == list(range(1, total + 1))
+    # The soak's "identical" compares the final weights; what training would go on from must be equal too: the
+    # optimizer state (SGD's momentum) of the last checkpoint, against the uninterrupted run's.
+    whole = tmp_path / "runs" / "ddp-whole" / "run"
+    assert_bitwise_equal(final_state(whole, total), final_state(run_dir, total), "weights and optimizer state")
     runs = offline_runs(run_dir)
     assert len({r.run_id for r in runs if r.run_id}) == 1
     sent = [[row["_step"] for row in r.history if "loss" in row] for r in runs]

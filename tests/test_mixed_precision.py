@@ -36,7 +36,8 @@ from pipeline.engine.deepspeed_engine import DEEPSPEED_TAG
 from pipeline.engine.weights import load_weights
 from pipeline.models import build as build_model
 from pipeline.run.logger import read_metrics
-from tests.train_support import DEMO_CONFIG, REPO, env, final_weights, kill_when, small_run, train
+from tests.train_support import (DEMO_CONFIG, REPO, assert_bitwise_equal, env, final_state, kill_when, optimizer_state,
+                                 small_run, train)
 
 pytestmark = pytest.mark.slow
 
@@ -171,29 +172,6 @@ def checkpoint(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:09d}"
 
 
-def deepspeed_optimizer_state(checkpoint_dir: Path) -> list[dict]:
-    """DeepSpeed's optimizer wrapper state: one record per file (ZeRO 1: one per rank's partition)."""
-    folder = checkpoint_dir / DEEPSPEED_TAG
-    partitions = sorted(folder.glob("*_optim_states.pt"))
-    if partitions:
-        return [torch.load(p, weights_only=False)["optimizer_state_dict"] for p in partitions]
-    return [torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["optimizer"]]
-
-
-def tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every tensor in a nested state (dicts, lists), by its path: to compare two states bitwise."""
-    if isinstance(state, torch.Tensor):
-        return {prefix: state}
-    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
-    return {path: t for key, value in items for path, t in tensors(value, f"{prefix}/{key}").items()}
-
-
-def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
-    assert a and a.keys() == b.keys(), what
-    different = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
-    assert not different, f"{what}: {different[:5]}"
-
-
 # --- bf16: both engines learn and resume bitwise -----------------------------------------------------------
 
 @pytest.mark.parametrize("cell", ["ddp-bf16", "deepspeed-bf16-zero0", "deepspeed-bf16-zero1"])
@@ -213,7 +191,7 @@ def test_bf16_learns(whole_run, cell):
         assert state["scaler"] == {}  # disabled: bf16 has fp32's range
     elif cell.endswith("zero1"):
         # ZeRO 1: each rank's file holds its slice of the fp32 weights' optimizer state.
-        wrapper = deepspeed_optimizer_state(final)
+        wrapper = optimizer_state(final)
         assert sorted(p.name for p in (final / DEEPSPEED_TAG).glob("*_optim_states.pt")) == [
             f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)]
         assert [s["partition_count"] for s in wrapper] == [[2], [2]]
@@ -263,14 +241,7 @@ def test_bf16_killed_while_a_checkpoint_is_written_resumes_bitwise_identical(who
     assert [c.step for c in store.complete()] == [8, 16, 23]
     log = train(2, overrides)
     assert "resuming" in log and "from step 23" in log
-    if cell.startswith("ddp"):
-        assert_bitwise_equal(final_weights(whole, 40), final_weights(broken, 40), "weights")
-        a, b = (torch.load(checkpoint(d, 40) / "state.pt", weights_only=False)["optimizer"] for d in (whole, broken))
-        assert_bitwise_equal(tensors(a), tensors(b), "optimizer state")
-    else:
-        assert_bitwise_equal(load_weights(checkpoint(whole, 40)), load_weights(checkpoint(broken, 40)), "weights")
-        a, b = (deepspeed_optimizer_state(checkpoint(d, 40)) for d in (whole, broken))
-        assert_bitwise_equal(tensors(a), tensors(b), "optimizer state (fp32 master weights, momentum)")
+    assert_bitwise_equal(final_state(whole, 40), final_state(broken, 40), "weights and optimizer state")
     # The losses logged after the checkpoint it resumed from are the uninterrupted run's (from the first whole
     # logging window: the record of step 24 averages steps 23-24 in one run and step 24 alone in the resumed one).
     after = lambda d: {m["step"]: m["loss"] for m in read_metrics(d) if "loss" in m and m["step"] > 24}

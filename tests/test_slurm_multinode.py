@@ -21,7 +21,7 @@ from pipeline.engine.weights import load_weights
 from pipeline.run.logger import read_metrics
 from tests.slurm_support import job_logs, queue_state, require_minicluster, submit, wait_finished, wait_for
 from tests.support.wandb_offline import offline_runs
-from tests.train_support import small_run
+from tests.train_support import assert_bitwise_equal, final_state, small_run
 
 pytestmark = pytest.mark.slow
 
@@ -49,10 +49,6 @@ def uninterrupted(digits_dataset, tmp_path_factory):
         submit(runs[engine], overrides(digits_dataset, root / engine, engine), *TWO_NODES)
     wait_finished(runs.values(), timeout=1200)
     return runs
-
-
-def final_weights(run_dir: Path) -> dict:
-    return load_weights(run_dir / "checkpoints" / f"step-{TOTAL:09d}")
 
 
 @pytest.mark.parametrize("engine", list(ENGINES))
@@ -104,9 +100,8 @@ def test_two_node_job_requeued_mid_run_saves_resumes_and_ends_bitwise_equal(unin
     assert len({r.run_id for r in runs if r.run_id}) == 1
     assert [row["_step"] for row in runs[-1].history if "loss" in row] == list(range(2, TOTAL + 1, 2))
 
-    whole, resumed = final_weights(uninterrupted[engine]), final_weights(run_dir)
-    assert whole.keys() == resumed.keys()
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole), engine
+    assert_bitwise_equal(final_state(uninterrupted[engine], TOTAL), final_state(run_dir, TOTAL),
+                         f"{engine}: weights and optimizer state")
 
 
 def test_job_signalled_during_its_final_evaluation_requeues_and_ends_with_results(digits_dataset, tmp_path):

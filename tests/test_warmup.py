@@ -12,7 +12,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.config.schema import ScheduleConfig
 from pipeline.train.schedule import LRSchedule
-from tests.train_support import small_run, train, train_and_kill
+from tests.train_support import assert_bitwise_equal, final_state, small_run, train, train_and_kill
 
 
 def _schedule(**overrides) -> LRSchedule:
@@ -139,3 +139,4 @@ def test_training_warms_up_until_the_logged_error_is_below_threshold_and_resume_
     resumed, resumed_ended = _records(broken / "t")
     assert resumed == logged
     assert resumed_ended == ended
+    assert_bitwise_equal(final_state(whole / "t", 32), final_state(broken / "t", 32), "weights and optimizer state")

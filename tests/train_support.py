@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 from launch.submit.local import local_command, process_tree
+from pipeline.engine.deepspeed_engine import DEEPSPEED_TAG
+from pipeline.engine.weights import load_weights
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = str(REPO / "configs" / "demo" / "digits.yaml")
@@ -61,5 +63,46 @@ def kill_when(proc: subprocess.Popen, condition: Callable[[], bool], too_late: s
     proc.wait()
 
 
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:09d}"
+
+
 def final_weights(run_dir: Path, step: int) -> dict:
-    return torch.load(run_dir / "checkpoints" / f"step-{step:09d}" / "state.pt", weights_only=True)["model"]
+    return torch.load(checkpoint_dir(run_dir, step) / "state.pt", weights_only=True)["model"]
+
+
+def optimizer_state(checkpoint: Path) -> List[dict]:
+    """The optimizer's state in a checkpoint of either engine, one record per file that holds some: DDP's
+    `state.pt`; DeepSpeed's own files, ZeRO 0's beside the weights, ZeRO >= 1's one per rank (its partition)."""
+    folder = checkpoint / DEEPSPEED_TAG
+    if not folder.is_dir():
+        return [torch.load(checkpoint / "state.pt", weights_only=False)["optimizer"]]
+    partitions = sorted(folder.glob("*_optim_states.pt"))
+    if partitions:
+        return [torch.load(p, weights_only=False)["optimizer_state_dict"] for p in partitions]
+    return [torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["optimizer"]]
+
+
+def tensors(state, prefix: str = "") -> Dict[str, torch.Tensor]:
+    """Every tensor in a nested state (dicts, lists), by its path: to compare two states bitwise."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return {path: t for key, value in items for path, t in tensors(value, f"{prefix}/{key}").items()}
+
+
+def final_state(run_dir: Path, step: int) -> Dict[str, torch.Tensor]:
+    """What training carries on from, out of the run's checkpoint of `step`: every tensor of the weights (BN's
+    statistics included, under "model/") and of the optimizer state (under "optimizer/": SGD's momentum buffers,
+    DeepSpeed's fp32 master weights). A resume that equals the uninterrupted run holds the same in both."""
+    checkpoint = checkpoint_dir(run_dir, step)
+    state = {**tensors(load_weights(checkpoint), "model"), **tensors(optimizer_state(checkpoint), "optimizer")}
+    # Without momentum buffers the comparison would be of the weights alone (SGD keeps none before its first step).
+    assert any(path.endswith("/momentum_buffer") for path in state), f"{checkpoint}: no SGD momentum buffers"
+    return state
+
+
+def assert_bitwise_equal(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], what: str) -> None:
+    assert a and a.keys() == b.keys(), what
+    different = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
+    assert not different, f"{what}: {different[:5]}"
