@@ -1,6 +1,6 @@
 """Shared by the SLURM tests: the real minicluster (2 nodes), submitting through `launch`, waiting on jobs.
 
-Under CI (`CI=true`, where `.ci/run` installs slurm-wlm) a cluster that cannot start fails the tests
+Under CI (`CI=true`, where `.ci/run` installs slurm-wlm) a cluster that is missing or cannot start fails the tests
 instead of skipping them. Every SLURM test runs on the same 2-node cluster: one-node jobs take one node
 of it, multi-node jobs both.
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ci_support import skip_or_fail_under_ci
 from tests.train_support import DEMO_CONFIG, REPO
 
 NODES = 2
@@ -27,8 +28,8 @@ NODES = 2
 def require_minicluster():
     from launch import minicluster
 
-    if os.environ.get("CI") != "true" and (os.geteuid() != 0 or not shutil.which("slurmctld")):
-        pytest.skip("needs root and Debian's slurm-wlm (apt-get install slurm-wlm munge)")
+    if os.geteuid() != 0 or not shutil.which("slurmctld"):
+        skip_or_fail_under_ci("needs root and Debian's slurm-wlm (apt-get install slurm-wlm munge)")
     return minicluster.up(nodes=NODES)
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from pipeline.checkpoint.store import CheckpointStore
 from pipeline.dist import exit_codes
+from tests.ci_support import skip_or_fail_under_ci
 from tests.train_support import DEMO_CONFIG, REPO, env, small_run
 
 pytestmark = pytest.mark.slow
@@ -85,7 +86,7 @@ def small_disk(path: Path, megabytes: int):
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        skip_or_fail_under_ci(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         yield path
     finally:
