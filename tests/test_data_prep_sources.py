@@ -8,7 +8,6 @@ import pickle
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import pytest
@@ -150,7 +149,7 @@ def _raw_cifar_training_images(batches: Path, kind: str) -> np.ndarray:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # rows are R, G, B planes
 
 
-def _shard_images(split) -> List[np.ndarray]:
+def _shard_images(split) -> list[np.ndarray]:
     """The decoded images of one split's shards (CIFAR's are lossless PNG)."""
     import io
     import tarfile

@@ -37,8 +37,17 @@ from pipeline.engine.weights import load_weights
 from pipeline.models import build as build_model
 from pipeline.run.logger import read_metrics
 from tests.ci_support import skip_or_fail_under_ci
-from tests.train_support import (DEMO_CONFIG, REPO, assert_bitwise_equal, env, final_state, kill_when, optimizer_state,
-                                 small_run, train)
+from tests.train_support import (
+    DEMO_CONFIG,
+    REPO,
+    assert_bitwise_equal,
+    env,
+    final_state,
+    kill_when,
+    optimizer_state,
+    small_run,
+    train,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.engine.weights import load_weights
 from pipeline.run.logger import read_metrics
 from tests.slurm_support import job_logs, queue_state, require_minicluster, submit, wait_finished, wait_for
 from tests.support.wandb_offline import offline_runs

@@ -14,13 +14,20 @@ import pytest
 from pipeline import dist
 from pipeline.checkpoint.store import CheckpointStore
 from pipeline.config import load_config
-from pipeline.engine.weights import load_weights
 from pipeline.evaluate.job import evaluate_run
 from pipeline.run.logger import read_metrics
 from pipeline.train.loop import train as train_in_process
 from pipeline.train.outcome import Finished, Interrupted
-from tests.train_support import (DEMO_CONFIG, REPO, assert_bitwise_equal, env, final_state, small_run, train,
-                                 train_and_kill)
+from tests.train_support import (
+    DEMO_CONFIG,
+    REPO,
+    assert_bitwise_equal,
+    env,
+    final_state,
+    small_run,
+    train,
+    train_and_kill,
+)
 
 pytestmark = pytest.mark.slow
 

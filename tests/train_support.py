@@ -71,7 +71,7 @@ def final_weights(run_dir: Path, step: int) -> dict:
     return torch.load(checkpoint_dir(run_dir, step) / "state.pt", weights_only=True)["model"]
 
 
-def optimizer_state(checkpoint: Path) -> List[dict]:
+def optimizer_state(checkpoint: Path) -> list[dict]:
     """The optimizer's state in a checkpoint of either engine, one record per file that holds some: DDP's
     `state.pt`; DeepSpeed's own files, ZeRO 0's beside the weights, ZeRO >= 1's one per rank (its partition)."""
     folder = checkpoint / DEEPSPEED_TAG
@@ -83,7 +83,7 @@ def optimizer_state(checkpoint: Path) -> List[dict]:
     return [torch.load(folder / "mp_rank_00_model_states.pt", weights_only=False)["optimizer"]]
 
 
-def tensors(state, prefix: str = "") -> Dict[str, torch.Tensor]:
+def tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
     """Every tensor in a nested state (dicts, lists), by its path: to compare two states bitwise."""
     if isinstance(state, torch.Tensor):
         return {prefix: state}
@@ -91,7 +91,7 @@ def tensors(state, prefix: str = "") -> Dict[str, torch.Tensor]:
     return {path: t for key, value in items for path, t in tensors(value, f"{prefix}/{key}").items()}
 
 
-def final_state(run_dir: Path, step: int) -> Dict[str, torch.Tensor]:
+def final_state(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     """What training carries on from, out of the run's checkpoint of `step`: every tensor of the weights (BN's
     statistics included, under "model/") and of the optimizer state (under "optimizer/": SGD's momentum buffers,
     DeepSpeed's fp32 master weights). A resume that equals the uninterrupted run holds the same in both."""
@@ -102,7 +102,7 @@ def final_state(run_dir: Path, step: int) -> Dict[str, torch.Tensor]:
     return state
 
 
-def assert_bitwise_equal(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], what: str) -> None:
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
     assert a and a.keys() == b.keys(), what
     different = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
     assert not different, f"{what}: {different[:5]}"
