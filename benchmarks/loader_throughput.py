@@ -59,8 +59,8 @@ def make_shards(out: Path, images: int, source: str) -> Path:
         subprocess.run([sys.executable, "-m", "data_prep", "imagenet", "--src", str(src), "--out", str(out)], **run)
         return out
     except (ImportError, subprocess.CalledProcessError) as e:
-        print(f"(shards from tests/data_loader_fixtures.py: {e})")
-    from tests.data_loader_fixtures import make_dataset
+        print(f"(shards from tests/support/loaders.py: {e})")
+    from tests.support.loaders import make_dataset
 
     half = images // 2
     return make_dataset(out, "imagenet", {"train": [half, images - half], "test": [8]}, num_classes=8,

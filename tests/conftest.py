@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def trained_digits(digits_dataset, tmp_path_factory) -> tuple:
     """The demo's run trained to its end on 2 DDP ranks: (its run directory, the training's output). Evaluated in
     batches of 40 per rank, so that every rank of a 3-rank evaluation has several. Tests that change the run
     directory work on a copy. W&B off: this is what the net learns; W&B offline is the stop and resume tests'."""
-    from tests.train_support import train
+    from tests.support.training import train
 
     out = tmp_path_factory.mktemp("trained")
     log = train(2, [f"data.root={digits_dataset}", f"run.out_dir={out}", "data.eval_batch_per_gpu=40",

@@ -4,8 +4,11 @@ lines. (The dependency rules themselves are import-linter's, run by `make lint`.
 
 import ast
 import re
+import subprocess
+import sys
+from pathlib import Path
 
-from tests.train_support import REPO
+from tests.support import REPO
 
 PYTHON_TREES = ("data_prep", "pipeline", "launch")
 LAYOUT = REPO / "pipeline" / "run" / "layout.py"
@@ -90,3 +93,12 @@ def test_packages_say_what_they_own_and_modules_stay_small():
             assert lines <= MAX_LINES, f"{path.relative_to(REPO)}: {lines} lines"
     top = [p.name for p in (REPO / "pipeline").glob("*.py")]
     assert len(top) <= 6, top  # the library's concerns are its packages
+
+
+def test_the_dependency_rules_hold():
+    """import-linter's contracts (pyproject.toml: pipeline never imports launch, data_prep neither, the layers of
+    pipeline/ and launch/, no cycle between siblings anywhere) hold on the tree as it is: `make lint` runs them
+    too, and this keeps them in the suite."""
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    proc = subprocess.run([str(lint_imports)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0 and "0 broken" in proc.stdout, proc.stdout[-3000:] + proc.stderr

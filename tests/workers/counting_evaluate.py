@@ -1,5 +1,5 @@
-"""Run under torchrun by tests/test_evaluate.py: `pipeline.evaluate`'s centre evaluation of a run, counting the
-host syncs inside the evaluation loop and its batches on each rank.
+"""Run under torchrun by tests/pipeline/evaluate/test_evaluate.py: `pipeline.evaluate`'s centre evaluation of a run,
+counting the host syncs inside the evaluation loop and its batches on each rank.
 
     python -m torch.distributed.run ... -m tests.workers.counting_evaluate OUT RUN_DIR [pipeline.evaluate options]
 
@@ -14,7 +14,7 @@ import pipeline.evaluate.job as evaluate_job
 from pipeline.dist import dist_info_from_env
 from pipeline.evaluate import protocols
 from pipeline.evaluate.__main__ import main as evaluate_main
-from tests.host_syncs import HostSyncs
+from tests.support.host_syncs import HostSyncs
 
 
 def counting(seen: dict):

@@ -1,4 +1,5 @@
-"""Run under torchrun by tests/test_engine.py: a few steps of a small CIFAR ResNet on a learnable toy task.
+"""Run under torchrun by tests/pipeline/engine/test_engine.py: a few steps of a small CIFAR ResNet on a learnable
+toy task.
 
 Writes `<out>/rank<r>.json` with the losses and a checksum of the final weights.
 """

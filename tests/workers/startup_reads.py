@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_data_loaders.py: what each rank reads of a dataset when training opens it.
+"""Run under torchrun by tests/pipeline/data/test_loaders.py: what each rank reads of a dataset when training opens it.
 
     python -m torch.distributed.run ... -m tests.workers.startup_reads OUT ROOT [ROOT ...]
 
@@ -19,7 +19,7 @@ from pipeline import dist
 from pipeline.config import load_config
 from pipeline.dist import dist_info_from_env
 from pipeline.train.setup import open_data
-from tests.train_support import DEMO_CONFIG
+from tests.support import DEMO_CONFIG
 
 
 def main(out: str, *roots: str) -> None:

@@ -1,0 +1,189 @@
+"""`python -m launch local` for real: Ctrl-C makes the ranks save and stop, a second Ctrl-C kills them, none is
+left; a second start into the same run directory is refused while the first runs. W&B is offline, as users run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pipeline.checkpoint.store import CheckpointStore
+from pipeline.dist.exit_codes import HUNG, LOCKED
+from pipeline.dist.exit_codes import INTERRUPTED as EXIT_INTERRUPTED
+from pipeline.run.logger import read_metrics
+from tests.support import DEMO_CONFIG, REPO
+from tests.support.training import env, small_run
+from tests.support.wandb_offline import offline_runs
+
+pytestmark = pytest.mark.slow
+
+
+def launch_local(overrides: list[str], log: Path) -> subprocess.Popen:
+    """The launcher in a session of its own, as a terminal runs it: its process group is what Ctrl-C signals."""
+    return subprocess.Popen([sys.executable, "-m", "launch", "local", DEMO_CONFIG, *overrides, "--nproc", "2"],
+                            cwd=REPO, env=env(), start_new_session=True, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+
+
+def wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the launcher ended (code {proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.1)
+
+
+def processes_of(marker: str) -> list[str]:
+    """Every process whose command line mentions `marker` (the test's own directory: only this run's)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue  # it ended while we looked
+        if any(marker.encode() in a for a in args) and int(cmdline.parent.name) != os.getpid():
+            found.append(f"{cmdline.parent.name}: {b' '.join(args)[:200].decode(errors='replace')}")
+    return found
+
+
+def assert_none_left(marker: str, grace_s: float = 10) -> None:
+    """None of the run's processes outlives its launcher (a rank's helpers get a moment to notice)."""
+    deadline = time.monotonic() + grace_s
+    while processes_of(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not processes_of(marker), f"left behind: {processes_of(marker)}"
+
+
+def kill_leftovers(marker: str) -> None:
+    """Whatever happened, take nothing of this run past the test (these machines are shared)."""
+    for line in processes_of(marker):
+        try:
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def training_steps(run_dir: Path) -> Callable[[], bool]:
+    return lambda: any("loss" in m for m in read_metrics(run_dir))
+
+
+def overrides_of(digits_dataset: Path, out: Path, *extra: str) -> list[str]:
+    # Far more steps than any test waits for: only a signal ends this run.
+    return small_run(digits_dataset, out, "logging.wandb_mode=offline", "schedule.total=100000",
+                     "schedule.milestones=[90000]", "checkpoint.every_steps=0", *extra)
+
+
+def test_ctrl_c_saves_a_checkpoint_stops_every_rank_and_the_run_resumes(digits_dataset, tmp_path):
+    out, run_dir = tmp_path / "runs", tmp_path / "runs" / "t"
+    overrides = overrides_of(digits_dataset, out)
+    proc = launch_local(overrides, tmp_path / "launch.log")
+    try:
+        wait_for(training_steps(run_dir), "training step", proc)
+        # The same command again, while the first trains: refused with one line naming it, writing nothing.
+        holder = json.loads((run_dir / "run.lock").read_text())
+        config_before = (run_dir / "config.yaml").read_bytes()
+        second = subprocess.run([sys.executable, "-m", "launch", "local", DEMO_CONFIG, *overrides, "--nproc", "2"],
+                                cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+        assert second.returncode == LOCKED, second.stderr[-4000:]
+        assert "Traceback" not in second.stderr and second.stdout == ""
+        errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and f"pid {holder['pid']}" in errors[0] and "already being trained" in errors[0]
+        assert second.stderr.strip() == errors[0], second.stderr  # nothing else either: no agent log, no rank's
+        assert (run_dir / "config.yaml").read_bytes() == config_before
+        assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1  # no W&B run of its own
+        assert proc.poll() is None  # the first one trains on
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        code = proc.wait(timeout=180)
+        log = (tmp_path / "launch.log").read_text()
+        assert code == EXIT_INTERRUPTED, log[-4000:]
+        assert_none_left(str(out))
+    finally:
+        kill_leftovers(str(out))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    stops = [m for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGTERM"]
+    assert len(stops) == 1, log[-4000:]
+    step = stops[0]["step"]
+    assert 0 < step < 100000 and step % 10 == 0  # the ranks agree every `check_every_steps` steps
+    checkpoint = run_dir / "checkpoints" / f"step-{step:09d}"
+    assert json.loads((checkpoint / "COMPLETE").read_text())["step"] == step
+    assert {"rank-00000.pt", "rank-00001.pt", "state.pt"} <= {p.name for p in checkpoint.iterdir()}
+
+    # The same command resumes there (told to end sooner, so that the test ends).
+    again = subprocess.run([sys.executable, "-m", "launch", "local", DEMO_CONFIG, *overrides,
+                            f"schedule.total={step + 4}", "--nproc", "2"],
+                           cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert f"from step {step}" in again.stderr
+    assert json.loads((run_dir / "results.json").read_text())["train"]["step"] == step + 4
+    # One training wrote this directory at a time: every step logged once, in order, one W&B run.
+    steps = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
+    assert steps == list(range(2, step + 5, 2))
+    assert len({r.run_id for r in offline_runs(run_dir)}) == 1 and not (run_dir / "run.lock").exists()
+
+
+def test_a_second_ctrl_c_kills_every_rank_at_once(digits_dataset, tmp_path):
+    out, run_dir = tmp_path / "runs", tmp_path / "runs" / "t"
+    log = tmp_path / "launch.log"
+    # Ranks that would take long to reach a save: the second Ctrl-C must not wait for it.
+    proc = launch_local(overrides_of(digits_dataset, out, "checkpoint.check_every_steps=100000"), log)
+    try:
+        wait_for(training_steps(run_dir), "training step", proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        # Two signals at the same instant may reach the launcher as one: the second follows the first's reply.
+        wait_for(lambda: "Ctrl-C again" in log.read_text(), "reply to the first Ctrl-C", proc, timeout=60)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=60)
+        assert code == 128 + signal.SIGINT, log.read_text()[-4000:]
+        assert_none_left(str(out))
+    finally:
+        kill_leftovers(str(out))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not any("stopped by" in str(m.get("event")) for m in read_metrics(run_dir))
+
+
+def test_a_rank_stopped_by_sigstop_ends_the_run_within_the_hang_timeout_and_the_next_start_resumes(digits_dataset,
+                                                                                                  tmp_path):
+    """A hung rank (SIGSTOP: alive, silent) mid-training: the other's next collective gives up after
+    engine.hang_timeout_minutes, it exits with HUNG and one line, the launcher ends the stopped one (after torch's
+    30-s grace), nothing is left; the same command resumes from the last checkpoint. W&B offline, as by default."""
+    out, run_dir = tmp_path / "runs", tmp_path / "runs" / "t"
+    hang_timeout_s = 12
+    overrides = overrides_of(digits_dataset, out, f"engine.hang_timeout_minutes={hang_timeout_s / 60}",
+                             "checkpoint.every_steps=8")
+    log = tmp_path / "launch.log"
+    proc = launch_local(overrides, log)
+    try:
+        first = run_dir / "checkpoints" / f"step-{8:09d}" / "COMPLETE"
+        wait_for(first.exists, "first checkpoint", proc)
+        hung = json.loads((run_dir / "ranks" / "rank-00001.json").read_text())["pid"]
+        os.kill(hung, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        code = proc.wait(timeout=600)
+        took = time.monotonic() - stopped_at
+        text = log.read_text()
+        assert code == HUNG, text[-4000:]
+        assert_none_left(str(out))
+    finally:
+        kill_leftovers(str(out))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"waited {hang_timeout_s / 60:g} min (engine.hang_timeout_minutes)" in errors[0], text
+    # The hang timeout, then torch's agent gives the stopped rank 30 s to end on SIGTERM before its SIGKILL; the
+    # rest is this machine's slack (a timing bound on purpose: the failure it guards against is the 30-min default).
+    assert took < hang_timeout_s + 30 + 60, took
+
+    complete = CheckpointStore(run_dir / "checkpoints").latest()
+    again = subprocess.run([sys.executable, "-m", "launch", "local", DEMO_CONFIG, *overrides,
+                            f"schedule.total={complete.step + 4}", "--nproc", "2"],
+                           cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    assert f"from step {complete.step}" in again.stderr

@@ -1,0 +1,132 @@
+"""launch on the real minicluster, one-node jobs: time-outs, sweeps, data_prep arrays, evaluation jobs.
+
+Jobs run for real through submitit's sbatch/srun. Preemption (USR2) mid-run and during the final
+evaluation is tested on 2-node jobs in `test_slurm_multinode.py`.
+"""
+
+import filecmp
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.run.logger import read_metrics
+from tests.support import DEMO_CONFIG
+from tests.support.slurm import (
+    job_logs,
+    job_state,
+    launch,
+    queue_state,
+    require_minicluster,
+    submit,
+    wait_finished,
+    wait_for,
+)
+from tests.support.training import small_run, train
+from tests.support.wandb_offline import offline_runs
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+CPU_JOB = ["--gpus-per-node", "0", "--tasks-per-node", "2", "--cpus-per-task", "1"]
+
+
+def test_job_with_too_short_time_limit_times_out_requeues_and_finishes(digits_dataset, tmp_path):
+    require_minicluster()
+    run_dir = tmp_path / "t"
+    # SLURM's limit is whole minutes: 1 minute, with USR2 15 s (or, SLURM's timers being coarse, up to
+    # ~30 s) before it. 1,200 steps take ~100 s on an idle 2-core machine (0.08 s a step), so the first
+    # allocation runs out of time even on a machine twice as fast (50 s of steps after its start-up). Once
+    # it has, the test raises the job's limit, so the requeued job finishes however slow the machine is:
+    # the test waits on events, not on a number of allocations.
+    overrides = small_run(digits_dataset, tmp_path, "schedule.total=1200", "schedule.milestones=[1000]",
+                          "logging.every_steps=50", "checkpoint.every_steps=100", "checkpoint.check_every_steps=2",
+                          "logging.wandb_mode=offline")
+    job = submit(run_dir, overrides, *CPU_JOB, "--time", "1", "--signal-delay-s", "15", "--max-requeues", "5")
+    timed_out = lambda: any(m.get("event") == "stopped by SIGUSR2" for m in read_metrics(run_dir))
+    wait_for(timed_out, "stop at the time limit", run_dir, timeout=600)
+    subprocess.run(["scontrol", "update", f"jobid={job}", "timelimit=30"], check=True)
+    wait_finished([run_dir], timeout=1500)
+    assert json.loads((run_dir / "results.json").read_text())["train"]["step"] == 1200
+    stop = next(m["step"] for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGUSR2")
+    assert 0 < stop < 1200 and f"resuming {run_dir} from step {stop}" in job_logs(run_dir)
+
+
+def test_sigterm_to_every_process_and_scancel_each_save_and_the_run_resumes(digits_dataset, tmp_path):
+    """SLURM's SIGTERM reaches every process of the job step, W&B's service among them (W&B offline, as users run):
+    `scancel --signal=TERM` (what a preemption sends) and `scancel` each end with a checkpoint at the signalled
+    step; neither job requeues itself (a cancelled job stays cancelled), and submitting the run again resumes."""
+    require_minicluster()
+    run_dir = tmp_path / "t"
+    overrides = small_run(digits_dataset, tmp_path, "schedule.total=160", "schedule.milestones=[150]",
+                          "checkpoint.check_every_steps=2", "logging.wandb_mode=offline")
+    stops = lambda: [m["step"] for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGTERM"]
+    for k, (how, final_state) in enumerate(((["--signal=TERM"], "COMPLETED"), ([], "CANCELLED"))):
+        job = submit(run_dir, overrides, *CPU_JOB, "--time", "10")
+        checkpoints_before = len(list((run_dir / "checkpoints").glob("step-*/COMPLETE")))
+        wait_for(lambda: len(list((run_dir / "checkpoints").glob("step-*/COMPLETE"))) > checkpoints_before,
+                 "a checkpoint of this start", run_dir)
+        subprocess.run(["scancel", *how, job], check=True)
+        wait_for(lambda: queue_state(job) == "", "the signalled job to leave the queue", run_dir)
+        assert job_state(job) == final_state, job_logs(run_dir)
+        assert len(stops()) == k + 1, job_logs(run_dir)
+        assert (run_dir / "checkpoints" / f"step-{stops()[-1]:09d}" / "COMPLETE").exists()  # nothing lost
+        assert not (run_dir / "results.json").exists()
+    submit(run_dir, overrides, *CPU_JOB, "--time", "10")
+    wait_finished([run_dir])
+    logs = job_logs(run_dir, tail=0)
+    assert all(f"resuming {run_dir} from step {step}" in logs for step in stops()), logs
+    assert "Traceback" not in logs and json.loads((run_dir / "results.json").read_text())["train"]["step"] == 160
+    # One W&B run over the three starts. The signalled starts' W&B services died with them, before writing what they
+    # held; the last start sent W&B those records again from metrics.jsonl: every step is there, once, in order.
+    runs = offline_runs(run_dir)
+    assert len({r.run_id for r in runs if r.run_id}) == 1
+    assert [row["_step"] for row in runs[-1].history if "loss" in row] == list(range(2, 161, 2))
+
+
+def test_sweep_runs_as_one_job_array_and_skips_finished_runs(digits_dataset, tmp_path):
+    require_minicluster()
+    table = tmp_path / "tiny.yaml"
+    rows = "\n".join(f"  - {{label: {name}, config: {DEMO_CONFIG}, overrides: [model.name={name}, run.name={name}]}}"
+                     for name in ("cifar_resnet8", "cifar_plain8", "cifar_resnet14"))
+    table.write_text(f"title: tiny\nkind: table\nmetrics: [top1_error]\nrows:\n{rows}\n")
+    common = [f"data.root={digits_dataset}", "schedule.unit=iteration", "schedule.total=10", "schedule.milestones=[]",
+              "eval.every_epochs=0", "logging.wandb_mode=disabled", "logging.every_steps=5"]
+    out = launch("sweep", str(table), *common, "--runs", str(tmp_path / "runs"), "--gpus-per-node", "0",
+                 "--tasks-per-node", "1", "--cpus-per-task", "1", "--array-parallelism", "2")
+    assert "job array" in out and "3 tasks" in out
+    run_dirs = sorted(d for d in (tmp_path / "runs").iterdir() if (d / "config.yaml").exists())
+    assert [d.name for d in run_dirs] == ["cifar_plain8-seed0", "cifar_resnet14-seed0", "cifar_resnet8-seed0"]
+    job_ids = {(d / "slurm_job_id").read_text().split("_")[0] for d in run_dirs}
+    assert len(job_ids) == 1  # one array
+    wait_finished(run_dirs)
+    again = launch("sweep", str(table), *common, "--runs", str(tmp_path / "runs"), "--gpus-per-node", "0",
+                   "--tasks-per-node", "1", "--cpus-per-task", "1")
+    assert "nothing to submit" in again and again.count("skip") == 3
+
+
+def test_data_prep_job_array_gives_the_same_shards(digits_dataset, tmp_path):
+    require_minicluster()
+    src = digits_dataset.parent / "raw" / "cifar-10-batches-py"
+    one, array = tmp_path / "one", tmp_path / "array"
+    subprocess.run([sys.executable, "-m", "data_prep", "cifar10", "--src", str(src), "--out", str(one),
+                    "--samples-per-shard", "200", "--no-progress"], check=True, capture_output=True)
+    launch("prep", "--num-tasks", "3", "--cpus-per-task", "1", "--wait", "--",
+           "cifar10", "--src", str(src), "--out", str(array), "--samples-per-shard", "200")
+    files = sorted(p.name for p in one.iterdir() if p.suffix in (".tar", ".idx") or p.name == "manifest.json")
+    assert len(files) > 5
+    match, mismatch, errors = filecmp.cmpfiles(one, array, files, shallow=False)
+    assert not mismatch and not errors, (mismatch, errors)
+
+
+def test_evaluation_runs_as_a_two_task_slurm_job(digits_dataset, tmp_path):
+    require_minicluster()
+    run_dir = tmp_path / "t"
+    train(1, small_run(digits_dataset, tmp_path, "schedule.total=10", "schedule.milestones=[]",
+                       "logging.wandb_mode=disabled"))
+    out = launch("evaluate", str(run_dir), "--slurm", "--wait", "--layer-responses", *CPU_JOB, "--time", "5")
+    assert "submitted evaluation job" in out and "297 samples" in out
+    results = json.loads((run_dir / "results.json").read_text())
+    evaluated = results["eval"]["center"]
+    assert evaluated["world_size"] == 2 and evaluated["samples"] == 297  # each test digit once over 2 tasks
+    assert evaluated["top1_error"] == results["train"]["top1_error"]
+    assert (run_dir / "layer_responses.json").exists()
