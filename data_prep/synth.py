@@ -41,7 +41,7 @@ def _wnids(n: int) -> list[tuple]:
 
 
 def _photos() -> list[np.ndarray]:
-    import skimage.data as data
+    import skimage.data as data  # scikit-image (a test extra): only for fixtures
     from sklearn.datasets import load_sample_images
 
     photos = [getattr(data, name)() for name in _COLOUR_PHOTOS if hasattr(data, name)]
@@ -144,7 +144,7 @@ def synth_imagenet(out: str | Path, classes: int = 4, per_class: int = 6, val_pe
 
 def _write_meta(path: Path, syn: list[tuple], ids: dict[int, int], per_class: int) -> None:
     """meta.mat with the devkit's `synsets` struct array: the leaves plus two inner WordNet nodes."""
-    import scipy.io
+    import scipy.io  # scipy: only for the ILSVRC devkit's .mat
 
     fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
               "num_train_images"]
@@ -161,7 +161,7 @@ def _write_meta(path: Path, syn: list[tuple], ids: dict[int, int], per_class: in
 
 def _digit_images(seed: int) -> tuple:
     """(N x 32 x 32 x 3 uint8 images, digit labels, hue buckets 0-9): digits coloured on a dark background."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn (a test extra): only for fixtures
 
     digits = load_digits()
     rng = np.random.default_rng(seed)

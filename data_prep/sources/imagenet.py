@@ -32,7 +32,7 @@ def _find(src: Path, devkit: Path | None, name: str) -> Path | None:
 
 def _synsets_from_meta(path: Path) -> dict[int, tuple]:
     """{ILSVRC2012_ID: (wnid, words)} for the 1000 leaf classes of the devkit's meta.mat."""
-    import scipy.io
+    import scipy.io  # scipy: only for the ILSVRC devkit's .mat
 
     try:
         synsets = scipy.io.loadmat(str(path), squeeze_me=True)["synsets"]

@@ -271,7 +271,7 @@ class BenchJob:
                 "wall_s": time.perf_counter() - started, "machine": machine_info(), "software": software_versions()}
 
     def checkpoint(self, *args: Any, **kwargs: Any):
-        import submitit
+        import submitit  # submitit: only where jobs are submitted or run
 
         return submitit.helpers.DelayedSubmission(self)
 

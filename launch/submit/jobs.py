@@ -56,14 +56,14 @@ class TrainJob:
         return outcome.as_dict()  # the job's result: plain data, readable by any version
 
     def checkpoint(self, *args: Any, **kwargs: Any):
-        import submitit
+        import submitit  # submitit: only where jobs are submitted or run
 
         return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir))
 
 
 def record_job_id(run: RunDir) -> None:
     """Write this job's SLURM id (`<array job>_<task>` for an array task) beside the run, for `status`."""
-    import submitit
+    import submitit  # submitit: only where jobs are submitted or run
 
     run.slurm_job_id.write_text(submitit.JobEnvironment().job_id)
 
@@ -87,7 +87,7 @@ class EvalJob:
                             layer_responses=self.layer_responses, overrides=self.overrides)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
-        import submitit
+        import submitit  # submitit: only where jobs are submitted or run
 
         return submitit.helpers.DelayedSubmission(self)
 

@@ -66,7 +66,7 @@ def make_executor(folder: Path, resources: SlurmConfig, job_name: str, array_par
 
 def sbatch_script(executor) -> str:
     """The sbatch script submitit would submit with `executor` (for --dry-run)."""
-    from submitit.slurm.slurm import _make_sbatch_string
+    from submitit.slurm.slurm import _make_sbatch_string  # submitit: only where jobs are submitted or run
 
     return _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder, **executor.parameters)
 

@@ -66,7 +66,7 @@ def build_pipeline(split: Split, geometry: Geometry, *, train: bool, batch_size:
     Otherwise, with `normalize` (the ImageNet views) the pipeline ends in float CHW, normalised, flipped
     and lit; without (CIFAR) in uint8 HWC for `augment.Finish`.
     """
-    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import fn, pipeline_def, types  # DALI: only when its loader is built
     from nvidia.dali import math as dmath
 
     gpu = device_id is not None
@@ -221,7 +221,7 @@ class DaliLoader(Loader):
     # The pipeline is built at first use, so `load_state_dict` after construction costs nothing extra.
     def _ensure_iterator(self):
         if self._iterator is None:
-            from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+            from nvidia.dali.plugin.base_iterator import LastBatchPolicy  # DALI: only when its loader is built
             from nvidia.dali.plugin.pytorch import DALIGenericIterator, DALIRaggedIterator
 
             device_id = (self.device.index or 0) if self.device.type == "cuda" else None

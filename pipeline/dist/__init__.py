@@ -8,15 +8,36 @@
 - `exit_codes`: one code per kind of end, shared with `launch`.
 
 The names of `environment` and `collectives` are importable from here (`from pipeline import dist;
-dist.on_every_rank(...)`); importing this package loads neither torch nor anything else heavy.
+dist.on_every_rank(...)`); importing this package loads neither torch nor anything else heavy (the collectives,
+which need torch, are loaded when one is first asked for).
 """
 
-from pipeline.dist.collectives import (RankFailed, RankHung, all_reduce_sum, any_rank, barrier, destroy_process_group,
-                                       from_primary, hang_error, init_process_group, on_every_rank, watch_for_hangs)
-from pipeline.dist.environment import (DEFAULT_PORT, JOB_PORTS, DistInfo, cuda_device_index, dist_info_from_env,
-                                       export_env, first_host, free_port, job_hosts, job_port, with_free_port)
+from pipeline.dist.environment import (
+    DEFAULT_PORT,
+    JOB_PORTS,
+    DistInfo,
+    cuda_device_index,
+    dist_info_from_env,
+    export_env,
+    first_host,
+    free_port,
+    job_hosts,
+    job_port,
+    with_free_port,
+)
 
-__all__ = ["DEFAULT_PORT", "JOB_PORTS", "DistInfo", "RankFailed", "RankHung", "all_reduce_sum", "any_rank", "barrier",
-           "cuda_device_index", "destroy_process_group", "dist_info_from_env", "export_env", "first_host", "free_port",
-           "from_primary", "hang_error", "init_process_group", "job_hosts", "job_port", "on_every_rank",
-           "watch_for_hangs", "with_free_port"]
+_COLLECTIVES = ("RankFailed", "RankHung", "all_reduce_sum", "any_rank", "barrier", "destroy_process_group",
+                "from_primary", "hang_error", "init_process_group", "on_every_rank", "watch_for_hangs")
+
+__all__ = ["DEFAULT_PORT", "JOB_PORTS", "DistInfo", "cuda_device_index", "dist_info_from_env", "export_env",
+           "first_host", "free_port", "job_hosts", "job_port", "with_free_port", *_COLLECTIVES]
+
+
+def __getattr__(name: str):
+    # The collectives load torch: they are found here only when one is asked for, so that `launch` reads this
+    # package's environment and exit codes without it.
+    if name in _COLLECTIVES:
+        from pipeline.dist import collectives  # noqa: PLC0415 - see above
+
+        return getattr(collectives, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,10 +12,17 @@ Every function is a no-op (or the local value) without a process group: one proc
 
 from __future__ import annotations
 
-from typing import Callable, Optional, TypeVar
+import datetime
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
-from pipeline.dist import exit_codes
+import torch
+import torch.distributed as dist
+from torch.distributed import distributed_c10d
+
 from pipeline.dist.environment import DistInfo, export_env
+from pipeline.dist.exit_codes import HUNG, exit_code_of
 
 T = TypeVar("T")
 
@@ -26,10 +33,6 @@ def init_process_group(info: DistInfo, device_type: str, timeout_minutes: float)
     The timeout bounds every collective, so a rank that died makes the others fail instead of
     waiting forever (SLURM or torchrun then ends or requeues the job).
     """
-    import datetime
-
-    import torch.distributed as dist
-
     if dist.is_initialized():
         return
     export_env(info)
@@ -53,11 +56,6 @@ def watch_for_hangs(timeout_minutes: float) -> None:
     then ends the rest, the hung one included. Training calls it after its first step: what may legitimately
     keep one rank busy while the others wait (compilation, a checkpoint load) is over, and a step, an
     evaluation's end or a save's gather waits seconds. Raises nothing; a no-op without a process group."""
-    import datetime
-
-    import torch.distributed as dist
-    from torch.distributed import distributed_c10d
-
     if not dist.is_initialized():
         return
     timeout = datetime.timedelta(minutes=timeout_minutes)
@@ -70,10 +68,10 @@ def watch_for_hangs(timeout_minutes: float) -> None:
 class RankHung(RuntimeError):
     """A collective waited past the hang timeout: another rank hung (or died without its connection closing)."""
 
-    exit_code = exit_codes.HUNG
+    exit_code = HUNG
 
 
-def hang_error(error: BaseException) -> Optional[RankHung]:
+def hang_error(error: BaseException) -> RankHung | None:
     """`error` said as a RankHung when it is a collective's timeout (gloo and NCCL word it differently), else None."""
     text = str(error)
     if not isinstance(error, RuntimeError) or not any(w in text for w in ("Timed out", "timed out", "Timeout")):
@@ -97,27 +95,18 @@ def destroy_process_group() -> None:
     `terminate called without an active exception` and exit code -6 for a run that succeeded.
     Sleeping releases the GIL, so any such thread finishes before the interpreter starts shutting down.
     """
-    import time
-
-    import torch.distributed as dist
-
     if dist.is_initialized():
         dist.destroy_process_group()
         time.sleep(_COMM_THREAD_GRACE_S)
 
 
 def barrier() -> None:
-    import torch.distributed as dist
-
     if dist.is_initialized():
         dist.barrier()
 
 
-def any_rank(flags: "list[bool]") -> "list[bool]":
+def any_rank(flags: list[bool]) -> list[bool]:
     """Each flag, true on every rank when it is true on at least one (e.g. a signal seen by one rank)."""
-    import torch
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         return list(flags)
     tensor = torch.tensor([1.0 if f else 0.0 for f in flags], device=_collective_device())
@@ -125,11 +114,8 @@ def any_rank(flags: "list[bool]") -> "list[bool]":
     return [bool(v) for v in tensor.tolist()]
 
 
-def all_reduce_sum(values: "list[float]") -> "list[float]":
+def all_reduce_sum(values: list[float]) -> list[float]:
     """Sum a few numbers over ranks (evaluation counts); float64 so counts stay exact."""
-    import torch
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         return list(values)
     tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
@@ -155,10 +141,6 @@ def on_every_rank(work: Callable[[], T], gather: bool = False):
     the failing rank raises its own error (with its traceback where it is unexpected), the others
     `RankFailed` with its message and exit code, so every process of the job ends the same way.
     Costs one all-gather, like a barrier: use it where a barrier was needed anyway."""
-    import torch.distributed as dist
-
-    from pipeline.dist.exit_codes import exit_code_of
-
     try:
         result, error = work(), None
     except Exception as e:  # noqa: BLE001 - shared with the other ranks, then raised again here
@@ -185,13 +167,9 @@ def from_primary(work: Callable[[], T]) -> T:
     For what one rank per job can do for all (validating a dataset's thousand index files): the others read
     nothing. A failure ends every rank as in `on_every_rank` (the primary raises its own error, the others
     `RankFailed` with its message and exit code). The result must pickle."""
-    import torch.distributed as dist
-
-    from pipeline.dist.exit_codes import exit_code_of
-
     if not dist.is_initialized():
         return work()
-    error: Optional[Exception] = None
+    error: Exception | None = None
     outcome: object = None
     if dist.get_rank() == 0:
         try:
@@ -210,7 +188,4 @@ def from_primary(work: Callable[[], T]) -> T:
 
 
 def _collective_device() -> str:
-    import torch
-    import torch.distributed as dist
-
     return "cuda" if dist.get_backend() == "nccl" and torch.cuda.is_available() else "cpu"

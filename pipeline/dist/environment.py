@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
-from typing import Mapping, MutableMapping, Optional, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, replace
 
 DEFAULT_PORT = 29500
 # Linux hands out ephemeral (outgoing) ports from 32768-60999: a rendezvous port there can be taken by any
@@ -51,7 +51,7 @@ class DistInfo:
                 "master": f"{self.master_addr}:{self.master_port}"}
 
 
-def dist_info_from_env(env: Optional[Mapping[str, str]] = None) -> DistInfo:
+def dist_info_from_env(env: Mapping[str, str] | None = None) -> DistInfo:
     """Read rank, world size and master from torchrun's variables, else SLURM's, else a world of one."""
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
@@ -132,7 +132,7 @@ def first_host(nodelist: str) -> str:
     return job_hosts(nodelist)[0]
 
 
-def export_env(info: DistInfo, env: Optional[MutableMapping[str, str]] = None) -> None:
+def export_env(info: DistInfo, env: MutableMapping[str, str] | None = None) -> None:
     """Write torchrun's variable names for `info`, for the libraries that read them themselves.
 
     DeepSpeed asserts LOCAL_RANK is set, and torch.distributed's env:// reads RANK, WORLD_SIZE,
@@ -150,7 +150,7 @@ def export_env(info: DistInfo, env: Optional[MutableMapping[str, str]] = None) -
     })
 
 
-def cuda_device_index(info: DistInfo, visible_devices: int, env: Optional[Mapping[str, str]] = None) -> int:
+def cuda_device_index(info: DistInfo, visible_devices: int, env: Mapping[str, str] | None = None) -> int:
     """Which of the visible GPUs this rank uses.
 
     A task that SLURM bound to one GPU (`--gpus-per-task=1`, or CUDA_VISIBLE_DEVICES with one entry)
@@ -179,8 +179,6 @@ def free_port() -> int:
 
 def with_free_port(info: DistInfo) -> DistInfo:
     """A world of one still needs a process group for DeepSpeed: a port nobody else holds, unless MASTER_PORT says."""
-    from dataclasses import replace
-
     if info.source != "single" or "MASTER_PORT" in os.environ:
         return info
     return replace(info, master_port=free_port())

@@ -7,6 +7,8 @@ every rank exits with the same code, and only the primary rank prints the line. 
 
 from __future__ import annotations
 
+from data_prep.manifest import ManifestError  # a dataset written by another data_prep version
+
 OK = 0
 FAILED = 1  # an unexpected error: its traceback is printed (please report it)
 USAGE = 2  # a bad config, command line, or a checkpoint this world size cannot continue
@@ -42,8 +44,6 @@ def exit_code_of(error: BaseException) -> int:
     code = getattr(error, "exit_code", None)
     if isinstance(code, int):
         return code
-    from data_prep.manifest import ManifestError  # a dataset written by another data_prep version
-
     if isinstance(error, ManifestError):
         return DATA
     return FAILED

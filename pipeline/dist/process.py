@@ -8,7 +8,9 @@ import random
 import resource
 import signal
 import sys
-from typing import Any, Dict, Iterator, Mapping, Optional
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ def resolve_device(choice: str, info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
-def use_task_cpus(env: Optional[Mapping[str, str]] = None) -> Optional[int]:
+def use_task_cpus(env: Mapping[str, str] | None = None) -> int | None:
     """Compute threads per process: what OMP_NUM_THREADS says if set, else the CPUs SLURM gave the task.
 
     torch starts a thread per core it can see. Where SLURM does not bind a task to its CPUs (no
@@ -61,7 +63,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     """Every library's RNG state, as tensors and plain data (loadable with weights_only)."""
     py_version, py_state, py_gauss = random.getstate()
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
@@ -75,7 +77,7 @@ def rng_state() -> Dict[str, Any]:
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     py_version, py_state, py_gauss = state["python"]
     random.setstate((py_version, tuple(py_state), py_gauss))
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
@@ -98,9 +100,9 @@ class StopSignal:
 
     def __init__(self) -> None:
         self.received: str | None = None
-        self._previous: Dict[int, Any] = {}
+        self._previous: dict[int, Any] = {}
 
-    def install(self) -> "StopSignal":
+    def install(self) -> StopSignal:
         for name in self.SIGNALS:
             sig = getattr(signal, name)
             self._previous[sig] = signal.signal(sig, self._handle)
@@ -139,8 +141,6 @@ def ignore_stop_signals(*_: Any) -> None:
     (from birth, when started under `stop_signals_held`) and a thread of the worker reads who sent it, ending
     the worker only when it was its parent.
     """
-    import threading
-
     for name in ("SIGUSR2", "SIGINT"):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     parent = os.getppid()

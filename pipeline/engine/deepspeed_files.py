@@ -96,7 +96,7 @@ class DurableCheckpointFiles:
 def _deepspeed_pickled_classes() -> list:
     """The plain data classes DeepSpeed pickles into its ZeRO optimizer files (a loss scaler's settings, the ZeRO
     stage, where a parameter's fragment lies): allowed by name when loading them as data."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler  # DeepSpeed: only with that engine
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 

@@ -17,7 +17,7 @@ PANEL_SIZE = (5.0, 4.0)  # inches per panel
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # matplotlib: only when a figure is drawn
 
     matplotlib.use("Agg")  # files only: clusters have no display
     import matplotlib.pyplot as plt
@@ -39,7 +39,7 @@ def plot_curves(table, rows: Sequence[tuple[str, str | None, object]], out: Path
     """rows: (label, panel, RunReading or None); `table.metrics` = [training metric, validation metric];
     `eval_split`: what the bold curves are measured on ("val": Fig. 4's words, "test": Fig. 6's)."""
     plt = _pyplot()
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # matplotlib: only when a figure is drawn
 
     styles = CAPTION_STYLES.get(eval_split, CAPTION_STYLES["val"])
     train_words, train_style = styles["train"]
@@ -96,7 +96,7 @@ def plot_responses(table, rows: Sequence[tuple[str, list[float] | None]], out: P
         by_size.plot(layers, sorted(stds, reverse=True), marker=".", linewidth=1)
     by_layer.set_xlabel("layer index (original)")
     by_size.set_xlabel("layer index (sorted by magnitude)")
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # matplotlib: only when a figure is drawn
 
     for ax in (by_layer, by_size):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

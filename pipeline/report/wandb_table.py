@@ -21,7 +21,7 @@ def log_report_table(name: str, title: str, header: list[str], rows: list[list[s
     """Log `rows` under `header` as the W&B table `name`; returns the W&B run id (None with W&B disabled)."""
     if logging.wandb_mode == "disabled":
         return None
-    import wandb
+    import wandb  # W&B: only when it is on
 
 
     id_file = out_dir / f"{name}.wandb_id"

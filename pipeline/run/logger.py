@@ -95,7 +95,7 @@ class RunLogger(NullLogger):
     def close(self) -> None:
         if self._wandb is None:
             return
-        import wandb
+        import wandb  # W&B: only when it is on
 
         run, self._wandb = self._wandb, None
         try:

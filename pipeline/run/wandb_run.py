@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def forget_wandb_service(run: Any) -> None:
     """Let go of a W&B service that has died: its own exit hook would otherwise print a traceback at exit."""
-    import wandb
+    import wandb  # W&B: only when it is on
 
     try:
         run.finish()
