@@ -204,8 +204,7 @@ def _check_data(cfg: ExperimentConfig) -> None:
 def _world_size(request: BenchRequest, cfg: ExperimentConfig) -> int:
     if not request.slurm:
         return request.nproc
-    resources = _resources(request, cfg)
-    return resources.nodes * resources.ntasks_per_node
+    return _resources(request, cfg).gpus
 
 
 def _resources(request: BenchRequest, cfg: ExperimentConfig) -> SlurmConfig:

@@ -207,7 +207,7 @@ def plan_table(table_path: str | Path, profile: dict, reference: dict, resources
         views = table_evaluation_views(table.kind, table.protocol, cfg)
         extra_views[cfg.model.name] = views
         resources = resources_of(cfg)
-        gpus = resources.nodes * resources.ntasks_per_node
+        gpus = resources.gpus
         share = gpu_share(cfg, gpus)
         rate = rates.for_run(cfg, gpus)
         step = run_step(cfg, gpus, resources.nodes, rate.train, cluster)

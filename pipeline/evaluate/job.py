@@ -20,6 +20,7 @@ from pipeline.config.schema import PROTOCOLS
 from pipeline.data import build_loader
 from pipeline.dist import DistInfo, dist_info_from_env
 from pipeline.dist.process import resolve_device, use_task_cpus
+from pipeline.engine.common import AUTOCAST_DTYPES
 from pipeline.engine.weights import load_weights
 from pipeline.evaluate.config import run_config
 from pipeline.evaluate.layer_responses import LayerResponses
@@ -31,7 +32,6 @@ from pipeline.run.results import update_results, write_layer_responses
 
 log = logging.getLogger("pipeline.evaluate")
 
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def evaluate_run(run_dir: Path, protocol: str = "center", checkpoint: str = "last", split: str | None = None,
@@ -89,7 +89,7 @@ def _check_intact(store: CheckpointStore, chosen) -> None:
 
 
 def _predictor(model: torch.nn.Module, cfg: ExperimentConfig, device: torch.device) -> Callable:
-    dtype = _AUTOCAST.get(cfg.engine.precision)
+    dtype = AUTOCAST_DTYPES[cfg.engine.precision]
 
     @torch.no_grad()
     def predict(images: torch.Tensor) -> torch.Tensor:

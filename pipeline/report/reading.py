@@ -146,8 +146,7 @@ def _gpus(run_dir: Path, cfg) -> int:
     starts = [r for r in read_metrics(run_dir) if r.get("event") == "start" and "world_size" in r]
     if starts:
         return int(starts[-1]["world_size"])
-    slurm = cfg.slurm
-    return slurm.nodes * (slurm.tasks_per_node or max(1, slurm.gpus_per_node))
+    return cfg.slurm.gpus
 
 
 def _read_values(reading: RunReading, table: TableConfig) -> None:
