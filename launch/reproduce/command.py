@@ -32,6 +32,7 @@ from launch.reproduce.chain import RunStep, plan_steps, recorded_job, report_is_
 from launch.reproduce.report_job import write_table_report
 from launch.reproduce.request import ReproduceRequest
 from launch.submit.checks import check_prepared, check_startable, print_gpu_shares
+from launch.submit.kill_wait import warn_of_slow_stops
 from launch.submit.queue import queue_state
 from launch.submit.slurm import submission_lock
 from pipeline.run.layout import RunsFolder
@@ -54,9 +55,11 @@ def reproduce(request: ReproduceRequest) -> int:
         return 2
     if submitting:  # jobs that could never start, or never find their data, refused before anything is written
         check_startable(request.resources.applied_to(runs[0].cfg.slurm))
+        # "finished" is the files' word alone: no need to ask SLURM
+        unfinished = [run.cfg for run in runs if read_run_state(run.run_dir).state != "finished"]
+        warn_of_slow_stops(unfinished)
         if not request.no_data_check:
-            # "finished" is the files' word alone: no need to ask SLURM
-            check_prepared([run.cfg for run in runs if read_run_state(run.run_dir).state != "finished"])
+            check_prepared(unfinished)
     # Deciding what is missing and submitting it happen under one lock: a second call at the same moment waits,
     # then finds this one's jobs in the queue and submits nothing twice.
     with submission_lock(runs_dir) if submitting else contextlib.nullcontext():

@@ -2,9 +2,12 @@
 
 A run's state is what its run directory's files say (`pipeline.run.state`) plus what only SLURM knows:
 a run with a recorded job id is queued, running, requeued (waiting again, with a checkpoint to resume
-from) or failed (left the queue without finishing), as `squeue` tells. Each run shows its state, step of
-total steps and percent, training wall time, ETA (while running: the last record's estimate less the time
-since it was written), SLURM job id and last training metrics. A table config (`configs/tables/*.yaml`)
+from), as `squeue` tells, or, once its job has left the queue without finishing it, cancelled, timeout,
+preempted, stopped or failed, as SLURM's accounting, its controller or the job's log tell
+(`launch.submit.run_status`), with the step it resumes from. Each run shows its state, step of total steps
+and percent (a run that is not running: the steps it has saved), training wall time, ETA (while running: the
+last record's estimate less the time since it was written), SLURM job id and last training metrics (a run
+that has not logged yet: the step of its first record). A table config (`configs/tables/*.yaml`)
 shows its planned runs (a run directory that does not exist yet is not started) and a last line with the
 table's progress: runs finished, runs evaluated with the table's protocol, percent of all steps, and the
 longest ETA among the running runs. A waiting job shows SLURM's reason (`queued (BeginTime)`), a failed
@@ -16,9 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import yaml
+
 from launch.reproduce.request import StatusRequest
 from launch.submit.partition import NEVER_STARTS
-from launch.submit.run_status import RunStatus, run_statuses
+from launch.submit.run_status import ENDED_UNFINISHED, RunStatus, run_statuses
 from pipeline.run.layout import RunDir
 from pipeline.run.logger import format_duration
 from pipeline.run.results import protocol_result, read_results
@@ -94,11 +99,29 @@ def _planned_total(cfg) -> int | None:
     return cfg.schedule.total if cfg.schedule.unit == "iteration" else None
 
 
+def _resumes(status: RunStatus) -> str:
+    """Where a run that ended without finishing goes on from when it is submitted again."""
+    if status.checkpoint_step is None:
+        return "nothing saved: submitted again, it starts from step 0"
+    return f"submitted again, it resumes from step {status.checkpoint_step} (its last checkpoint)"
+
+
+def _first_record_step(run_dir: Path) -> str:
+    """The step of a run's first training record (`logging.every_steps`, as its config says)."""
+    try:
+        every = (yaml.safe_load(RunDir(run_dir).config.read_text()) or {})["logging"]["every_steps"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return "logging.every_steps"
+    return str(every)
+
+
 def _print_runs(statuses: list[RunStatus], labels: list[str] | None = None) -> None:
     rows = [["run", "state", "step", "%", "elapsed", "eta", "job", "last metrics"]]
     for i, s in enumerate(statuses):
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in s.last_metrics.items()
                  if k in _SHOWN_METRICS}
+        if s.state == "running" and not shown:
+            shown = {"starting": f"first training record at step {_first_record_step(s.run_dir)}"}
         rows.append([
             str(s.run_dir) + (f" ({labels[i]})" if labels else ""),
             s.state + (f" ({s.reason}{NEVER_SAID if s.reason in NEVER_STARTS else ''})" if s.reason else ""),
@@ -116,3 +139,5 @@ def _print_runs(statuses: list[RunStatus], labels: list[str] | None = None) -> N
         if status is not None and status.state == "failed":
             print(f"    {status.error or 'no error line'}" + (f" (log: {status.log})" if status.log else
                                                               " (no log found)"))
+        if status is not None and status.state in ENDED_UNFINISHED:
+            print(f"    {_resumes(status)}")

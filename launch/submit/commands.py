@@ -11,6 +11,7 @@ from pathlib import Path
 
 from data_prep.manifest import MANIFEST_NAME
 from launch.submit.checks import check_prepared, check_startable, print_gpu_shares
+from launch.submit.kill_wait import warn_of_slow_stops
 from launch.submit.local import run_local, torchrun_command
 from launch.submit.requests import EvaluateRequest, LocalRequest, PrepRequest, SubmitRequest, SweepRequest
 from launch.submit.run_status import IN_QUEUE, run_status, run_statuses
@@ -46,6 +47,7 @@ def submit_training(request: SubmitRequest) -> int:
         print(config_to_yaml(cfg))
         return 0
     check_startable(resources)  # a dry run shows what would be asked, wherever it runs
+    warn_of_slow_stops([cfg])
     if not request.no_data_check:
         check_prepared([cfg])
     with submission_lock(run_dir.parent):
@@ -93,6 +95,7 @@ def sweep(request: SweepRequest) -> int:
                 print(f"would submit {run.run_dir} ({run.label}, seed {run.seed})")
             return 0
         check_startable(resources)
+        warn_of_slow_stops([run.cfg for run in todo])
         if not request.no_data_check:
             check_prepared([run.cfg for run in todo])
         run_dirs = [prepare_planned_run(run) for run in todo]

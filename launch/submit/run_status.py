@@ -1,9 +1,10 @@
 """A run's state with SLURM's word on it: what its run directory's files say (`pipeline.run.state`), a submitted
 run resolved by asking SLURM's queue once for any number of runs: queued (with SLURM's reason while it waits),
-running, requeued (waiting again, with a checkpoint to resume from) or failed (it left the queue without
-finishing: its last error line and its log).
+running, requeued (waiting again, with a checkpoint to resume from); and for a job that has left the queue
+without finishing, what SLURM says of it (`launch.submit.ended_jobs`): cancelled, timeout, preempted, stopped
+(it ended itself after a stop signal) or failed (its last error line and its log). A run that is not running
+counts the steps it has saved: the step its next start resumes from.
 """
-
 from __future__ import annotations
 
 import re
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from launch.submit.ended_jobs import ended_states, state_in_log
 from launch.submit.queue import queue_entries
 from pipeline.run.layout import RunDir, RunsFolder
 from pipeline.run.state import RunState, read_run_state
@@ -19,13 +21,20 @@ _SLURM_STATES = {"PENDING": "queued", "CONFIGURING": "queued", "RUNNING": "runni
                  "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued",
                  "SUSPENDED": "running", "PREEMPTED": "requeued"}
 IN_QUEUE = ("queued", "running", "requeued")  # a run in one of these states has its job in SLURM's queue
+# SLURM's final state of a job that left the queue before its run finished: the run's state. Any other (FAILED,
+# NODE_FAIL, OUT_OF_MEMORY, BOOT_FAIL, ...) is a failure. COMPLETED: the job ended itself after a stop signal
+# (`scancel --signal=TERM`), its checkpoint written.
+_ENDED = {"CANCELLED": "cancelled", "TIMEOUT": "timeout", "DEADLINE": "timeout", "PREEMPTED": "preempted",
+          "COMPLETED": "stopped"}
+ENDED_UNFINISHED = ("stopped", "cancelled", "timeout", "preempted", "failed")  # each resumes when submitted again
 
 
 @dataclass
 class RunStatus(RunState):
-    """A run's state with SLURM's word on it: not started | queued | running | requeued | stopped | finished |
-    failed (`submitted`, the files' own state of a SLURM run, is resolved by asking the queue). A waiting job
-    has SLURM's reason (Priority, Resources, BeginTime, ...); a failed one its log and last error line."""
+    """A run's state with SLURM's word on it: not started | queued | running | requeued | finished, or one of
+    ENDED_UNFINISHED (`submitted`, the files' own state of a SLURM run, is resolved by asking SLURM). A
+    waiting job has SLURM's reason (Priority, Resources, BeginTime, ...); a failed one its log and last error
+    line."""
 
     reason: str | None = None
     log: Path | None = None
@@ -41,26 +50,44 @@ def run_statuses(run_dirs: Sequence[Path]) -> list[RunStatus]:
     """`run_status` of each run, SLURM's queue asked once for all of them: `status` of a table of 50 runs is one
     `squeue`, not 50 (a busy controller answers each in a fraction of a second, and its admins count them)."""
     statuses = [RunStatus(**vars(read_run_state(run_dir))) for run_dir in run_dirs]
-    queue = queue_entries([s.job_id for s in statuses if s.state == "submitted" and s.job_id])
-    for status in statuses:
-        if status.state == "submitted":
-            _resolve_by_queue(status, queue.get(status.job_id))
+    submitted = [s for s in statuses if s.state == "submitted" and s.job_id]
+    queue = queue_entries([s.job_id for s in submitted])
+    ended = ended_states([s.job_id for s in submitted if s.job_id not in queue])
+    for status in submitted:
+        if status.job_id in queue:
+            _resolve_by_queue(status, queue[status.job_id])
+        else:
+            _resolve_ended(status, ended.get(status.job_id))
     return statuses
 
 
-def _resolve_by_queue(status: RunStatus, queued: tuple[str, str] | None) -> None:
-    """A submitted run's state as its job's entry in the queue says (none: the job left it without finishing)."""
-    if queued is None:
-        status.state = "failed"
-        status.log = job_log(Path(status.run_dir), status.job_id)
-        status.error = last_error(status.log) if status.log else None
-        return
+def _resolve_by_queue(status: RunStatus, queued: tuple[str, str]) -> None:
+    """A submitted run's state as its job's entry in the queue says."""
     slurm_state, reason = queued
     status.state = _SLURM_STATES.get(slurm_state, slurm_state.lower())
     if status.state == "queued" and status.checkpoint_step is not None:
         status.state = "requeued"  # waiting again, with a checkpoint to resume from
+    if status.state != "running":
+        status.step = status.checkpoint_step or 0  # where it will resume
     if slurm_state == "PENDING" and reason not in ("None", ""):
         status.reason = reason
+
+
+def _resolve_ended(status: RunStatus, slurm_state: str | None) -> None:
+    """A submitted run whose job has left the queue without finishing it: its state as SLURM says (else as the
+    job's log says), its step the last one saved."""
+    status.log = job_log(Path(status.run_dir), status.job_id)
+    status.step = status.checkpoint_step or 0
+    slurm_state = slurm_state or (state_in_log(status.log) if status.log else None)
+    if slurm_state is None and status.log is None:  # SLURM no longer remembers it, and it never wrote a log
+        status.state = "stopped" if status.checkpoint_step is not None else "not started"
+        status.reason = f"job {status.job_id} left the queue without a log"
+        return
+    if slurm_state is None and str(status.last_event or "").startswith("stopped by"):
+        slurm_state = "COMPLETED"  # its last word was a stop, its checkpoint written
+    status.state = _ENDED.get(slurm_state, "failed")
+    if status.state == "failed":
+        status.error = last_error(status.log) if status.log else f"SLURM says {slurm_state}"
 
 
 def job_log(run_dir: Path, job_id: str) -> Path | None:

@@ -194,13 +194,18 @@ class CheckpointConfig:
     keep_last: int = 2
     keep_best: bool = True
     # How often the ranks agree on a stop signal or a time-based save: each check is a collective and a
-    # device-to-host copy, which keeps the CPU from running ahead of the GPU. A signal waits at most this
-    # many steps (a SLURM signal comes `slurm.signal_delay_s` before the end).
+    # device-to-host copy, which keeps the CPU from running ahead of the GPU. Checks come every
+    # `check_every_steps` steps at most, and more often where steps are slow: at least every
+    # `check_every_seconds` (never more often than every step), so that a stop is taken, and its checkpoint
+    # written, well inside the seconds SLURM gives between SIGTERM and SIGKILL (its KillWait, 30 s by default).
     check_every_steps: int = 10
+    check_every_seconds: float = 2.0
 
     def __post_init__(self) -> None:
         if self.check_every_steps < 1:
             raise ValueError(f"checkpoint.check_every_steps must be at least 1, not {self.check_every_steps}")
+        if not self.check_every_seconds > 0:
+            raise ValueError(f"checkpoint.check_every_seconds must be positive, not {self.check_every_seconds}")
 
 
 @dataclass

@@ -27,7 +27,8 @@ from pipeline.dist.environment import (
 )
 
 _COLLECTIVES = ("RankFailed", "RankHung", "all_reduce_sum", "any_rank", "barrier", "destroy_process_group",
-                "from_primary", "hang_error", "init_process_group", "on_every_rank", "watch_for_hangs")
+                "from_primary", "hang_error", "init_process_group", "max_over_ranks", "on_every_rank",
+                "watch_for_hangs")
 
 __all__ = ["DEFAULT_PORT", "JOB_PORTS", "DistInfo", "cuda_device_index", "dist_info_from_env", "export_env",
            "first_host", "free_port", "job_hosts", "job_port", "with_free_port", *_COLLECTIVES]

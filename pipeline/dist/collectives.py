@@ -3,7 +3,8 @@
 - `init_process_group` / `destroy_process_group`: join (nccl on GPU, gloo on CPU) and leave it cleanly;
 - `watch_for_hangs`: once training runs, a collective that waits `engine.hang_timeout_minutes` for another rank
   fails, and `hang_error` says it as `RankHung` (exit code 8);
-- `any_rank`, `all_reduce_sum`: a flag or a few numbers over every rank (a stop signal, evaluation counts);
+- `any_rank`, `max_over_ranks`, `all_reduce_sum`: a flag or a few numbers over every rank (a stop signal, the
+  slowest rank's step time, evaluation counts);
 - `on_every_rank`, `from_primary`: a step that can fail on one rank ends every rank the same way (`RankFailed`),
   and what one rank can read for all is read once and broadcast.
 
@@ -112,6 +113,15 @@ def any_rank(flags: list[bool]) -> list[bool]:
     tensor = torch.tensor([1.0 if f else 0.0 for f in flags], device=_collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return [bool(v) for v in tensor.tolist()]
+
+
+def max_over_ranks(values: list[float]) -> list[float]:
+    """Each number's largest value over ranks (a flag as 0 or 1 is true where some rank's is), in one collective."""
+    if not dist.is_initialized():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:

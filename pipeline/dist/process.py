@@ -9,6 +9,7 @@ import resource
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -100,6 +101,7 @@ class StopSignal:
 
     def __init__(self) -> None:
         self.received: str | None = None
+        self.received_at: float | None = None  # time.monotonic() of the first stop signal
         self._previous: dict[int, Any] = {}
 
     def install(self) -> StopSignal:
@@ -117,6 +119,7 @@ class StopSignal:
         if signum == signal.SIGINT and self.received == "SIGINT":
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        self.received_at = self.received_at or time.monotonic()
         print(f"received {self.received}: checkpointing at the next step", file=sys.stderr, flush=True)
 
 

@@ -32,13 +32,14 @@ def render(table_path: Path, table: TableConfig, rows: list[RowReading], figure:
         lines += [f"- {r.run.label}, seed {r.run.seed}: " +
                   (r.detail if r.detail.startswith(r.state) else r.state + (f": {r.detail}" if r.detail else ""))
                   for r in waiting]
-        if any(r.state in ("missing", "stopped", "failed", "not evaluated") for r in waiting):
+        if any(r.state in ("missing", "stopped", "cancelled", "timeout", "preempted", "failed", "not evaluated")
+               for r in waiting):
             request = load_request(runs_dir, table_path)
             again = request.command(runs_dir) if request else \
                 f"python -m launch reproduce {table_path} --runs {runs_dir}" if runs_dir else \
                 f"python -m launch sweep {table_path}"
-            lines += ["", "Train, evaluate and report what is missing, failed or stopped (finished and queued work is "
-                          f"skipped, stopped runs resume): `{again}`"]
+            lines += ["", "Train, evaluate and report what is missing, failed, cancelled or stopped (finished and "
+                          f"queued work is skipped, stopped runs resume from their last checkpoint): `{again}`"]
         if any(r.state == "submitted" for r in waiting):
             lines += ["", "Whether the submitted runs are queued, running or failed, SLURM knows (this report reads "
                           f"files only): `python -m launch status {table_path}" +

@@ -106,8 +106,10 @@ def read_run(run: PlannedRun, table: TableConfig, status: Any) -> RunReading:
     if table.kind == "curves":
         reading.curves = _curves(run_dir, table.metrics)
     if status.state != "finished":
-        progress = f" at step {status.step}" + (f" of {status.total_steps} ({status.progress:.0%})"
-                                                 if status.total_steps else "")
+        of_total = f" of {status.total_steps} ({status.progress:.0%})" if status.total_steps else ""
+        # A run that is not running counts its saved steps: where it resumes (`pipeline.run.state`).
+        progress = f" at step {status.step}{of_total}" if status.state in ("running", "submitted") else \
+            f", saved up to step {status.step}{of_total}" if status.step else ", nothing saved"
         if status.state == "submitted":  # the files cannot tell whether the job waits, runs or failed
             reading.detail = f"SLURM job {status.job_id},{progress}"
         else:

@@ -10,7 +10,8 @@
 
 The report (`pipeline.report`) reads runs this way; `python -m launch status` adds what only SLURM
 knows. Progress comes from the run's records: the start record's `total_steps`, the last training
-record's step, `elapsed_s` and `eta_s` (written by `pipeline.train`), and the latest complete checkpoint.
+record's step, `elapsed_s` and `eta_s` (written by `pipeline.train`), and the latest complete checkpoint. A run
+that is not running counts the steps it has saved (its last checkpoint's: where it resumes), not those it logged.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class RunState:
     eta_s: float | None = None  # the last record's estimate, less the time since it was written
     checkpoint_step: int | None = None  # the latest complete checkpoint's step, if any
     idle_s: float | None = None  # seconds since metrics.jsonl was last written
+    last_event: str | None = None  # the run's last event record ("stopped by SIGTERM", "final evaluation", ...)
 
     @property
     def progress(self) -> float | None:
@@ -70,12 +72,16 @@ def read_run_state(run_dir: Path) -> RunState:
         state = "running"
     else:
         state = "stopped" if latest is not None or metrics else "not started"
+    if state in ("stopped", "not started"):
+        step = latest.step if latest else 0  # where the next start resumes
+    events = [m["event"] for m in metrics if "event" in m]
     eta = last.get("eta_s")
     # The estimate was made when the last line was written; it has been running down since (if the run is).
     eta_s = None if finished or eta is None else max(0.0, float(eta) - (idle_s or 0.0))
     elapsed = last.get("elapsed_s")
     return RunState(run_dir, state, step, job_id, last, starts[-1] if starts else None,
-                    float(elapsed) if elapsed is not None else None, eta_s, latest.step if latest else None, idle_s)
+                    float(elapsed) if elapsed is not None else None, eta_s, latest.step if latest else None, idle_s,
+                    events[-1] if events else None)
 
 
 def _seconds_since_written(path: Path) -> float | None:

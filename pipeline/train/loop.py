@@ -84,11 +84,14 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> Train
     stop = StopSignal().install()
     policy = SavePolicy(cfg.checkpoint, lambda: stop.received is not None, checkpoints)
 
-    def save(background: bool, metrics: dict | None = None) -> None:
-        """A periodic save is written in the background while training goes on; a stop's and the last are not."""
+    def save(background: bool, metrics: dict | None = None) -> float:
+        """A periodic save is written in the background while training goes on; a stop's and the last are not.
+        Returns the seconds training waited for it."""
+        started = time.monotonic()
         files = checkpoint_files(cfg, info, engine, progress, clock, schedule, train_loader)
         checkpoints.save(progress.step, files, metrics, background)
         policy.saved()
+        return time.monotonic() - started
 
     total_steps = schedule.total_steps
     log_start(logger, cfg, info, device, schedule, train_loader, warnings, resumed)
@@ -116,13 +119,13 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> Train
                 if cfg.eval.every_steps and progress.step % cfg.eval.every_steps == 0:
                     _evaluate_and_log(engine, eval_loader, schedule, logger, progress)
 
-                decision = policy.after_step(progress.step)  # collective every checkpoint.check_every_steps
-                if decision.save:
-                    save(background=not decision.stopping)
+                decision = policy.after_step(progress.step)  # a collective at its checks, not every step
+                save_s = save(background=not decision.stopping) if decision.save else 0.0
                 if progress.step == first_step + 1:
                     dist.watch_for_hangs(cfg.engine.hang_timeout_minutes)  # the slow first step is over
                 if decision.stopping:
-                    logger.log({"event": f"stopped by {stop.received or 'a signal on another rank'}"}, progress.step)
+                    logger.log({"event": f"stopped by {stop.received or 'a signal on another rank'}",
+                                **_stop_timing(stop, save_s)}, progress.step)
                     return Interrupted(progress.step, stop.received)
                 if progress.step >= total_steps:
                     epoch_done = False  # stopped mid-epoch: the schedule ended here
@@ -160,9 +163,9 @@ def _final_evaluation(cfg: ExperimentConfig, info: DistInfo, run: RunDir, engine
         with responses:
             final = evaluate(engine.predict, eval_loader, should_stop=lambda: stop.received is not None)
     except EvaluationInterrupted:
-        save(background=False)
+        save_s = save(background=False)
         logger.log({"event": f"stopped by {stop.received or 'a signal on another rank'} during the final "
-                             "evaluation"}, progress.step)
+                             "evaluation", **_stop_timing(stop, save_s)}, progress.step)
         return Interrupted(progress.step, stop.received)
     stds = responses.result() if cfg.eval.layer_responses else None
     outcome = Finished(progress.step, progress.epoch, cfg.data.eval_split, final.samples, final.top1_error,
@@ -173,6 +176,15 @@ def _final_evaluation(cfg: ExperimentConfig, info: DistInfo, run: RunDir, engine
     save(background=False, metrics={"val_top1_error": final.top1_error})
     dist.on_every_rank(lambda: _record_results(run, outcome, stds) if info.is_primary else None)
     return outcome
+
+
+def _stop_timing(stop: StopSignal, save_s: float) -> dict:
+    """What a stop took: its checkpoint's save, and (where this rank received the signal) the seconds from the
+    signal to the checkpoint written, which must fit in SLURM's KillWait (`launch.submit.kill_wait`)."""
+    timing = {"save_s": round(save_s, 3)}
+    if stop.received_at is not None:
+        timing["stop_s"] = round(time.monotonic() - stop.received_at, 3)
+    return timing
 
 
 def _record_results(run: RunDir, outcome: Finished, stds: dict | None) -> None:

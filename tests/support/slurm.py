@@ -32,16 +32,17 @@ def require_minicluster():
     return minicluster.up(nodes=NODES)
 
 
-def launch(*args: str) -> str:
-    """`python -m launch ARGS`, which must succeed: what it printed."""
-    proc = commands.launch(*args, timeout=120)
+def launch(*args: str, env: dict | None = None) -> str:
+    """`python -m launch ARGS`, which must succeed: what it printed on stdout."""
+    proc = commands.launch(*args, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
 
-def submit(run_dir: Path, overrides: list[str], *flags: str) -> str:
-    """`launch submit` of the demo config with `overrides`; returns the SLURM job id."""
-    launch("submit", DEMO_CONFIG, *overrides, *flags)
+def submit(run_dir: Path, overrides: list[str], *flags: str, env: dict | None = None) -> str:
+    """`launch submit` of the demo config with `overrides` (the job's environment: this one, with `env`);
+    returns the SLURM job id."""
+    launch("submit", DEMO_CONFIG, *overrides, *flags, env=env)
     return (run_dir / "slurm_job_id").read_text().strip()
 
 

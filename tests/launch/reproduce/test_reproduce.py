@@ -162,7 +162,7 @@ def test_a_failed_training_removes_its_evaluation_and_the_report_says_so(digits_
     assert job_state(training) == "FAILED"
     assert job_state(evaluation) == "CANCELLED"  # its dependency can never be met: SLURM removed it
     report = (runs / "reports" / "digits_tencrop.md").read_text()
-    assert "| cifar_resnet8 | – | – |" in report and "cifar_resnet8, seed 0: failed at step 0" in report, report
+    assert "| cifar_resnet8 | – | – |" in report and "cifar_resnet8, seed 0: failed, nothing saved" in report, report
     # `status` says why, with the one `error:` line `launch local` gives, and where the whole log is.
     status = _launch_here("status", str(table), "--runs", str(runs))
     lines = status.splitlines()

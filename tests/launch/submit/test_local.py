@@ -110,7 +110,7 @@ def test_ctrl_c_saves_a_checkpoint_stops_every_rank_and_the_run_resumes(digits_d
     stops = [m for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGTERM"]
     assert len(stops) == 1, log[-4000:]
     step = stops[0]["step"]
-    assert 0 < step < 100000 and step % 10 == 0  # the ranks agree every `check_every_steps` steps
+    assert 0 < step < 100000
     checkpoint = run_dir / "checkpoints" / f"step-{step:09d}"
     assert json.loads((checkpoint / "COMPLETE").read_text())["step"] == step
     assert {"rank-00000.pt", "rank-00001.pt", "state.pt"} <= {p.name for p in checkpoint.iterdir()}
@@ -132,7 +132,8 @@ def test_a_second_ctrl_c_kills_every_rank_at_once(digits_dataset, tmp_path):
     out, run_dir = tmp_path / "runs", tmp_path / "runs" / "t"
     log = tmp_path / "launch.log"
     # Ranks that would take long to reach a save: the second Ctrl-C must not wait for it.
-    proc = launch_local(overrides_of(digits_dataset, out, "checkpoint.check_every_steps=100000"), log)
+    proc = launch_local(overrides_of(digits_dataset, out, "checkpoint.check_every_steps=100000",
+                                      "checkpoint.check_every_seconds=100000"), log)
     try:
         wait_for(training_steps(run_dir), "training step", proc)
         os.killpg(proc.pid, signal.SIGINT)

@@ -6,13 +6,16 @@ evaluation is tested on 2-node jobs in `test_slurm_multinode.py`.
 
 import filecmp
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+from launch.submit.kill_wait import read_kill_wait
 from pipeline.run.logger import read_metrics
-from tests.support import DEMO_CONFIG
+from tests.support import DEMO_CONFIG, TESTS
+from tests.support.commands import launch_here
 from tests.support.slurm import (
     job_logs,
     job_state,
@@ -28,6 +31,7 @@ from tests.support.wandb_offline import offline_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 CPU_JOB = ["--gpus-per-node", "0", "--tasks-per-node", "2", "--cpus-per-task", "1"]
+SLOW_STEPS = TESTS / "workers" / "slow_steps"
 
 
 def test_job_with_too_short_time_limit_times_out_requeues_and_finishes(digits_dataset, tmp_path):
@@ -54,14 +58,25 @@ def test_job_with_too_short_time_limit_times_out_requeues_and_finishes(digits_da
 def test_sigterm_to_every_process_and_scancel_each_save_and_the_run_resumes(digits_dataset, tmp_path):
     """SLURM's SIGTERM reaches every process of the job step, W&B's service among them (W&B offline, as users run):
     `scancel --signal=TERM` (what a preemption sends) and `scancel` each end with a checkpoint at the signalled
-    step; neither job requeues itself (a cancelled job stays cancelled), and submitting the run again resumes."""
+    step; neither job requeues itself (a cancelled job stays cancelled), and submitting the run again resumes.
+
+    The signalled starts' steps take 1.5 s (a sleep before each backward, `tests/workers/slow_steps`): with the
+    default `checkpoint.check_every_steps` (10), a check every 10 steps would come up to 15 s after the signal,
+    past the minicluster's KillWait (10 s) and SLURM's SIGKILL. Checks follow the step time instead
+    (`checkpoint.check_every_seconds`). `launch status` then says what SLURM says: stopped (the job ended
+    itself, COMPLETED) and cancelled, each with the step it resumes from."""
     require_minicluster()
+    assert read_kill_wait() == 10  # the minicluster's, what this test is about
     run_dir = tmp_path / "t"
+    # A checkpoint at step 11 (then 22, ...): a signal right after it has 9 slow steps to go to step 20, where
+    # checks every 10 steps would come; each start stops (and resumes) at the step its check takes the signal.
     overrides = small_run(digits_dataset, tmp_path, "schedule.total=160", "schedule.milestones=[150]",
-                          "checkpoint.check_every_steps=2", "logging.wandb_mode=offline")
-    stops = lambda: [m["step"] for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGTERM"]
-    for k, (how, final_state) in enumerate(((["--signal=TERM"], "COMPLETED"), ([], "CANCELLED"))):
-        job = submit(run_dir, overrides, *CPU_JOB, "--time", "10")
+                          "checkpoint.every_steps=11", "logging.wandb_mode=offline")
+    slow = {"SLOW_STEP_S": "1.5", "PYTHONPATH": f"{SLOW_STEPS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    stops = lambda: [m for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGTERM"]
+    for k, (how, final_state, said) in enumerate(((["--signal=TERM"], "COMPLETED", "stopped"),
+                                                   ([], "CANCELLED", "cancelled"))):
+        job = submit(run_dir, overrides, *CPU_JOB, "--time", "10", env=slow)
         checkpoints_before = len(list((run_dir / "checkpoints").glob("step-*/COMPLETE")))
         wait_for(lambda: len(list((run_dir / "checkpoints").glob("step-*/COMPLETE"))) > checkpoints_before,
                  "a checkpoint of this start", run_dir)
@@ -69,18 +84,43 @@ def test_sigterm_to_every_process_and_scancel_each_save_and_the_run_resumes(digi
         wait_for(lambda: queue_state(job) == "", "the signalled job to leave the queue", run_dir)
         assert job_state(job) == final_state, job_logs(run_dir)
         assert len(stops()) == k + 1, job_logs(run_dir)
-        assert (run_dir / "checkpoints" / f"step-{stops()[-1]:09d}" / "COMPLETE").exists()  # nothing lost
+        stop = stops()[-1]
+        assert stop["stop_s"] < 10, stop  # from the signal to the checkpoint written: inside KillWait
+        assert (run_dir / "checkpoints" / f"step-{stop['step']:09d}" / "COMPLETE").exists()  # nothing lost
         assert not (run_dir / "results.json").exists()
+        status = launch_here("status", str(run_dir)).stdout
+        row = next(line for line in status.splitlines() if line.startswith(str(run_dir)))
+        assert row.split()[1:3] == [said, f"{stop['step']}/160"], status
+        assert f"it resumes from step {stop['step']} (its last checkpoint)" in status, status
     submit(run_dir, overrides, *CPU_JOB, "--time", "10")
     wait_finished([run_dir])
     logs = job_logs(run_dir, tail=0)
-    assert all(f"resuming {run_dir} from step {step}" in logs for step in stops()), logs
+    assert all(f"resuming {run_dir} from step {stop['step']}" in logs for stop in stops()), logs
     assert "Traceback" not in logs and json.loads((run_dir / "results.json").read_text())["train"]["step"] == 160
     # One W&B run over the three starts. The signalled starts' W&B services died with them, before writing what they
     # held; the last start sent W&B those records again from metrics.jsonl: every step is there, once, in order.
     runs = offline_runs(run_dir)
     assert len({r.run_id for r in runs if r.run_id}) == 1
     assert [row["_step"] for row in runs[-1].history if "loss" in row] == list(range(2, 161, 2))
+
+
+def test_a_job_cancelled_before_it_started_is_cancelled_not_failed(digits_dataset, tmp_path):
+    """A pending job cancelled (here: its partition down, so that it cannot start first) is not a failure."""
+    require_minicluster()
+    run_dir = tmp_path / "t"
+    partition = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()[0]
+    subprocess.run(["scontrol", "update", f"PartitionName={partition.rstrip('*')}", "State=DOWN"], check=True)
+    try:
+        job = submit(run_dir, small_run(digits_dataset, tmp_path), *CPU_JOB, "--time", "5")
+        assert queue_state(job) == "PENDING"
+        subprocess.run(["scancel", job], check=True)
+        wait_for(lambda: queue_state(job) == "", "the cancelled job to leave the queue", run_dir)
+    finally:
+        subprocess.run(["scontrol", "update", f"PartitionName={partition.rstrip('*')}", "State=UP"], check=True)
+    status = launch_here("status", str(run_dir)).stdout
+    row = next(line for line in status.splitlines() if line.startswith(str(run_dir)))
+    assert row.split()[1:3] == ["cancelled", "0"] and "failed" not in status, status  # (no start: no total)
+    assert "nothing saved: submitted again, it starts from step 0" in status, status
 
 
 def test_sweep_runs_as_one_job_array_and_skips_finished_runs(digits_dataset, tmp_path):
