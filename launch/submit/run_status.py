@@ -79,9 +79,9 @@ def _resolve_ended(status: RunStatus, slurm_state: str | None) -> None:
     status.log = job_log(Path(status.run_dir), status.job_id)
     status.step = status.checkpoint_step or 0
     slurm_state = slurm_state or (state_in_log(status.log) if status.log else None)
-    if slurm_state is None and status.log is None:  # SLURM no longer remembers it, and it never wrote a log
-        status.state = "stopped" if status.checkpoint_step is not None else "not started"
-        status.reason = f"job {status.job_id} left the queue without a log"
+    ran = status.last_metrics or status.last_event or status.checkpoint_step is not None
+    if slurm_state is None and status.log is None and not ran:  # cancelled while pending, SLURM has forgotten
+        status.state, status.reason = "not started", f"job {status.job_id} left the queue without a log"
         return
     if slurm_state is None and str(status.last_event or "").startswith("stopped by"):
         slurm_state = "COMPLETED"  # its last word was a stop, its checkpoint written

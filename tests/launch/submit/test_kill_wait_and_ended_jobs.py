@@ -26,18 +26,15 @@ def test_slurms_own_line_in_a_jobs_log_says_how_it_ended(tmp_path, line, state):
     assert state_in_log(log) == state
 
 
-def _submitted_run(tmp_path, log_line: str | None, saved_step: int | None):
+def _submitted_run(tmp_path, log_line: str | None, logged: bool = True):
     """A run directory whose job (id 987654321, unknown to any SLURM) has left the queue."""
     run_dir = tmp_path / "t"
     (run_dir / "slurm").mkdir(parents=True)
     (run_dir / "config.yaml").write_text("{}\n")
     (run_dir / "slurm_job_id").write_text("987654321\n")
     records = [{"step": 10, "loss": 1.0}, {"step": 12, "loss": 0.9}]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    if saved_step is not None:
-        checkpoint = run_dir / "checkpoints" / f"step-{saved_step:09d}"
-        checkpoint.mkdir(parents=True)
-        (checkpoint / "COMPLETE").write_text(json.dumps({"step": saved_step, "files": {}}))
+    if logged:
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if log_line is not None:
         (run_dir / "slurm" / "987654321_0_log.err").write_text(log_line + "\n")
     return run_dir
@@ -45,20 +42,22 @@ def _submitted_run(tmp_path, log_line: str | None, saved_step: int | None):
 
 def test_a_cancelled_job_is_cancelled_and_counts_its_saved_steps(tmp_path):
     cancelled = "slurmstepd: error: *** JOB 987654321 ON n1 CANCELLED AT 2026-12-07T06:01:02 ***"
-    run_dir = _submitted_run(tmp_path, cancelled, saved_step=None)
+    run_dir = _submitted_run(tmp_path, cancelled)
     status = run_status(run_dir)
     assert (status.state, status.step, status.error) == ("cancelled", 0, None)  # 12 steps logged, none saved
 
 
 def test_a_failed_job_is_failed_with_its_error_line(tmp_path):
-    run_dir = _submitted_run(tmp_path, "error: data.root: no manifest", saved_step=None)
+    run_dir = _submitted_run(tmp_path, "error: data.root: no manifest")
     status = run_status(run_dir)
     assert (status.state, status.error) == ("failed", "error: data.root: no manifest")
 
 
 def test_a_job_that_left_no_log_and_no_record_is_not_called_failed(tmp_path):
-    status = run_status(_submitted_run(tmp_path, None, saved_step=None))
+    """Cancelled while it waited, where SLURM has forgotten it (no accounting, past MinJobAge)."""
+    status = run_status(_submitted_run(tmp_path, None, logged=False))
     assert status.state == "not started" and "left the queue without a log" in status.reason
+    assert run_status(_submitted_run(tmp_path / "ran", None)).state == "failed"  # it ran; nothing says how it ended
 
 
 def test_a_stop_that_would_outlast_kill_wait_is_warned_of_measured_or_planned(tmp_path):

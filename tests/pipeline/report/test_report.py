@@ -19,6 +19,7 @@ from pipeline.report.reading import ReportError
 from pipeline.report.write import write_report
 from pipeline.run.layout import RunDir
 from pipeline.run.logger import read_metrics
+from pipeline.run.state import read_run_state
 from pipeline.tables.spec import PlannedRun, planned_runs
 from tests.support import REPO
 from tests.support.report_runs import write_run
@@ -295,6 +296,26 @@ def test_a_submitted_run_is_told_from_its_files_and_the_queue_from_launch(tmp_pa
 
     asked = write_report(TABLES / "table6.yaml", tmp_path, tmp_path / "asked", states_of=run_statuses)[0].read_text()
     assert _row(asked, "ResNet-20")[-2] == "failed"  # no queue knows the job: it left without finishing
+
+
+def test_a_cancelled_run_is_cancelled_in_the_report_with_the_step_it_resumes_from(tmp_path):
+    """What SLURM said of a job that left the queue (`launch.submit.run_status`, passed as `states_of`) is the row's
+    state; progress is the steps saved, not those logged, and the hint says how to go on."""
+    runs = _runs("table6.yaml", tmp_path)
+    write_run(runs[("ResNet-20", 0)], steps=500)
+    saved = {"ResNet-20": 300}
+
+    def states_of(run_dirs):
+        states = [read_run_state(run_dir) for run_dir in run_dirs]
+        for state in states:
+            if state.run_dir == runs[("ResNet-20", 0)].run_dir:
+                state.state, state.step, state.job_id = "cancelled", saved["ResNet-20"], "41"
+        return states
+
+    markdown = write_report(TABLES / "table6.yaml", tmp_path, tmp_path / "report", states_of=states_of)[0].read_text()
+    assert _row(markdown, "ResNet-20")[-2] == "cancelled"
+    assert "- ResNet-20, seed 0: cancelled, saved up to step 300 of 1000 (30%), job 41" in markdown, markdown
+    assert "what is missing, failed, cancelled or stopped" in markdown
 
 
 def test_the_report_does_not_import_its_launcher(tmp_path):
