@@ -102,8 +102,8 @@ def _planned_total(cfg) -> int | None:
 def _resumes(status: RunStatus) -> str:
     """Where a run that ended without finishing goes on from when it is submitted again."""
     if status.checkpoint_step is None:
-        return "nothing saved: submitted again, it starts from step 0"
-    return f"submitted again, it resumes from step {status.checkpoint_step} (its last checkpoint)"
+        return "nothing saved: started again, it starts from step 0"
+    return f"started again, it resumes from step {status.checkpoint_step} (its last checkpoint)"
 
 
 def _first_record_step(run_dir: Path) -> str:

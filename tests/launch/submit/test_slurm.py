@@ -120,7 +120,7 @@ def test_a_job_cancelled_before_it_started_is_cancelled_not_failed(digits_datase
     status = launch_here("status", str(run_dir)).stdout
     row = next(line for line in status.splitlines() if line.startswith(str(run_dir)))
     assert row.split()[1:3] == ["cancelled", "0"] and "failed" not in status, status  # (no start: no total)
-    assert "nothing saved: submitted again, it starts from step 0" in status, status
+    assert "nothing saved: started again, it starts from step 0" in status, status
 
 
 def test_sweep_runs_as_one_job_array_and_skips_finished_runs(digits_dataset, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from launch.reproduce.status import print_status
 from launch.submit.run_status import run_status
 from launch.submit.slurm import prepare_planned_run
 from pipeline.checkpoint.store import CheckpointStore
@@ -65,7 +66,7 @@ def test_the_files_tell_each_state(tmp_path):
     stopped = tmp_path / "stopped"
     _log(stopped, [start, (40, {"loss": 1.5})])
     _age(RunDir(stopped).metrics, ACTIVE_WINDOW_S + 5)
-    assert read_run_state(stopped).state == "stopped"
+    assert (read_run_state(stopped).state, read_run_state(stopped).step) == ("stopped", 0)  # 40 logged, none saved
     only_checkpoint = tmp_path / "only-checkpoint"
     _checkpoint(only_checkpoint, 60)
     state = read_run_state(only_checkpoint)
@@ -81,6 +82,17 @@ def test_the_files_tell_each_state(tmp_path):
     update_results(submitted, "train", {"step": 100, "protocol": "center", "top1_error": 9.0})
     state = read_run_state(submitted)
     assert (state.state, state.eta_s) == ("finished", None)
+
+
+def test_a_run_that_has_not_logged_yet_says_when_it_will(tmp_path, capsys):
+    """Training records come every `logging.every_steps` steps: before the first, `status` says so rather than
+    showing a bare 0%."""
+    run_dir = tmp_path / "r"
+    _log(run_dir, [(0, {"event": "start", "total_steps": 100})])  # fresh: running
+    RunDir(run_dir).config.write_text("logging:\n  every_steps: 50\n")
+    assert print_status([str(run_dir)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(str(run_dir)))
+    assert row.split()[1:3] == ["running", "0/100"] and row.endswith("starting=first training record at step 50")
 
 
 @pytest.mark.slurm
@@ -197,7 +209,8 @@ def test_launch_status_on_run_folders(tmp_path):
     assert proc.returncode == 0, proc.stderr
     header, *rows = proc.stdout.splitlines()
     assert header.split() == ["run", "state", "step", "%", "elapsed", "eta", "job", "last", "metrics"]
-    assert [row.split()[1] for row in rows] == ["finished", "stopped"]
+    assert [row.split()[1] for row in rows if not row.startswith(" ")] == ["finished", "stopped"]
+    assert rows[-1].strip() == "nothing saved: started again, it starts from step 0"  # 300 steps logged, none saved
     proc = subprocess.run([sys.executable, "-m", "launch", "status", str(tmp_path / "nothing")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 1 and "no runs found" in proc.stdout
