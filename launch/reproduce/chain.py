@@ -93,6 +93,13 @@ def report_is_current(report: Path, runs: list[PlannedRun]) -> bool:
     return all(not p.exists() or p.stat().st_mtime <= written for p in sources)
 
 
+def _jobs_named(training: bool, evaluation: bool) -> str:
+    """Which jobs the resources line speaks of: a table read from training's own records (a centre-view table,
+    curves) has no evaluation jobs, and a call that only evaluates again submits no training."""
+    kinds = [kind for kind, there in (("training", training), ("evaluation", evaluation)) if there]
+    return f"each {' and '.join(kinds)} job"
+
+
 def _after(kind: str, job_ids: list[str]) -> str | None:
     return f"{kind}:{':'.join(job_ids)}" if job_ids else None
 
@@ -107,8 +114,9 @@ def submit_chain(steps: list[RunStep], evaluation: TableEvaluation | None, table
     verb = "would submit" if dry_run else "submitted"
     submitted = 0
     if to_train or to_evaluate:
-        print(f"each training and evaluation job: {resources.nodes} node(s) x {resources.ntasks_per_node} task(s), "
-              f"{resources.gpus_per_node} GPU(s) per node, {resources.time_minutes} min"
+        gpus = f"{resources.gpus_per_node} GPU(s) per node" if resources.gpus_per_node else "no GPUs (CPU only)"
+        print(f"{_jobs_named(bool(to_train), bool(to_evaluate))}: {resources.nodes} node(s) x "
+              f"{resources.ntasks_per_node} task(s), {gpus}, {resources.time_minutes} min"
               + (f", partition {resources.partition}" if resources.partition else ""))
     if to_train:
         run_dirs = [s.run_dir if dry_run else prepare_planned_run(s.run) for s in to_train]

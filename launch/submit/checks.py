@@ -16,16 +16,19 @@ from pipeline.data.dataset import DatasetError, read_manifest
 def print_gpu_shares(runs: dict[str, ExperimentConfig], resources: SlurmConfig) -> None:
     """What each GPU of each job gets of its run's batch, and warnings for runs spread too thin or whose
     schedule never lowers the rate (on stderr: stdout may be a dry run's sbatch script). `runs`: run name ->
-    config; runs that share a batch or a warning are said once."""
+    config; runs that share a batch or a warning are said once. A job without GPUs (`--gpus-per-node 0`) is
+    told what each process gets."""
     by_share: dict[str, list[str]] = {}
     warnings: dict[str, list[str]] = {}
+    on_gpus = resources.gpus_per_node > 0
+    unit = "GPU" if on_gpus else "process"
     for name, cfg in runs.items():
-        share = gpu_share(cfg, resources.gpus)
+        share = gpu_share(cfg, resources.gpus, on_gpus)
         by_share.setdefault(share.describe(), []).append(name)
         for warning in filter(None, (share.below_recipe(), schedule_warning(cfg.schedule))):
             warnings.setdefault(warning, []).append(name)
     for text, names in by_share.items():
-        print(f"per GPU: {text}" + (f" ({len(names)} runs)" if len(runs) > 1 else ""), file=sys.stderr)
+        print(f"per {unit}: {text}" + (f" ({len(names)} runs)" if len(runs) > 1 else ""), file=sys.stderr)
     for text, names in warnings.items():
         who = f"{names[0]}" if len(names) == 1 else f"{len(names)} runs ({', '.join(names)})"
         print(f"warning: {who}: {text}", file=sys.stderr)

@@ -21,12 +21,18 @@ LARGE_BATCH_PRESET = "configs/imagenet/large_batch/"
 
 @dataclass(frozen=True)
 class GpuShare:
-    """One run's global batch spread over its GPUs (ranks: on CPU, processes)."""
+    """One run's global batch spread over its GPUs (ranks: on CPU, processes, and `unit` says so: a CPU job told
+    "128 images per GPU" was asked to believe in GPUs it does not have)."""
 
     global_batch: int
     gpus: int
     bn_group_size: int  # 0: BN over the GPU's whole batch
     recipe: int  # images per GPU the recipe was made for
+    unit: str = "GPU"  # what a rank is: "GPU", or "process" on CPU
+
+    def count(self, n: int) -> str:
+        """`n` ranks in words: "1 GPU", "32 GPUs", "2 processes"."""
+        return f"{n} {self.unit}" if n == 1 else f"{n} {'processes' if self.unit == 'process' else self.unit + 's'}"
 
     @property
     def images(self) -> float:
@@ -41,23 +47,25 @@ class GpuShare:
 
     def describe(self) -> str:
         bn = f", BN statistics over groups of {self.bn_group_size:g}" if self.bn_batch != self.images else ""
-        return f"{self.images:g} images per GPU ({self.global_batch} over {self.gpus}){bn}"
+        return f"{self.images:g} images per {self.unit} ({self.global_batch} over {self.gpus}){bn}"
 
     def below_recipe(self) -> str | None:
-        """A warning when a GPU gets fewer images than the recipe was made for, naming the ways out."""
+        """A warning when a GPU (process) gets fewer images than the recipe was made for, naming the ways out."""
         if self.images >= self.recipe:
             return None
         fewer = self.global_batch // self.recipe
-        return (f"data.batch_size {self.global_batch} over {self.gpus} GPUs is {self.images:g} images per GPU, "
-                f"below the {self.recipe} the recipe was made for (data.recipe_batch_per_gpu): BN statistics come "
-                f"from {self.bn_batch:g} images instead of {self.recipe}, and steps this small are bound by kernel "
-                f"launches and the all-reduce. Instead: {fewer} GPU(s) per run ({self.recipe} each) with more runs "
-                f"at once (--array-parallelism), or the large-batch preset ({LARGE_BATCH_PRESET}), which keeps BN "
-                f"over {self.recipe} with model.bn_group_size")
+        return (f"data.batch_size {self.global_batch} over {self.count(self.gpus)} is {self.images:g} images per "
+                f"{self.unit}, below the {self.recipe} the recipe was made for (data.recipe_batch_per_gpu): BN "
+                f"statistics come from {self.bn_batch:g} images instead of {self.recipe}, and steps this small are "
+                f"bound by kernel launches and the all-reduce. Instead: {self.count(fewer)} per run ({self.recipe} "
+                f"each) with more runs at once (--array-parallelism), or the large-batch preset "
+                f"({LARGE_BATCH_PRESET}), which keeps BN over {self.recipe} with model.bn_group_size")
 
 
-def gpu_share(cfg: ExperimentConfig, gpus: int) -> GpuShare:
-    return GpuShare(cfg.data.batch_size, max(1, gpus), cfg.model.bn_group_size, cfg.data.recipe_batch_per_gpu)
+def gpu_share(cfg: ExperimentConfig, gpus: int, on_gpus: bool = True) -> GpuShare:
+    """The share of each of `gpus` ranks; `on_gpus` False: the ranks are CPU processes (`--gpus-per-node 0`)."""
+    return GpuShare(cfg.data.batch_size, max(1, gpus), cfg.model.bn_group_size, cfg.data.recipe_batch_per_gpu,
+                    "GPU" if on_gpus else "process")
 
 
 def check_bn_groups(cfg: ExperimentConfig, gpus: int) -> None:

@@ -129,7 +129,7 @@ def log_start(logger, cfg: ExperimentConfig, info: DistInfo, device: torch.devic
               warnings: list[str | None], resumed: Resumed) -> None:
     """The start record (the report's progress reads its total), then each warning and what the resume did."""
     step = resumed.progress.step
-    share = gpu_share(cfg, info.world_size)
+    share = gpu_share(cfg, info.world_size, on_gpus=device.type == "cuda")  # a CPU run's warning speaks of processes
     logger.log({"event": "start", "total_steps": schedule.total_steps, "steps_per_epoch": loader.steps_per_epoch,
                 "world_size": info.world_size, "images_per_gpu": share.images, "bn_batch": share.bn_batch}, step)
     warnings = [*warnings, share.below_recipe(), schedule_warning(cfg.schedule),

@@ -87,7 +87,7 @@ def test_submit_dry_run_warns_for_the_old_4_node_example_and_not_for_one_node(tm
     assert "per GPU: 8 images per GPU (256 over 32)" in thin.stderr
     warning = next(line for line in thin.stderr.splitlines() if line.startswith("warning:"))
     assert "8 images per GPU, below the 32 the recipe was made for" in warning
-    assert "8 GPU(s) per run" in warning and "--array-parallelism" in warning and "large_batch" in warning
+    assert "8 GPUs per run" in warning and "--array-parallelism" in warning and "large_batch" in warning
     assert thin.stdout.startswith("# run directory")  # stdout stays the script
 
     node = launch("submit", RESNET50, f"run.out_dir={tmp_path}", *ONE_NODE, "--dry-run")
@@ -105,6 +105,18 @@ def test_reproduce_dry_run_warns_once_for_every_run_spread_too_thin(tmp_path):
     node = launch("reproduce", "configs/tables/table2.yaml", "--runs", str(tmp_path), *ONE_NODE, "--dry-run")
     assert node.returncode == 0 and "warning" not in node.stderr, node.stderr
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_a_cpu_job_is_told_of_processes_and_a_centre_view_table_of_no_evaluation_jobs(tmp_path):
+    """Table 6 is read from training's own final evaluation: it has no evaluation jobs to speak of."""
+    cpu = launch("reproduce", "configs/tables/table6.yaml", "--runs", str(tmp_path), "--gpus-per-node", "0",
+                 "--dry-run")
+    assert cpu.returncode == 0, cpu.stderr
+    assert "per process: 128 images per process (128 over 1)" in cpu.stderr and "GPU" not in cpu.stderr
+    assert "each training job: 1 node(s) x 1 task(s), no GPUs (CPU only)," in cpu.stdout
+    assert "evaluat" not in cpu.stdout, cpu.stdout
+    below = gpu_share(load_config(RESNET50), 32, on_gpus=False).below_recipe()
+    assert below.startswith("data.batch_size 256 over 32 processes is 8 images per process,") and "GPU" not in below
 
 
 def test_plan_shows_images_per_gpu_and_warns_below_the_recipe():
