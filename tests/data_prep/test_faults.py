@@ -159,6 +159,22 @@ def test_heartbeat_is_refreshed_from_the_work_loop(tmp_path: Path) -> None:
         assert time.time() - lock.path.stat().st_mtime < 60
 
 
+def test_the_progress_bar_says_one_rate(capsys) -> None:
+    """The images/s of the bar and the MB/s beside it are over the same time: 1,000 bytes an image here, so
+    MB/s x 1,000 is the bar's images/s (an own img/s in the postfix once said a tenth of the bar's)."""
+    from data_prep.prepare import _Progress
+
+    progress = _Progress(320, True)
+    for _ in range(10):
+        time.sleep(0.02)
+        progress(32, 32_000)
+    progress.close()
+    final = capsys.readouterr().err.split("\r")[-1]
+    images_per_s = float(final.split("img/s")[0].rsplit(" ", 1)[-1])
+    mb_per_s = float(final.split(" MB/s")[0].rsplit(" ", 1)[-1])
+    assert final.count("img/s") == 1 and abs(mb_per_s * 1000 / images_per_s - 1) < 0.05, final
+
+
 def test_lock_is_released_on_keyboard_interrupt(tmp_path: Path, monkeypatch) -> None:
     import data_prep.prepare as prepare_mod
     from data_prep.sources.imagenet import load_imagenet
