@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,14 @@ from pipeline.config.schema import EngineConfig, OptimConfig
 from pipeline.dist import DistInfo, from_primary
 from pipeline.engine.common import AUTOCAST_DTYPES, BufferSync, bn_statistics_kept, prepare_model, top1_hits
 from pipeline.engine.optimizer import build_optimizer, set_lr
+
+# Torch 2.13 renamed DDP's `broadcast_buffers` to `forward_sync_buffers`, and the old name costs a FutureWarning at
+# the top of every training's log. The new name still broadcasts rank 0's buffers once, as DDP starts, where the old
+# one did not: the same numerics, since every rank's buffers are then BN's constant initial statistics (a resumed
+# run loads its checkpoint after this, the same one on every rank). Older torch knows the old name alone.
+_DDP_ARGS = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+_NO_FORWARD_BUFFER_SYNC = {"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS else \
+    {"broadcast_buffers": False}
 
 
 class DDPEngine:
@@ -37,8 +46,8 @@ class DDPEngine:
             ids = [device.index] if device.type == "cuda" else None
             # No broadcast of BN buffers before every forward (`BufferSync` does it where they are read), and
             # gradients that live in DDP's buckets instead of being copied there.
-            ddp = nn.parallel.DistributedDataParallel(self.module, device_ids=ids, broadcast_buffers=False,
-                                                      gradient_as_bucket_view=True)
+            ddp = nn.parallel.DistributedDataParallel(self.module, device_ids=ids, gradient_as_bucket_view=True,
+                                                      **_NO_FORWARD_BUFFER_SYNC)
             if cfg.reduce_dtype == "bf16":
                 ddp.register_comm_hook(None, _bf16_reduce)
             wrapped = ddp
