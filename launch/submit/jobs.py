@@ -8,6 +8,7 @@ directory when it starts.
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from data_prep.__main__ import main
 from pipeline.config import load_config
 from pipeline.run.layout import RunDir
+from pipeline.train.outcome import Interrupted  # plain data, no torch
 
 
 class TrainJob:
@@ -31,7 +33,6 @@ class TrainJob:
     def __call__(self) -> dict:
         from pipeline.dist import dist_info_from_env  # noqa: PLC0415 - the trainer: only in the job
         from pipeline.train.loop import say_error, train  # noqa: PLC0415 - the trainer: only in the job
-        from pipeline.train.outcome import Interrupted  # noqa: PLC0415 - the trainer: only in the job
 
         run = RunDir(self.run_dir)
         cfg = load_config(run.config)
@@ -45,20 +46,62 @@ class TrainJob:
             # through submitit, whose traceback follows in the log.
             say_error(e, info.is_primary)
             raise
-        if isinstance(outcome, Interrupted) and outcome.signal != "SIGTERM":
-            # The checkpoint is saved; let submitit's handler (restored when training returned)
-            # requeue the job on rank 0. Other ranks return and the requeued job starts them again.
-            # Not on SIGTERM: that is what `scancel` sends (and what a cluster that requeues preempted
-            # jobs itself sends); requeueing then would bring back a job its user cancelled.
-            handler = signal.getsignal(signal.SIGUSR2)
-            if callable(handler):
-                handler(signal.SIGUSR2, None)
+        if isinstance(outcome, Interrupted):
+            requeue = outcome.signal != "SIGTERM"
+            say_stopped(outcome, requeue, info.is_primary)
+            if requeue:
+                # The checkpoint is saved; let submitit's handler (restored when training returned)
+                # requeue the job on rank 0. Other ranks return and the requeued job starts them again.
+                # Not on SIGTERM: that is what `scancel` sends (and what a cluster that requeues preempted
+                # jobs itself sends); requeueing then would bring back a job its user cancelled.
+                handler = signal.getsignal(signal.SIGUSR2)
+                if callable(handler):
+                    handler(signal.SIGUSR2, None)
         return outcome.as_dict()  # the job's result: plain data, readable by any version
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit  # submitit: only where jobs are submitted or run
 
         return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir))
+
+
+def say_stopped(outcome: Interrupted, requeue: bool, requeues_here: bool) -> None:
+    """A stopped training says so in its job's log (every rank, each in its own), and submitit's "Job completed
+    successfully" after it says "stopped" instead.
+
+    The job still returns, with exit code 0: srun runs the ranks with --kill-on-bad-exit, so a rank that exited
+    non-zero before rank 0 had requeued the job would kill rank 0 first, and the job would not come back. SLURM's
+    state says what stopped it (docs/reliability.md#how-a-stopped-job-ends). `requeues_here`: this is the rank
+    on which submitit's handler requeues the job.
+    """
+    by = f"by {outcome.signal}" if outcome.signal else "by a signal to another rank"
+    if not requeue:
+        then = ("not requeued by the job (a cancelled job stays cancelled): SLURM brings back a job it preempted, "
+                "and submitting the run again resumes it")
+    elif requeues_here:
+        then = "requeueing the job, which resumes from it"
+    else:
+        then = "rank 0 requeues the job, which resumes from it"
+    line = f"stopped {by} at step {outcome.step}: checkpoint saved; {then}"
+    print(line, flush=True)
+    logging.getLogger("submitit").addFilter(_StoppedNotCompleted(outcome.step))
+
+
+class _StoppedNotCompleted(logging.Filter):
+    """submitit says "Job completed successfully" of whatever the callable returned: after a stop, the truth."""
+
+    SAID = {"Job completed successfully": "Job stopped at step {step}, not completed (see the line above)",
+            "Exiting after successful completion": "Exiting after the stop"}
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        said = self.SAID.get(record.getMessage())
+        if said is not None:
+            record.msg, record.args = said.format(step=self.step), ()
+        return True
 
 
 def record_job_id(run: RunDir) -> None:

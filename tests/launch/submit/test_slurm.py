@@ -87,6 +87,10 @@ def test_sigterm_to_every_process_and_scancel_each_save_and_the_run_resumes(digi
         stop = stops()[-1]
         assert stop["stop_s"] < 10, stop  # from the signal to the checkpoint written: inside KillWait
         assert (run_dir / "checkpoints" / f"step-{stop['step']:09d}" / "COMPLETE").exists()  # nothing lost
+        # Each rank's log says it stopped, and where; submitit's "Job completed successfully" does not follow.
+        logs = job_logs(run_dir, tail=0)
+        assert logs.count(f"stopped by SIGTERM at step {stop['step']}: checkpoint saved; not requeued") == 2, logs
+        assert "Job completed successfully" not in logs, logs
         assert not (run_dir / "results.json").exists()
         status = launch_here("status", str(run_dir)).stdout
         row = next(line for line in status.splitlines() if line.startswith(str(run_dir)))
