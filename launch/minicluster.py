@@ -1,4 +1,4 @@
-"""`python -m launch.minicluster up [--nodes N] | down | status`: a real SLURM cluster on one machine.
+"""`python -m launch.minicluster up [--nodes N] [--keep-jobs] | down | status`: a real SLURM cluster on one machine.
 
 munge, slurmctld and one slurmd per node from Debian's `slurm-wlm` package, configured for this machine:
 nodes `n1 ... nN`, each with all of the machine's cores, one default partition, no accounting. The nodes
@@ -9,8 +9,10 @@ that SLURM schedules, signals and requeues as it would on a real cluster.
 
 The tests use it to submit, signal, requeue and time out real multi-node jobs; anyone can use it to
 try the SLURM path of this project on one machine. `up` is idempotent: with the same number of nodes,
-daemons already running are left alone; with another number, the cluster is restarted (jobs in it
-are dropped). It needs root (the daemons run as root, munge's key belongs to the munge user, and
+daemons already running are left alone, and so are their jobs; with another number, the cluster is restarted.
+A slurmctld that `up` starts starts clean: the jobs an earlier cluster left in its saved state (a running job
+among them would hold its nodes) are not brought back, unless `--keep-jobs` asks for them, and then `up` names
+them. It needs root (the daemons run as root, munge's key belongs to the munge user, and
 /etc/hosts is edited) and refuses to touch a slurm.conf it did not write.
 """
 
@@ -47,6 +49,10 @@ class Status:
     slurmctld: bool
     slurmd: list[str]  # the nodes whose slurmd runs
     nodes: list[str]  # sinfo's view, a "name state cpus" line per node, or why there is none
+    # Set by `up` where it started slurmctld and an earlier cluster had saved its state: that state's jobs were
+    # dropped (`cleared`), or kept (--keep-jobs: `kept_jobs`, a squeue line each).
+    cleared: bool = False
+    kept_jobs: list[str] | None = None
 
     @property
     def up(self) -> bool:
@@ -59,10 +65,11 @@ def node_names(count: int) -> list[str]:
     return [f"n{i}" for i in range(1, count + 1)]
 
 
-def up(nodes: int | None = None, timeout: float = 60.0) -> Status:
+def up(nodes: int | None = None, timeout: float = 60.0, keep_jobs: bool = False) -> Status:
     """Start munge, slurmctld and a slurmd per node (those not running yet); wait until every node is usable.
 
-    `nodes`: how many; default: as many as the cluster has now, else 1.
+    `nodes`: how many; default: as many as the cluster has now, else 1. `keep_jobs`: a slurmctld started here
+    brings back the jobs of its saved state (by default it starts without them); a running one keeps its jobs.
     """
     nodes = nodes or len(_configured_nodes()) or 1
     if nodes < 1:
@@ -79,9 +86,11 @@ def up(nodes: int | None = None, timeout: float = 60.0) -> Status:
     _map_node_names(names)
     for directory in (STATE / "state", LOGS, RUN, *(STATE / "spool" / n for n in names)):
         directory.mkdir(parents=True, exist_ok=True)
-    if not _running("slurmctld"):
+    saved = (STATE / "state" / "job_state").exists()  # an earlier slurmctld's jobs (none at the first start)
+    started_ctld = not _running("slurmctld")
+    if started_ctld:
         _check_port_free(CTLD_PORT, "slurmctld")
-        _start([_which("slurmctld")], "slurmctld")
+        _start([_which("slurmctld"), *slurmctld_flags(keep_jobs)], "slurmctld")
     for port, name in enumerate(names, start=FIRST_SLURMD_PORT):
         if not _slurmd_running(name):
             _check_port_free(port, f"slurmd of node {name}")
@@ -90,6 +99,8 @@ def up(nodes: int | None = None, timeout: float = 60.0) -> Status:
     while time.time() < deadline:
         current = status()
         if current.up:
+            current.cleared = started_ctld and saved and not keep_jobs
+            current.kept_jobs = _jobs() if started_ctld and saved and keep_jobs else None
             return current
         stuck = [line.split()[0] for line in current.nodes if any(s in line for s in ("down", "drain", "unk"))]
         if stuck:
@@ -106,6 +117,32 @@ def down() -> Status:
     _wait_until(lambda: not _running("munged"), 20)
     _map_node_names([])
     return status()
+
+
+def slurmctld_flags(keep_jobs: bool) -> list[str]:
+    """slurmctld's flags: `-c` (by default) starts it without the jobs in its StateSaveLocation, which an earlier
+    cluster left there (after `down`, a restart of the machine or container) and would otherwise come back
+    without a word, a job that was running holding its nodes. Job ids go on from the last one all the same:
+    none is given again, so a run directory's recorded job id never names another job."""
+    return [] if keep_jobs else ["-c"]
+
+
+def up_lines(result: Status) -> list[str]:
+    """What `up` says of the jobs an earlier cluster saved, where it started slurmctld."""
+    if result.cleared:
+        return ["slurmctld started clean: jobs an earlier cluster saved were not brought back (--keep-jobs keeps "
+                "them)"]
+    if result.kept_jobs is None:
+        return []
+    if not result.kept_jobs:
+        return ["--keep-jobs: the earlier cluster saved no jobs"]
+    return [f"--keep-jobs: kept {len(result.kept_jobs)} job(s) of the earlier cluster (id state name nodes "
+            "where/why):", *(f"  {line}" for line in result.kept_jobs)]
+
+
+def _jobs() -> list[str]:
+    proc = subprocess.run(["squeue", "-h", "-o", "%i %T %j %D %R"], capture_output=True, text=True, timeout=30)
+    return proc.stdout.strip().splitlines()
 
 
 def status() -> Status:
@@ -265,9 +302,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("up", "down", "status"))
     parser.add_argument("--nodes", type=int, help="with up: how many SLURM nodes (default: as many as now, else 1)")
+    parser.add_argument("--keep-jobs", action="store_true",
+                        help="with up: a slurmctld started now brings back the jobs an earlier cluster saved (by "
+                             "default it starts without them); each is named")
     args = parser.parse_args(argv)
     try:
-        result = up(args.nodes) if args.action == "up" else {"down": down, "status": status}[args.action]()
+        result = up(args.nodes, keep_jobs=args.keep_jobs) if args.action == "up" else \
+            {"down": down, "status": status}[args.action]()
     except MiniclusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -277,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     print("nodes (name state cpus):")
     for line in result.nodes:
         print(f"  {line}")
+    for line in up_lines(result):
+        print(line)
     return 0 if args.action != "status" or result.up else 1
 
 

@@ -1,10 +1,12 @@
-"""The SLURM minicluster: starts, is idempotent, has 2 real nodes that run one job's tasks side by side."""
+"""The SLURM minicluster: starts, is idempotent, has 2 real nodes that run one job's tasks side by side, and a
+slurmctld it starts starts clean unless asked to keep an earlier cluster's jobs."""
 
 import re
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -53,3 +55,18 @@ def test_hosts_entries_are_added_and_removed_leaving_other_lines():
     mapped = minicluster.hosts_text(original, ["n1", "n2"])
     assert mapped.startswith(original) and f"127.0.0.1 n2 {minicluster.MARKER}" in mapped
     assert minicluster.hosts_text(minicluster.hosts_text(mapped, ["n1"]), []) == original
+
+
+def test_slurmctld_starts_without_an_earlier_clusters_jobs_unless_kept_and_then_names_them():
+    """(slurmctld -c drops the saved jobs and keeps the job id sequence: checked by hand with a second controller
+    on its own ports, a pending job there before and after a restart without -c, gone after one with it, and the
+    next job id after it the next in line.)"""
+    assert minicluster.slurmctld_flags(keep_jobs=False) == ["-c"] and minicluster.slurmctld_flags(True) == []
+    running = minicluster.Status(True, True, ["n1", "n2"], ["n1 idle 2", "n2 idle 2"])
+    assert minicluster.up_lines(running) == []  # slurmctld was running (its jobs are its own), or nothing was saved
+    clean = minicluster.up_lines(replace(running, cleared=True))
+    assert len(clean) == 1 and "started clean" in clean[0] and "--keep-jobs" in clean[0]
+    kept = replace(running, kept_jobs=["187 RUNNING t 2 n[1-2]"])
+    assert minicluster.up_lines(kept) == ["--keep-jobs: kept 1 job(s) of the earlier cluster (id state name nodes "
+                                          "where/why):", "  187 RUNNING t 2 n[1-2]"]
+    assert minicluster.up_lines(replace(kept, kept_jobs=[])) == ["--keep-jobs: the earlier cluster saved no jobs"]
