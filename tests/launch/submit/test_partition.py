@@ -66,7 +66,8 @@ def test_a_job_the_minicluster_cannot_run_is_refused_and_a_waiting_one_shows_why
             patch.setattr(queue.subprocess, "run", counted)  # counts the calls; the real squeue answers
             statuses = run_statuses([run_dir, tmp_path / "task", tmp_path / "gone"])
         assert [(s.state, s.reason) for s in statuses] == [
-            ("queued", "BeginTime"), ("queued", "JobHeldUser"), ("failed", None)], statuses
+            ("queued", "BeginTime"), ("queued", "JobHeldUser"),
+            ("not started", "job 999999999 left the queue without a log")], statuses  # never ran: not "failed"
         assert len(squeues) == 1, squeues
     finally:
         subprocess.run(["scancel", job, array], check=True)
