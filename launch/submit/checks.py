@@ -8,16 +8,16 @@ from collections.abc import Sequence
 
 from launch.submit.partition import impossible, read_partition
 from pipeline.config import ConfigError, ExperimentConfig, SlurmConfig
-from pipeline.config.checks import schedule_warning
+from pipeline.config.checks import schedule_warning, warmup_warning
 from pipeline.config.per_gpu_batch import gpu_share
 from pipeline.data.dataset import DatasetError, read_manifest
 
 
 def print_gpu_shares(runs: dict[str, ExperimentConfig], resources: SlurmConfig) -> None:
-    """What each GPU of each job gets of its run's batch, and warnings for runs spread too thin or whose
-    schedule never lowers the rate (on stderr: stdout may be a dry run's sbatch script). `runs`: run name ->
-    config; runs that share a batch or a warning are said once. A job without GPUs (`--gpus-per-node 0`) is
-    told what each process gets."""
+    """What each GPU of each job gets of its run's batch, and warnings for runs spread too thin, whose schedule
+    never lowers the rate or whose warm-up outlasts it (on stderr: stdout may be a dry run's sbatch script).
+    `runs`: run name -> config; runs that share a batch or a warning are said once. A job without GPUs
+    (`--gpus-per-node 0`) is told what each process gets."""
     by_share: dict[str, list[str]] = {}
     warnings: dict[str, list[str]] = {}
     on_gpus = resources.gpus_per_node > 0
@@ -25,7 +25,8 @@ def print_gpu_shares(runs: dict[str, ExperimentConfig], resources: SlurmConfig) 
     for name, cfg in runs.items():
         share = gpu_share(cfg, resources.gpus, on_gpus)
         by_share.setdefault(share.describe(), []).append(name)
-        for warning in filter(None, (share.below_recipe(), schedule_warning(cfg.schedule))):
+        for warning in filter(None, (share.below_recipe(), schedule_warning(cfg.schedule),
+                                     warmup_warning(cfg.schedule))):
             warnings.setdefault(warning, []).append(name)
     for text, names in by_share.items():
         print(f"per {unit}: {text}" + (f" ({len(names)} runs)" if len(runs) > 1 else ""), file=sys.stderr)

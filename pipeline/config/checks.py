@@ -2,7 +2,7 @@
 dataset): each returns a warning to log or print, or None, or raises a ConfigError where training would fail.
 
 Training logs the warnings at its start; `launch submit`, `sweep` and `reproduce` print those they can know
-before a job runs (the schedule's).
+before a job runs (the schedule's and the warm-up's).
 """
 
 from __future__ import annotations
@@ -31,6 +31,38 @@ def schedule_warning(schedule: ScheduleConfig) -> str | None:
             f"never drops there. Shrink them with the total (the recipes drop at 50% and 75% of it, e.g. "
             f"schedule.milestones=[{schedule.total // 2},{schedule.total * 3 // 4}]), or schedule.milestones=[] for a "
             f"constant rate")
+
+
+def warmup_warning(schedule: ScheduleConfig, steps_per_epoch: int | None = None) -> str | None:
+    """A warm-up that can last until the first milestone (or the end) holds its small rate where the scheduled
+    one should apply: the net never trains at the peak rate. Almost always a shrunk `schedule.total` with the
+    recipe's warm-up (ResNet-110's cap of 2000 iterations in a 100-step try).
+
+    The cap is not shrunk with the total on purpose: how long a net needs at the small rate depends on the net
+    and the data, not on how long it trains afterwards, and a config's value must be the one it runs with.
+    `steps_per_epoch`: to compare with milestones given in epochs (unknown before the data is opened: no
+    warning then)."""
+    if schedule.warmup == "none" or (schedule.unit == "epoch" and steps_per_epoch is None):
+        return None
+    per_unit = steps_per_epoch if schedule.unit == "epoch" else 1
+    # Where the scheduled rate would first change: its first drop, or the end (milestones past it never drop).
+    drops = bool(schedule.kind == "multistep" and schedule.milestones and schedule.milestones[0] < schedule.total)
+    end = (schedule.milestones[0] if drops else schedule.total) * per_unit
+    if schedule.warmup_iterations < end:
+        return None
+    where = (f"the first of schedule.milestones (step {end})" if drops else f"schedule.total (step {end})")
+    if schedule.warmup == "until_train_error":
+        held = (f"can outlast {where}: lr stays at schedule.warmup_lr={schedule.warmup_lr:g} until a logged "
+                f"training error is below {schedule.warmup_until_error:g}%, else up to the cap, so the scheduled "
+                "rate may never apply")
+        sooner = " (with logging.every_steps below it, for the training error to end it sooner)"
+    else:
+        held = (f"outlasts {where}: lr is still warming up from schedule.warmup_lr={schedule.warmup_lr:g} there, "
+                "so the scheduled rate never applies")
+        sooner = ""
+    return (f"schedule.warmup_iterations ({schedule.warmup_iterations}) {held} before it "
+            f"{'drops' if drops else 'ends'}. Shrink the warm-up with the schedule, e.g. "
+            f"schedule.warmup_iterations={max(end // 2, 1)}{sooner}")
 
 
 def precision_warning(engine: EngineConfig, device_type: str, cpu_flags: str | None = None) -> str | None:

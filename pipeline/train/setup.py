@@ -24,7 +24,7 @@ from pipeline.checkpoint import CheckpointDirError
 from pipeline.checkpoint.background import FileWriter
 from pipeline.checkpoint.run_checkpoints import QueueFiles, RunCheckpoints
 from pipeline.config import ExperimentConfig, config_to_dict, save_config
-from pipeline.config.checks import num_classes_warning, precision_warning, schedule_warning
+from pipeline.config.checks import num_classes_warning, precision_warning, schedule_warning, warmup_warning
 from pipeline.config.per_gpu_batch import check_bn_groups, gpu_share
 from pipeline.data import build_loader, dataset_num_classes
 from pipeline.dist import DistInfo
@@ -133,7 +133,7 @@ def log_start(logger, cfg: ExperimentConfig, info: DistInfo, device: torch.devic
     logger.log({"event": "start", "total_steps": schedule.total_steps, "steps_per_epoch": loader.steps_per_epoch,
                 "world_size": info.world_size, "images_per_gpu": share.images, "bn_batch": share.bn_batch}, step)
     warnings = [*warnings, share.below_recipe(), schedule_warning(cfg.schedule),
-                precision_warning(cfg.engine, device.type)]
+                warmup_warning(cfg.schedule, loader.steps_per_epoch), precision_warning(cfg.engine, device.type)]
     for warning in filter(None, warnings):
         logger.log({"event": f"warning: {warning}"}, step)
     for event in resumed.events:
