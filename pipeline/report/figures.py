@@ -1,8 +1,9 @@
 """The report's figures, drawn as the paper draws them (matplotlib, no display needed).
 
-Curves (Figs. 4 and 6): one panel per `panel` of the table (plain beside residual), a colour per row,
-training error thin (Fig. 4) or dashed (Fig. 6), validation or test error bold, each style named once in
-the legend in the caption's words; markers where a curve has few points, "no data yet" where it has none.
+Curves (Figs. 4 and 6): one panel per `panel` of the table (plain beside residual), a colour per row, the same
+in every panel, training error thin (Fig. 4) or dashed (Fig. 6), validation or test error bold, each row and each
+style named once in one legend right of the panels (the styles in the caption's words); markers where a curve has
+few points, "no data yet" where it has none.
 Layer responses (Fig. 7): the std of each 3x3 layer's response, in layer order (top) and sorted in
 descending order (bottom).
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 DPI = 100
 PANEL_SIZE = (5.0, 4.0)  # inches per panel
+LEGEND_WIDTH = 2.6  # inches beside the panels for the curves' legend (Fig. 4's longest entry is 2.3)
 
 
 def _pyplot():
@@ -35,51 +37,71 @@ CAPTION_STYLES = {
 FEW_POINTS = 30  # a curve with fewer is drawn with markers: one or two logged points are otherwise invisible
 
 
-def plot_curves(table, rows: Sequence[tuple[str, str | None, object]], out: Path, eval_split: str = "val") -> Path:
-    """rows: (label, panel, RunReading or None); `table.metrics` = [training metric, validation metric];
-    `eval_split`: what the bold curves are measured on ("val": Fig. 4's words, "test": Fig. 6's)."""
+def plot_curves(title: str, metrics: Sequence[str], rows: Sequence[tuple[str, str | None, object]], out: Path,
+                eval_split: str = "val") -> Path:
+    """rows: (label, panel, RunReading or None); `metrics` = [training metric, validation metric]; `eval_split`:
+    what the bold curves are measured on ("val": Fig. 4's words, "test": Fig. 6's).
+
+    A row has one colour in every panel (Fig. 6 shows ResNet-110 in two), and the legend names each row once,
+    beside the panels rather than over them: inside a panel it hid the curves that end in its corner."""
     plt = _pyplot()
     from matplotlib.lines import Line2D  # matplotlib: only when a figure is drawn
 
     styles = CAPTION_STYLES.get(eval_split, CAPTION_STYLES["val"])
     train_words, train_style = styles["train"]
     panels = list(dict.fromkeys(panel or "" for _, panel, _ in rows))
-    fig, axes = plt.subplots(1, len(panels), figsize=(PANEL_SIZE[0] * len(panels), PANEL_SIZE[1]), dpi=DPI,
-                             squeeze=False)
-    train_metric, val_metric = (table.metrics + [None])[:2]
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # constrained: the legend outside the panels gets its room from them, the figure keeps its size.
+    fig, axes = plt.subplots(1, len(panels), figsize=_curves_inches(len(panels)), dpi=DPI, squeeze=False,
+                             layout="constrained")
+    train_metric, val_metric = (list(metrics) + [None])[:2]
+    colour_of = row_colours([label for label, _, _ in rows])
+    drawn: dict[str, bool] = dict.fromkeys(colour_of, False)
     for ax, panel in zip(axes[0], panels):
-        in_panel = [(label, run) for label, p, run in rows if (p or "") == panel]
-        handles, panel_drawn = [], False
-        for i, (label, run) in enumerate(in_panel):
-            colour = colours[i % len(colours)]
+        panel_drawn = False
+        for label, run in [(label, run) for label, p, run in rows if (p or "") == panel]:
             curves = run.curves if run is not None else {}
             for metric, style, width in ((train_metric, train_style, 0.8), (val_metric, "-", 2.2)):
                 points = curves.get(metric) or []
                 if points:
-                    ax.plot(*zip(*points), color=colour, linewidth=width, linestyle=style,
+                    ax.plot(*zip(*points), color=colour_of[label], linewidth=width, linestyle=style,
                             marker="o" if len(points) < FEW_POINTS else None, markersize=3)
-            drawn = any(curves.get(m) for m in (train_metric, val_metric))
-            panel_drawn = panel_drawn or drawn
-            handles.append(Line2D([], [], color=colour, linewidth=2.2,
-                                  label=label if drawn else f"{label} (no data yet)"))
+            row_drawn = any(curves.get(m) for m in (train_metric, val_metric))
+            drawn[label] = drawn[label] or row_drawn
+            panel_drawn = panel_drawn or row_drawn
         if not panel_drawn:
             ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center", va="center", color="grey")
             ax.set_xticks([])
             ax.set_yticks([])
-        # Each row once by its colour, then each line style once, in the caption's words.
-        handles += [Line2D([], [], color="black", linewidth=0.8, linestyle=train_style, label=train_words),
-                    Line2D([], [], color="black", linewidth=2.2, label=styles["eval"])]
-        ax.set_title(panel or table.title)
+        ax.set_title(panel)  # a figure of one unnamed panel has the suptitle alone
         ax.set_xlabel("iterations")
         ax.set_ylabel("error (%)")
         ax.grid(alpha=0.3)
-        ax.legend(handles=handles, fontsize=8)
-    fig.suptitle(table.title, fontsize=9)
-    fig.tight_layout()
+    # Each row once by its colour, then each line style once, in the caption's words.
+    handles = [Line2D([], [], color=colour, linewidth=2.2, label=label if drawn[label] else f"{label} (no data yet)")
+               for label, colour in colour_of.items()]
+    handles += [Line2D([], [], color="black", linewidth=0.8, linestyle=train_style, label=train_words),
+                Line2D([], [], color="black", linewidth=2.2, label=styles["eval"])]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def row_colours(labels: Sequence[str]) -> dict[str, str]:
+    """One colour per row label, in the order rows first appear: matplotlib's 10, or tab20's 20 for more rows."""
+    plt = _pyplot()
+    unique = list(dict.fromkeys(labels))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(unique) > len(cycle):
+        from matplotlib.colors import to_hex  # matplotlib: only when a figure is drawn
+
+        cycle = [to_hex(colour) for colour in plt.get_cmap("tab20").colors]
+    return {label: cycle[i % len(cycle)] for i, label in enumerate(unique)}
+
+
+def _curves_inches(panels: int) -> tuple[float, float]:
+    return PANEL_SIZE[0] * panels + LEGEND_WIDTH, PANEL_SIZE[1]
 
 
 def plot_responses(table, rows: Sequence[tuple[str, list[float] | None]], out: Path) -> Path:
@@ -113,5 +135,6 @@ def plot_responses(table, rows: Sequence[tuple[str, list[float] | None]], out: P
 def figure_size(kind: str, panels: int = 1) -> tuple[int, int]:
     """The pixel size (width, height) of a figure, as written: for tests and for embedding."""
     if kind == "curves":
-        return round(PANEL_SIZE[0] * panels * DPI), round(PANEL_SIZE[1] * DPI)
+        width, height = _curves_inches(panels)
+        return round(width * DPI), round(height * DPI)
     return round(PANEL_SIZE[0] * 2 * DPI), round(PANEL_SIZE[1] * 2 * DPI)

@@ -25,7 +25,7 @@ def write_report(table_path: Path, runs_dir: Path | None, out_dir: Path,
     figure = None
     if table.kind == "curves":
         splits = [run.run.cfg.data.eval_split for row in rows for run in row.runs]
-        figure = plot_curves(table, [(row.label, row.panel, shown_run(row)) for row in rows],
+        figure = plot_curves(table.title, table.metrics, [(row.label, row.panel, shown_run(row)) for row in rows],
                              out_dir / f"{table_path.stem}.png", eval_split=(splits or ["val"])[0])
     elif table.kind == "responses":
         shown = [(row.label, next((r.responses for r in row.done if r.responses), None)) for row in rows]

@@ -22,6 +22,7 @@ from pipeline.run.logger import read_metrics
 from pipeline.run.state import read_run_state
 from pipeline.tables.spec import PlannedRun, planned_runs
 from tests.support import REPO
+from tests.support.figures import pixels_of, png_pixels, saved_figures
 from tests.support.report_runs import write_run
 from tests.support.slurm import require_minicluster
 
@@ -95,30 +96,15 @@ def test_the_cli_explains_a_bad_table(tmp_path):
     assert "row 0 (X) names a run config that does not exist: ../nowhere/resnet.yaml" in proc.stderr
 
 
-def _saved_figures(monkeypatch) -> list:
-    """Every matplotlib figure saved from here on, kept as it was drawn: the lines, legends and titles that its
-    PNG shows, to be read back by what they hold rather than by counting pixels. The real savefig still writes."""
-    from matplotlib.figure import Figure
-
-    saved, savefig = [], Figure.savefig
-
-    def keep(figure, *args, **kwargs):
-        saved.append(figure)
-        return savefig(figure, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
-    return saved
-
-
 def _logged(run_dir: Path, metric: str) -> list:
     return [(record["step"], record[metric]) for record in read_metrics(run_dir) if metric in record]
 
 
-def _curves_by_legend_entry(ax) -> dict:
-    """A panel's legend entries, each with the lines drawn in its colour as (line style, points)."""
+def _curves_by_legend_entry(figure, ax) -> dict:
+    """The figure's legend entries, each with the lines drawn in its colour in the panel `ax` as (style, points)."""
     from matplotlib.colors import to_hex
 
-    legend = ax.get_legend()
+    (legend,) = figure.legends
     colours = {text.get_text(): to_hex(handle.get_color())
                for handle, text in zip(legend.legend_handles, legend.get_texts())}
     return {entry: sorted((line.get_linestyle(), [tuple(point) for point in line.get_xydata().tolist()])
@@ -131,7 +117,7 @@ def test_fig6_curves_are_drawn_per_panel(tmp_path, monkeypatch):
     for label, error in (("plain-20", 9.0), ("plain-56", 13.0), ("ResNet-20", 8.5), ("ResNet-110", 6.5)):
         write_run(runs[(label, 0)], final_error=error)
     write_run(runs[("ResNet-1202", 0)], steps=400, active=True)
-    figures = _saved_figures(monkeypatch)
+    figures = saved_figures(monkeypatch)
 
     markdown_path, png = write_report(TABLES / "fig6.yaml", tmp_path, tmp_path / "report")
     markdown = markdown_path.read_text()
@@ -143,25 +129,24 @@ def test_fig6_curves_are_drawn_per_panel(tmp_path, monkeypatch):
         assert image.format == "PNG" and image.size == figure_size("curves", panels=3)
 
     # Each row with a run: its training error dashed and its testing error solid, in its own colour, through every
-    # point its run logged (the running ResNet-1202's up to step 400); each row without one: no line, and its legend
-    # entry says so. The two line styles are named last, in Fig. 6's caption's words, with no line of their own.
+    # point its run logged (the running ResNet-1202's up to step 400), in the panels that show it; each row without
+    # one: no line, and its legend entry says so. The legend names each row once, then the two line styles in Fig.
+    # 6's caption's words, with no line of their own.
     def drawn(label: str) -> list:
         run_dir = runs[(label, 0)].run_dir
         return sorted([("--", _logged(run_dir, "train_top1_error")), ("-", _logged(run_dir, "val_top1_error"))])
 
     assert [len(points) for _, points in drawn("ResNet-1202")] == [4, 8]  # val at 100..400, train at 50..400
-    styles = {"dashed lines: training error": [], "bold lines: testing error": []}
-    expected = {
-        "plain": {"plain-20": drawn("plain-20"), "plain-32 (no data yet)": [], "plain-44 (no data yet)": [],
-                  "plain-56": drawn("plain-56"), **styles},
-        "residual": {"ResNet-20": drawn("ResNet-20"), "ResNet-32 (no data yet)": [], "ResNet-44 (no data yet)": [],
-                     "ResNet-56 (no data yet)": [], "ResNet-110": drawn("ResNet-110"), **styles},
-        "deep": {"ResNet-110": drawn("ResNet-110"), "ResNet-1202": drawn("ResNet-1202"), **styles},
-    }
+    entries = ["plain-20", "plain-32 (no data yet)", "plain-44 (no data yet)", "plain-56", "ResNet-20",
+               "ResNet-32 (no data yet)", "ResNet-44 (no data yet)", "ResNet-56 (no data yet)", "ResNet-110",
+               "ResNet-1202", "dashed lines: training error", "bold lines: testing error"]
+    shown = {"plain": ("plain-20", "plain-56"), "residual": ("ResNet-20", "ResNet-110"),
+             "deep": ("ResNet-110", "ResNet-1202")}
     (figure,) = figures
-    assert [ax.get_title() for ax in figure.axes] == list(expected)
+    assert [ax.get_title() for ax in figure.axes] == list(shown)
     for ax in figure.axes:
-        assert _curves_by_legend_entry(ax) == expected[ax.get_title()], ax.get_title()
+        expected = {entry: drawn(entry) if entry in shown[ax.get_title()] else [] for entry in entries}
+        assert _curves_by_legend_entry(figure, ax) == expected, ax.get_title()
 
 
 def test_fig7_layer_responses_figure(tmp_path, monkeypatch):
@@ -171,7 +156,7 @@ def test_fig7_layer_responses_figure(tmp_path, monkeypatch):
     for label, stds in responses.items():
         write_run(runs[(label, 0)], responses=stds)
     write_run(runs[("ResNet-56", 0)])  # trained, responses not measured yet
-    figures = _saved_figures(monkeypatch)
+    figures = saved_figures(monkeypatch)
 
     markdown_path, png = write_report(TABLES / "fig7.yaml", tmp_path, tmp_path / "report")
     markdown = markdown_path.read_text()
@@ -332,15 +317,9 @@ def test_the_report_does_not_import_its_launcher(tmp_path):
     assert proc.stdout.splitlines()[-1] == "[]"
 
 
-def _pixels_of(png: Path, rgb: tuple, columns: slice = slice(None)) -> int:
-    pixels = np.asarray(Image.open(png).convert("RGB")).astype(int)[:, columns]
-    return int((np.abs(pixels - np.array(rgb)).sum(axis=2) <= 6).sum())
-
-
 def test_curves_of_two_points_are_drawn_with_markers_and_an_empty_panel_says_no_data_yet(tmp_path, monkeypatch):
     import pipeline.report.figures as figures
 
-    table = SimpleNamespace(title="Figure 6", metrics=["train_top1_error", "val_top1_error"])
     two = SimpleNamespace(curves={"train_top1_error": [(100, 80.0), (200, 60.0)],
                                   "val_top1_error": [(100, 70.0), (200, 50.0)]})
     one = SimpleNamespace(curves={"val_top1_error": [(200, 55.0)]})
@@ -348,17 +327,20 @@ def test_curves_of_two_points_are_drawn_with_markers_and_an_empty_panel_says_no_
 
     def draw(name: str, right) -> Path:
         rows = [("ResNet-20", "left", two), ("ResNet-32", "left", one), ("ResNet-1202", "right", right)]
-        return figures.plot_curves(table, rows, tmp_path / name, eval_split="test")
+        return figures.plot_curves("Figure 6", ["train_top1_error", "val_top1_error"], rows, tmp_path / name,
+                                   eval_split="test")
 
+    drawn = saved_figures(monkeypatch)
     with_markers = draw("markers.png", None)
     monkeypatch.setattr(figures, "FEW_POINTS", 0)  # the same figure as before markers
     plain = draw("plain.png", None)
     # Two points a curve: each point's marker adds to its line; one point alone is nothing but its marker.
-    assert _pixels_of(with_markers, blue) > _pixels_of(plain, blue) + 40
-    assert _pixels_of(with_markers, orange) > _pixels_of(plain, orange) + 10
+    assert pixels_of(png_pixels(with_markers), blue) > pixels_of(png_pixels(plain), blue) + 40
+    assert pixels_of(png_pixels(with_markers), orange) > pixels_of(png_pixels(plain), orange) + 10
     # The right panel has no curve: it says so, in grey, in its middle (where nothing else is drawn).
-    pixels = np.asarray(Image.open(with_markers).convert("RGB")).astype(int)
-    height, width, _ = pixels.shape
-    middle = pixels[int(0.45 * height):int(0.55 * height), int(0.70 * width):int(0.83 * width)]
+    pixels = png_pixels(with_markers)
+    right = drawn[0].axes[1].get_window_extent()
+    top, left = pixels.shape[0] - (right.y0 + 0.55 * right.height), right.x0 + 0.37 * right.width
+    middle = pixels[int(top):int(top + 0.1 * right.height), int(left):int(left + 0.26 * right.width)]
     greys = (middle.max(axis=2) - middle.min(axis=2) < 8) & (middle.mean(axis=2) < 200)
     assert greys.sum() > 30, greys.sum()
