@@ -103,8 +103,8 @@ def read_run(run: PlannedRun, table: TableConfig, status: Any) -> RunReading:
     if not RunDir(run_dir).exists():
         return RunReading(run, "missing", f"no run directory {run_dir}", departures=departures)
     reading = RunReading(run, status.state, departures=departures)
-    if table.kind == "curves":
-        reading.curves = _curves(run_dir, table.metrics)
+    if table.curve_metrics:
+        reading.curves = _curves(run_dir, table.curve_metrics)
     if status.state != "finished":
         of_total = f" of {status.total_steps} ({status.progress:.0%})" if status.total_steps else ""
         # A run that is not running counts its saved steps: where it resumes (`pipeline.run.state`).

@@ -15,7 +15,8 @@ from pipeline.run.layout import RunDir
 
 def write_report(table_path: Path, runs_dir: Path | None, out_dir: Path,
                  states_of: StatesOf = states_from_files, wandb: bool = False) -> list[Path]:
-    """Read the table's runs and write `<out_dir>/<table>.md` (and `.png` for figures); returns the files.
+    """Read the table's runs and write `<out_dir>/<table>.md` (and `.png` for figures and for value tables that
+    name their training `curves`); returns the files.
 
     `states_of`: how the runs' states are read (default: from their files alone). `wandb`: also log the table as a
     W&B table, in the W&B project and mode of the table's runs (`pipeline.report.wandb_table`)."""
@@ -23,9 +24,10 @@ def write_report(table_path: Path, runs_dir: Path | None, out_dir: Path,
     table, rows = read_table(table_path, runs_dir, states_of)
     out_dir.mkdir(parents=True, exist_ok=True)
     figure = None
-    if table.kind == "curves":
+    if table.curve_metrics:  # a curve table, or a value table with its training curves (Table 6's, Fig. 6's)
         splits = [run.run.cfg.data.eval_split for row in rows for run in row.runs]
-        figure = plot_curves(table.title, table.metrics, [(row.label, row.panel, shown_run(row)) for row in rows],
+        title = table.title if table.kind == "curves" else f"{table.title}: training curves"
+        figure = plot_curves(title, table.curve_metrics, [(row.label, row.panel, shown_run(row)) for row in rows],
                              out_dir / f"{table_path.stem}.png", eval_split=(splits or ["val"])[0])
     elif table.kind == "responses":
         shown = [(row.label, next((r.responses for r in row.done if r.responses), None)) for row in rows]

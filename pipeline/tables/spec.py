@@ -12,6 +12,8 @@ run, and the paper's value of each metric. A run of a row with one seed is that 
   `seed:<seed>`; a run two tables share stays in the group of the table that submitted it first.
 - `paper_config` names the config holding the paper's recipe for a row whose `config` departs from it
   on purpose (a large-batch preset); `recipe_departures` lists what a run changes against it.
+- A value table may name its runs' training `curves` (Table 6's: Fig. 6's training and testing error): its
+  report draws them beside the table, as a curve table's does.
 """
 
 from __future__ import annotations
@@ -74,6 +76,14 @@ class TableConfig:
     metrics: List[str] = field(default_factory=lambda: ["top1_error"])
     protocol: str = "center"
     seeds: List[int] = field(default_factory=lambda: [0])
+    # A value table's figure: the training curves of its runs (training metric, then validation metric), drawn
+    # beside the table as the paper draws them (Table 6's runs are Fig. 6's); none: no figure.
+    curves: List[str] = field(default_factory=list)
+
+    @property
+    def curve_metrics(self) -> List[str]:
+        """What the table's figure draws as curves: a curve table's metrics, a value table's `curves`."""
+        return list(self.metrics) if self.kind == "curves" else list(self.curves)
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,11 @@ def load_table(path: str | Path) -> TableConfig:
         if metric not in METRICS[table.kind]:
             raise ConfigError(f"{path}: metric {metric!r} is not recorded for a {table.kind} "
                               f"(recorded: {', '.join(METRICS[table.kind])})")
+    if table.curves and table.kind != "table":
+        raise ConfigError(f"{path}: curves are a value table's figure; a {table.kind} table draws its metrics")
+    for metric in table.curves:
+        if metric not in METRICS["curves"]:
+            raise ConfigError(f"{path}: curve {metric!r} is not recorded (recorded: {', '.join(METRICS['curves'])})")
     for i, row in enumerate(table.rows):
         for config in filter(None, (row.config, row.paper_config)):
             if not (path.parent / config).is_file():

@@ -1,4 +1,5 @@
-"""The curves as the PNG shows them: a row keeps its colour in every panel, and the legend covers no curve."""
+"""The curves as the PNG shows them: a row keeps its colour in every panel, the legend covers no curve, and a value
+table that names its training curves (Table 6: Fig. 6's) gets them as its figure."""
 
 from __future__ import annotations
 
@@ -76,3 +77,24 @@ def test_a_row_has_one_colour_in_every_panel_and_the_legend_covers_no_curve(tmp_
     assert 0 <= legend_box.x0 and legend_box.x1 <= width and 0 <= legend_box.y0 and legend_box.y1 <= height
     for row in colour:  # the legend's own line sample is all there is of a row's colour in its box
         assert 0 < pixels_of(pixels, rgb[row], legend_box) < 200, row
+
+
+def test_table6_draws_its_runs_training_curves_as_fig6_does(tmp_path, monkeypatch):
+    runs = {(r.label, r.seed): r for r in planned_runs(REPO / "configs" / "tables" / "table6.yaml", tmp_path)}
+    write_run(runs[("ResNet-20", 0)], final_error=8.1)
+    write_run(runs[("ResNet-110", 0)], final_error=6.5)
+    write_run(runs[("ResNet-56", 0)], steps=300)  # stopped: its curves so far
+    figures = saved_figures(monkeypatch)
+
+    markdown, png = write_report(REPO / "configs" / "tables" / "table6.yaml", tmp_path, tmp_path / "report")
+
+    assert png.name == "table6.png" and "![Table 6: CIFAR-10 test error (%)](table6.png)" in markdown.read_text()
+    (figure,) = figures
+    (ax,) = figure.axes
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == [
+        "ResNet-20", "ResNet-32 (no data yet)", "ResNet-44 (no data yet)", "ResNet-56", "ResNet-110",
+        "ResNet-1202 (no data yet)", "dashed lines: training error", "bold lines: testing error"]
+    # Two curves a row with data (dashed training, bold testing error); the table's values are unchanged.
+    assert sorted(line.get_linestyle() for line in ax.get_lines()) == ["-"] * 3 + ["--"] * 3
+    assert "| ResNet-20 | 8.75 | 8.10 | -0.65 | 1/1 | done | none |" in markdown.read_text()

@@ -128,3 +128,21 @@ def test_a_spread_without_its_paper_value_is_refused(tmp_path):
                    "paper_spread: {top1_error: {mean: 6.6, std: 0.2, runs: 5}}}\n")
     with pytest.raises(ConfigError, match="paper_spread without the paper value"):
         load_table(bad)
+
+
+def test_a_value_tables_curves_are_its_figure_and_bad_ones_are_refused(tmp_path):
+    """Table 6 and Table 2 draw their runs' training curves (Figs. 6 and 4); other value tables draw none."""
+    assert load_table(TABLES / "table6.yaml").curve_metrics == ["train_top1_error", "val_top1_error"]
+    assert load_table(TABLES / "table2.yaml").curve_metrics == ["train_top1_error", "val_top1_error"]
+    assert load_table(TABLES / "table3.yaml").curve_metrics == []
+    assert load_table(TABLES / "fig6.yaml").curve_metrics == ["train_top1_error", "val_top1_error"]
+    assert load_table(TABLES / "fig7.yaml").curve_metrics == []
+    rows = f"rows:\n  - {{label: X, config: {REPO / 'configs/cifar10/resnet20.yaml'}}}\n"
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(f"title: t\ncurves: [train_top1_error, val_top3_error]\n{rows}")
+    with pytest.raises(ConfigError, match="curve 'val_top3_error' is not recorded"):
+        load_table(unknown)
+    responses = tmp_path / "responses.yaml"
+    responses.write_text(f"title: t\nkind: responses\nmetrics: [layer_response_std]\ncurves: [loss]\n{rows}")
+    with pytest.raises(ConfigError, match="curves are a value table's figure; a responses table draws its metrics"):
+        load_table(responses)
