@@ -34,7 +34,7 @@ def test_a_warmup_that_outlasts_the_first_milestone_is_said_with_a_fix():
     resnet110 = {"warmup": "until_train_error", "warmup_iterations": 2000}
     shrunk = warmup_warning(ScheduleConfig(milestones=[50, 75], total=100, **resnet110))
     assert shrunk.startswith("schedule.warmup_iterations (2000) can outlast the first of schedule.milestones (step 50)")
-    assert "schedule.warmup_iterations=25" in shrunk and "logging.every_steps" in shrunk
+    assert "schedule.warmup_iterations=45" in shrunk and "logging.every_steps" in shrunk
     # No drop before the end (none at all, or milestones past it): the end is what the warm-up must not reach.
     assert "outlast schedule.total (step 100)" in warmup_warning(ScheduleConfig(milestones=[], total=100, **resnet110))
     assert "schedule.total (step 100)" in warmup_warning(ScheduleConfig(milestones=[200], total=100, **resnet110))
@@ -46,7 +46,7 @@ def test_a_warmup_that_outlasts_the_first_milestone_is_said_with_a_fix():
         "schedule.warmup_iterations (780) outlasts the first of schedule.milestones (step 200): lr is still warming up")
     assert warmup_warning(linear, steps_per_epoch=1000) is None
     assert warmup_warning(ScheduleConfig(milestones=[50, 75], total=100, warmup="until_train_error",
-                                         warmup_iterations=25)) is None
+                                         warmup_iterations=45)) is None
     assert warmup_warning(ScheduleConfig(milestones=[50, 75], total=100, warmup_iterations=2000)) is None  # no warm-up
 
 
