@@ -40,10 +40,8 @@ def warmup_warning(schedule: ScheduleConfig, steps_per_epoch: int | None = None)
 
     The cap is not shrunk with the total on purpose: how long a net needs at the small rate depends on the net
     and the data, not on how long it trains afterwards, and a config's value must be the one it runs with. The
-    suggested cap lies just before the milestone, not far before it: a cap that ends the warm-up of a net still
-    at chance wrecks it (ResNet-110 on the digits, 100 steps: capped at 25 with 88% training error, 87.9% test
-    error; capped at 45, its error ended the warm-up at step 35 by the paper's rule).
-    `steps_per_epoch`: to compare with milestones given in epochs (unknown before the data is opened: no
+    suggested cap lies just before the milestone: a cap that ends the warm-up of a net still at chance gives
+    the peak rate to a net that cannot take it yet. `steps_per_epoch`: to compare with milestones given in epochs (unknown before the data is opened: no
     warning then)."""
     if schedule.warmup == "none" or (schedule.unit == "epoch" and steps_per_epoch is None):
         return None
