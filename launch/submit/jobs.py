@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from data_prep.__main__ import main
 from pipeline.config import load_config
 from pipeline.run.layout import RunDir
+from pipeline.run.results import read_results
 from pipeline.train.outcome import Interrupted  # plain data, no torch
 
 
@@ -111,21 +113,36 @@ def record_job_id(run: RunDir) -> None:
     run.slurm_job_id.write_text(submitit.JobEnvironment().job_id)
 
 
+class TrainingNotFinished(RuntimeError):
+    """An evaluation that waits for its run's training found it stopped, not finished."""
+
+
 class EvalJob:
     """The callable of an evaluation job: `pipeline.evaluate` on every task of the job.
 
-    Evaluation writes nothing until it has its result, so a preempted job simply runs again.
+    Evaluation writes nothing until it has its result, so a preempted job simply runs again. One that waits for
+    its run's training (`after_training`, `reproduce`'s) evaluates only a finished training: a training stopped
+    by `scancel --signal=TERM` ends its job successfully (it saved, and exits 0 on every rank, see
+    `say_stopped`), which lets the evaluation start; it then says so in one line and fails, rather than
+    recording the unfinished net's result as the run's.
     """
 
     def __init__(self, run_dir: str | Path, protocol: str, checkpoint: str, layer_responses: bool,
-                 overrides: Sequence[str] = ()) -> None:
+                 overrides: Sequence[str] = (), after_training: bool = False) -> None:
         # Not `self.checkpoint`: that name is the method submitit calls when the job is preempted.
         self.run_dir, self.protocol, self.which_checkpoint = str(run_dir), protocol, checkpoint
         self.layer_responses, self.overrides = layer_responses, list(overrides)
+        self.after_training = after_training
 
     def __call__(self) -> dict:
         from pipeline.evaluate.job import evaluate_run  # noqa: PLC0415 - loads torch: only in the job
 
+        # (Jobs queued by earlier versions were pickled without `after_training`.)
+        if getattr(self, "after_training", False) and "train" not in read_results(Path(self.run_dir)):
+            message = (f"{self.run_dir}: its training stopped before finishing (no training result in its "
+                       "results.json): not evaluated; `launch reproduce` again resumes the training, then evaluates")
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            raise TrainingNotFinished(message)
         return evaluate_run(Path(self.run_dir), self.protocol, self.which_checkpoint,
                             layer_responses=self.layer_responses, overrides=self.overrides)
 

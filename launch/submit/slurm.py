@@ -141,7 +141,8 @@ def submit_evaluation(run_dir: Path, resources: SlurmConfig, protocol: str, chec
         # SLURM removes this one rather than keeping it pending forever.
         executor.update_parameters(dependency=f"afterok:{after}",
                                    additional_parameters={**resources.additional, "kill_on_invalid_dep": "yes"})
-    return executor.submit(EvalJob(run_dir, protocol, checkpoint, layer_responses, overrides))
+    return executor.submit(EvalJob(run_dir, protocol, checkpoint, layer_responses, overrides,
+                                   after_training=bool(after)))
 
 
 
