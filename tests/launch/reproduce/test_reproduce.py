@@ -211,7 +211,8 @@ def test_reproduce_local_keeps_what_it_was_asked_for_status_the_report_and_the_n
     results_file.write_text(json.dumps(results))
     write_report(table, runs, runs / "reports")
     report = (runs / "reports" / "digits_tencrop.md").read_text()
-    hint = re.search(r"stopped runs resume\): `python -m launch (reproduce [^`]+)`", report)
+    hint = re.search(r"stopped runs resume from their last checkpoint\): `python -m launch (reproduce [^`]+)`",
+                     report)
     assert hint and "--rows cifar_resnet8" in hint[1] and "--seeds 0 1" in hint[1], report
     dry = _launch_here(*shlex.split(hint[1]), "--dry-run")
     assert "would evaluate cifar_resnet8, seed 1 here in 1 process(es)" in dry, dry

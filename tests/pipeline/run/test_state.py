@@ -174,7 +174,8 @@ def test_launch_status_on_a_table_shows_its_runs_and_overall_progress(tmp_path):
     running = runs[("ResNet-20", 1)]
     write_run(running, steps=500, active=True)
     _log(running.run_dir, [(510, {"loss": 0.5, "elapsed_s": 3000.0, "eta_s": 2 * 3600.0})], resume_step=500)
-    write_run(runs[("ResNet-56", 0)], steps=300)  # stopped an hour ago
+    write_run(runs[("ResNet-56", 0)], steps=300)  # stopped an hour ago, its last checkpoint at step 200
+    _checkpoint(runs[("ResNet-56", 0)].run_dir, 200)
     submitted = prepare_planned_run(runs[("ResNet-56", 1)])  # submitted, never started: config and job id
     RunDir(submitted).slurm_job_id.write_text(UNKNOWN_JOB)
     # ResNet-56 seed 2: no run directory at all.
@@ -190,12 +191,15 @@ def test_launch_status_on_a_table_shows_its_runs_and_overall_progress(tmp_path):
     assert lines[0] == f"{table}: Short CIFAR runs"
     assert re.search(r"finished\s+1000/1000\s+100%", line("ResNet-20", 0))
     assert re.search(r"running\s+510/1000\s+51%\s+50m00s\s+(1h59m|2h00m)\s+-\s+loss=0.5", line("ResNet-20", 1))
-    assert re.search(r"stopped\s+300/1000\s+30%\s+-\s+-\s+-\s+loss=", line("ResNet-56", 0))
-    assert re.search(rf"failed\s+0\s+-\s+-\s+-\s+{UNKNOWN_JOB}", line("ResNet-56", 1))
+    # A run that is not running counts the steps it saved: 300 logged, 200 saved.
+    assert re.search(r"stopped\s+200/1000\s+20%\s+-\s+-\s+-\s+loss=", line("ResNet-56", 0))
+    # Submitted, left the queue without ever running (no log, no record): not a failure.
+    assert re.search(rf"not started \(job {UNKNOWN_JOB} left the queue without a log\)\s+0\s+-\s+-\s+-\s+"
+                     rf"{UNKNOWN_JOB}", line("ResNet-56", 1))
     assert re.search(r"not started\s+0\s+-", line("ResNet-56", 2))
     assert str(runs_dir / "cifar10-resnet56-seed2") in line("ResNet-56", 2)
-    # 1000 + 510 + 300 + 0 + 0 of 5 x 1000 steps; the one running run's ETA.
-    assert re.fullmatch(r"t.yaml: 1/5 runs finished, 1/5 evaluated \(center\), 36% of all steps, "
+    # 1000 + 510 + 200 + 0 + 0 of 5 x 1000 steps; the one running run's ETA.
+    assert re.fullmatch(r"t.yaml: 1/5 runs finished, 1/5 evaluated \(center\), 34% of all steps, "
                         r"longest ETA (1h59m|2h00m)", lines[-1]), lines[-1]
 
 
