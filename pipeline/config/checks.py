@@ -41,8 +41,8 @@ def warmup_warning(schedule: ScheduleConfig, steps_per_epoch: int | None = None)
     The cap is not shrunk with the total on purpose: how long a net needs at the small rate depends on the net
     and the data, not on how long it trains afterwards, and a config's value must be the one it runs with. The
     suggested cap lies just before the milestone: a cap that ends the warm-up of a net still at chance gives
-    the peak rate to a net that cannot take it yet. `steps_per_epoch`: to compare with milestones given in epochs (unknown before the data is opened: no
-    warning then)."""
+    the peak rate to a net that cannot take it yet. `steps_per_epoch`: to compare with milestones given in
+    epochs (unknown before the data is opened: no warning then)."""
     if schedule.warmup == "none" or (schedule.unit == "epoch" and steps_per_epoch is None):
         return None
     per_unit = steps_per_epoch if schedule.unit == "epoch" else 1

@@ -3,6 +3,7 @@
     engine = build_engine(cfg.engine, model, cfg.optim, lr, info, device, micro_batch)
     loss, correct = engine.train_step(images, labels)   # forward, backward, optimizer step
     engine.set_lr(schedule.lr(step))
+    engine.before_evaluation()                  # every rank, before an evaluation's loop (collective)
     logits = engine.predict(images)             # eval mode, no grad
     engine.save(staging_dir, extra, is_primary, writer)   # this rank's files, submitted to a FileWriter
     extra = engine.load(checkpoint_dir, saved_world_size)

@@ -61,6 +61,11 @@ class DeepSpeedEngine:
         self.buffers.mark_changed()
         return loss.detach(), top1_hits(logits, labels)
 
+    def before_evaluation(self) -> None:
+        """What every rank must do together before an evaluation (the buffer sync's broadcasts), called by every
+        rank before the evaluation's loop, which a stop signal may make one rank leave before its first batch."""
+        self.buffers.sync()
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         self.buffers.sync()

@@ -145,6 +145,7 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> Train
 
 
 def _evaluate_and_log(engine, eval_loader, schedule: LRSchedule, logger, progress: Progress) -> None:
+    engine.before_evaluation()
     result = evaluate(engine.predict, eval_loader)
     logger.log({"epoch": progress.epoch, **result.as_dict("val_")}, progress.step)
     if schedule.observe_validation_error(result.top1_error):
@@ -156,9 +157,12 @@ def _final_evaluation(cfg: ExperimentConfig, info: DistInfo, run: RunDir, engine
     """The centre evaluation of the trained weights, saved with them and recorded in results.json.
 
     A signal now would otherwise go unheard: the loop that checks for it is over. The evaluation stops for it,
-    and the weights are saved for the requeued job, which goes straight to this evaluation."""
+    and the weights are saved for the requeued job, which goes straight to this evaluation. What every rank must
+    do together comes first: a rank that sees the signal before its first batch leaves the evaluation's loop at
+    once, and would otherwise skip the BN buffers' broadcasts that the others make at theirs."""
     logger.log({"event": "final evaluation"}, progress.step)
     responses = LayerResponses(engine.module) if cfg.eval.layer_responses else contextlib.nullcontext()
+    engine.before_evaluation()
     try:
         with responses:
             final = evaluate(engine.predict, eval_loader, should_stop=lambda: stop.received is not None)
