@@ -4,6 +4,7 @@ checkpoint files written and read through ours (`deepspeed_files`)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,19 @@ from pipeline.checkpoint.background import FileWriter
 from pipeline.checkpoint.store import WorldSizeChangeError, load_state
 from pipeline.config.schema import EngineConfig, OptimConfig
 from pipeline.dist import DistInfo, from_primary
+from pipeline.dist.exit_codes import USAGE
 from pipeline.engine.common import BufferSync, prepare_model, top1_hits
 from pipeline.engine.deepspeed_files import DurableCheckpointFiles
 from pipeline.engine.optimizer import build_optimizer, set_lr
 
 DEEPSPEED_TAG = "deepspeed"  # the subdirectory DeepSpeed writes its files into, inside our checkpoint
+# The first DeepSpeed with the `torch_autocast` section bf16 runs are configured with; an older one ignores the
+# section and trains in fp32 while the run says bf16.
+OLDEST_DEEPSPEED = (0, 17, 2)
+
+
+class DeepSpeedTooOld(RuntimeError):
+    exit_code = USAGE
 
 
 class DeepSpeedEngine:
@@ -31,6 +40,7 @@ class DeepSpeedEngine:
                  info: DistInfo, device: torch.device, micro_batch: int) -> None:
         import deepspeed  # heavy: only when this engine is chosen
 
+        check_deepspeed_version(deepspeed.__version__)
         self.cfg, self.device = cfg, device
         # channels_last applies to the inputs only (`_format`): DeepSpeed views every parameter as bytes to
         # broadcast it, which a channels_last weight refuses, and its bf16/ZeRO optimizers flatten the
@@ -132,6 +142,10 @@ def deepspeed_config(cfg: EngineConfig, micro_batch: int, world_size: int) -> di
     if cfg.zero_stage:
         zero.update(overlap_comm=True, reduce_bucket_size=ZERO_BUCKET_ELEMENTS,
                     allgather_bucket_size=ZERO_BUCKET_ELEMENTS)
+        if _knows_zero_key("compute_grad_norm"):
+            # The global gradient norm feeds clipping alone (off: the paper clips nothing), and checking it for
+            # inf/NaN reads it on the host every step (`bool(tensor.any())`), a sync the loop never makes itself.
+            zero["compute_grad_norm"] = False
     return {
         **precision,
         "train_micro_batch_size_per_gpu": micro_batch,
@@ -144,3 +158,20 @@ def deepspeed_config(cfg: EngineConfig, micro_batch: int, world_size: int) -> di
         "steps_per_print": 10**9,  # our logger reports progress
         "wall_clock_breakdown": False,
     }
+
+
+def _knows_zero_key(key: str) -> bool:
+    """Whether this DeepSpeed's `zero_optimization` section has `key` (its config refuses unknown keys)."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig  # noqa: PLC0415 - heavy: DeepSpeed's runs only
+
+    return key in DeepSpeedZeroConfig.model_fields
+
+
+def check_deepspeed_version(version: str) -> None:
+    """Refuse a DeepSpeed older than OLDEST_DEEPSPEED in one line (exit 2), naming the installed version."""
+    release = tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+    if release < OLDEST_DEEPSPEED:
+        oldest = ".".join(map(str, OLDEST_DEEPSPEED))
+        raise DeepSpeedTooOld(f"DeepSpeed {version} is older than {oldest}, the first release with the torch_autocast "
+                              f"section this project's bf16 runs use (an older one trains them in fp32 without a "
+                              f"word): pip install 'deepspeed>={oldest}', or engine.name=ddp")

@@ -10,8 +10,14 @@ import torch
 
 from pipeline.config.schema import EngineConfig
 from pipeline.dist import free_port
+from pipeline.dist.exit_codes import USAGE
 from pipeline.engine.common import checkpoint_blocks
-from pipeline.engine.deepspeed_engine import ZERO_BUCKET_ELEMENTS, deepspeed_config
+from pipeline.engine.deepspeed_engine import (
+    ZERO_BUCKET_ELEMENTS,
+    DeepSpeedTooOld,
+    check_deepspeed_version,
+    deepspeed_config,
+)
 from pipeline.models import build
 from tests.support import REPO, TESTS
 
@@ -48,8 +54,9 @@ def test_deepspeed_config_follows_engine_section():
     assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
     assert "bf16" not in ds and "fp16" not in ds and "data_types" not in ds
     # ZeRO reduces in buckets of a few per ResNet-50, overlapped with backward.
+    # compute_grad_norm off: the norm feeds clipping alone (none), and its inf/NaN check reads it every step.
     assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True, "reduce_bucket_size": ZERO_BUCKET_ELEMENTS,
-                                       "allgather_bucket_size": ZERO_BUCKET_ELEMENTS}
+                                       "allgather_bucket_size": ZERO_BUCKET_ELEMENTS, "compute_grad_norm": False}
     assert 25_557_032 / ZERO_BUCKET_ELEMENTS > 4  # ResNet-50's parameters: more than 4 buckets
     bf16_reduce = deepspeed_config(EngineConfig(name="deepspeed", precision="bf16", reduce_dtype="bf16"), 32, 4)
     assert bf16_reduce["torch_autocast"]["lower_precision_safe_modules"] == [
@@ -75,6 +82,50 @@ engine = build_engine(cfg.engine, build("cifar_resnet8"), cfg.optim, 0.1, info, 
 print("compiled" if engine.engine.is_compiled else "not compiled")
 dist.destroy_process_group()
 """
+
+
+# One process, no launcher: the host syncs of DeepSpeed's training steps, counted as the evaluation's are.
+_DEEPSPEED_SYNCS = """
+import sys
+import torch
+from pipeline import dist
+from pipeline.config import load_config
+from pipeline.dist import dist_info_from_env, with_free_port
+from pipeline.engine import build_engine
+from pipeline.models import build
+from tests.support.host_syncs import HostSyncs
+info = with_free_port(dist_info_from_env())
+cfg = load_config(None, ["engine.name=deepspeed", "engine.zero_stage=" + sys.argv[1], "engine.precision=bf16"])
+dist.init_process_group(info, "cpu", timeout_minutes=5)
+engine = build_engine(cfg.engine, build("cifar_resnet8"), cfg.optim, 0.1, info, torch.device("cpu"), micro_batch=4)
+images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+engine.train_step(images, labels)  # the first step builds what later ones reuse
+with HostSyncs() as syncs:
+    for _ in range(3):
+        engine.train_step(images, labels)
+print("syncs", syncs.total)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("zero_stage", [1, 2])
+def test_a_deepspeed_zero_step_in_bf16_makes_no_host_sync(zero_stage):
+    """The loop's rule: no host sync per step (a GPU's stream would wait). DeepSpeed's ZeRO 1/2 read the global
+    gradient norm every step (1 sync a step, `bool(tensor.any())`) until its computation was turned off."""
+    proc = subprocess.run([sys.executable, "-c", _DEEPSPEED_SYNCS, str(zero_stage)], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and proc.stdout.split()[-2:] == ["syncs", "0"], proc.stdout + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize(("version", "refused"), [("0.16.9", True), ("0.17.1", True), ("0.17.2", False),
+                                                  ("0.19.8", False), ("0.20.0+cu124", False), ("0.17.2rc1", False)])
+def test_a_deepspeed_without_torch_autocast_is_refused_in_one_line(version, refused):
+    if refused:
+        with pytest.raises(DeepSpeedTooOld, match=rf"DeepSpeed {version} is older than 0.17.2.*deepspeed>=0.17.2"):
+            check_deepspeed_version(version)
+    else:
+        check_deepspeed_version(version)
+    assert DeepSpeedTooOld.exit_code == USAGE
 
 
 @pytest.mark.slow
