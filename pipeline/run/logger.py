@@ -3,7 +3,8 @@
 Other ranks get a `NullLogger`, so the training loop calls `logger.log(...)` everywhere without asking
 which rank it is. W&B is imported only when enabled. Its run id is kept in the run directory
 (`wandb_id`), so a restarted or requeued job continues the same W&B run, and `metrics.jsonl` is cut back to
-the checkpoint's step so the local record follows the trajectory that the resumed run really took.
+the checkpoint's step so the local record follows the trajectory that the resumed run really took. A last line
+that an append cut short (a node crash, a full disk) is dropped then, with a warning saying so (`run.jsonl`).
 What W&B holds for sure is known only once a start closes it cleanly (`wandb_last_step` is written then):
 a start whose W&B service was killed with the job, or that was killed itself, may have lost whatever
 W&B had not yet written. The next start therefore sends W&B again the records of `metrics.jsonl` after
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.schema import LoggingConfig
+from pipeline.run.jsonl import read_jsonl
 from pipeline.run.layout import RunDir
 from pipeline.run.wandb_run import forget_wandb_service, start_wandb
 
@@ -55,7 +57,7 @@ class RunLogger(NullLogger):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.files = RunDir(self.run_dir)
         self.metrics_path = self.files.metrics
-        _truncate_after(self.metrics_path, resume_step)
+        torn = _truncate_after(self.metrics_path, resume_step)
         self.run_id = _read(self.files.wandb_id) or secrets.token_hex(4)
         self.files.wandb_id.write_text(self.run_id)
         self._wandb_last_step = int(_read(self.files.wandb_last_step) or -1)  # the last one known written
@@ -63,6 +65,9 @@ class RunLogger(NullLogger):
         self._metrics_failed = False
         self._wandb = start_wandb(self.run_dir, cfg, run_name, config, self.run_id)
         self._resend_to_wandb(resume_step)
+        if torn:
+            self._warn(resume_step, f"{self.metrics_path}: dropped its last line, {len(torn)} bytes that were not a "
+                                    "whole record (an append cut short by a crash or a full disk)")
 
     def _resend_to_wandb(self, resume_step: int) -> None:
         """Send W&B the records it may have lost with an earlier start (after the last clean close, up to here)."""
@@ -143,8 +148,12 @@ class RunLogger(NullLogger):
         goes_on = "Training goes on without it; " if step is not None else ""
         message = (f"W&B stopped working {where}: {reason}{why}. {goes_on}{self.metrics_path} keeps every record, "
                    "and the next start of this run continues the same W&B run")
+        self._warn(step if step is not None else self._wandb_last_step, message)
+
+    def _warn(self, step: int, message: str) -> None:
+        """One `warning:` line on the console and as an event in metrics.jsonl (not in W&B: it is not a metric)."""
         print(f"warning: {message}", file=sys.stderr, flush=True)
-        self._append({"step": step if step is not None else self._wandb_last_step, "event": f"warning: {message}"})
+        self._append({"step": step, "event": f"warning: {message}"})
 
 
 def make_logger(is_primary: bool, run_dir: Path, cfg: LoggingConfig, run_name: str, config: dict[str, Any],
@@ -155,22 +164,22 @@ def make_logger(is_primary: bool, run_dir: Path, cfg: LoggingConfig, run_name: s
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = RunDir(run_dir).metrics
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every record of the run's metrics.jsonl; a torn last line (an append cut short, or one being written) is
+    left out, a bad line before it raises `JsonlDamaged` naming the file and line."""
+    return read_jsonl(RunDir(run_dir).metrics).records
 
 
-def _truncate_after(path: Path, step: int) -> None:
-    """Drop records past `step`: they belong to work lost with the process that logged them."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-    if len(kept) != len(lines):
+def _truncate_after(path: Path, step: int) -> bytes:
+    """Drop records past `step`: they belong to work lost with the process that logged them. A torn last line is
+    dropped too (and returned, to be reported): the next append would otherwise join it into one broken line."""
+    read = read_jsonl(path)
+    kept = [record for record in read.records if record.get("step", 0) <= step]
+    if len(kept) != len(read.records) or read.needs_rewrite:
+        # The same text `_append` writes, through a whole file renamed into place: a crash here loses nothing.
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_text("".join(json.dumps(record, sort_keys=True) + "\n" for record in kept))
         tmp.replace(path)
+    return read.torn
 
 
 def _read(path: Path) -> str | None:
