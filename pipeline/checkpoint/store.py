@@ -4,10 +4,11 @@ A checkpoint is a directory `<run>/checkpoints/step-<NNNNNNNNN>/` holding whatev
 (our `state.pt`, or DeepSpeed's own files plus ours, and one file per rank for loader state) and, written
 last, `COMPLETE`: a small JSON with the step, metrics and the size and sha256 of every file. It is first
 written under a temporary name and renamed once complete, so a job killed mid-write leaves a `.tmp`
-directory that is never loaded and is cleaned up by the next save. Every file is flushed to disk before
-the marker is written, and the marker before the rename (`data_prep.durable`), so a node that crashes
-cannot leave a COMPLETE checkpoint with data missing. Loading checks each file against the marker first
-(`verify`), and uses `torch.load(weights_only=True)`: a checkpoint is data, never code.
+directory that is never loaded and is cleaned up by the next start. A re-save of a step moves its checkpoint
+aside (`.replaced`) until the new one is in place; a job killed in between gets the step back at the next
+start (`restore_replaced`). Every file is flushed to disk before the marker is written, and the marker before
+the rename (`data_prep.durable`), so a node that crashes cannot leave a COMPLETE checkpoint with data missing.
+Loading checks each file against the marker first (`verify`), and uses `torch.load(weights_only=True)`: a checkpoint is data, never code.
 
     store = CheckpointStore(run_dir / "checkpoints")
     store.save(step, is_primary, write)   # every rank: write(staging) -> {file: FileRecord}; one COMPLETE
@@ -165,12 +166,42 @@ class CheckpointStore:
         """Remove the staging directories a killed start left (never loaded: see `complete`); returns them.
 
         Called by the primary before training starts, so that a background save, whose ranks each make its
-        staging directory, never writes beside another start's files."""
+        staging directory, never writes beside another start's files. A re-save stopped between its two renames
+        gets its step back first (`restore_replaced`), possibly from the staging copy that is removed here."""
+        self.restore_replaced()
         unfinished = sorted(self.root.glob("step-*.tmp")) if self.root.exists() else []
         for path in unfinished:
             log.warning("removing %s: a checkpoint whose writing did not finish", path)
             shutil.rmtree(path, ignore_errors=True)
         return unfinished
+
+    def restore_replaced(self) -> list[Path]:
+        """Give back the checkpoint of a re-save that a killed job left between its two renames; returns them.
+
+        `commit` renames the step's checkpoint to `.replaced`, then the staging copy into its place: between the
+        two the step has no checkpoint. The staging copy is the newer, so it is promoted where it is complete and
+        intact; else the replaced one is renamed back. A `.replaced` beside its checkpoint is only a leftover."""
+        restored = []
+        for replaced in sorted(self.root.glob("step-*.replaced")) if self.root.exists() else []:
+            final = replaced.with_name(replaced.name.removesuffix(".replaced"))
+            match = _NAME.match(final.name)
+            if match is None:
+                continue
+            if not final.exists():
+                staging = self.staging_path(int(match.group(1)))
+                source = staging if self._intact(staging, int(match.group(1))) else replaced
+                source.rename(final)
+                fsync_dir(self.root)
+                log.warning("restored %s from %s: a re-save of its step was stopped between its two renames",
+                            final, source.name)
+                restored.append(final)
+            shutil.rmtree(replaced, ignore_errors=True)
+        return restored
+
+    def _intact(self, path: Path, step: int) -> bool:
+        """`path` holds a COMPLETE marker and every file it records, as recorded."""
+        meta = _read_marker(path)
+        return meta is not None and not self.verify(Checkpoint(path, step, meta))
 
     @contextlib.contextmanager
     def _removed_on_failure(self, staging: Path, is_primary: bool) -> Iterator[None]:

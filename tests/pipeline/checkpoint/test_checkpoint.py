@@ -3,11 +3,13 @@
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +126,45 @@ def test_state_loading_refuses_code(tmp_path):
     with pytest.raises(RuntimeError, match="cannot load checkpoint state"):
         load_state(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def resave_killed_between_renames(store, step, monkeypatch):
+    """A re-save of `step` whose job dies after the old checkpoint became `.replaced`, before the staging copy
+    took its name: the rename of the staging directory is where it is killed."""
+    rename = Path.rename
+
+    def killed(self, target):
+        if self.name.endswith(".tmp"):
+            raise KeyboardInterrupt("killed between the two renames")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.save(step, True, lambda staging: {"state.pt": save_state(staging / "state.pt", {"w": torch.ones(3)})})
+    monkeypatch.undo()
+    final = store.root / f"step-{step:09d}"
+    assert not final.exists() and (store.root / f"{final.name}.replaced").is_dir()
+    assert (store.root / f"{final.name}.tmp" / "COMPLETE").is_file()
+    return final
+
+
+@pytest.mark.parametrize("staging, kept", [("complete", 1.0), ("damaged", 8.0), ("gone", 8.0)])
+def test_a_resave_killed_between_its_renames_keeps_the_step(tmp_path, monkeypatch, caplog, staging, kept):
+    store = CheckpointStore(tmp_path)
+    store.save(8, True, lambda path: {"state.pt": save_state(path / "state.pt", {"w": torch.full((3,), 8.0)})})
+    final = resave_killed_between_renames(store, 8, monkeypatch)
+    copy = tmp_path / f"{final.name}.tmp"
+    if staging == "damaged":
+        (copy / "state.pt").write_bytes(b"half")
+    elif staging == "gone":
+        shutil.rmtree(copy)
+
+    restarted = CheckpointStore(tmp_path)  # the next start, as RunCheckpoints.prepare does it
+    with caplog.at_level(logging.WARNING):
+        restarted.remove_unfinished()
+    source = f"{final.name}.tmp" if staging == "complete" else f"{final.name}.replaced"
+    assert f"restored {final} from {source}" in caplog.text
+    latest = restarted.latest()
+    assert latest.step == 8 and restarted.verify(latest) == ""
+    assert torch.equal(load_state(latest.path / "state.pt")["w"], torch.full((3,), kept))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]  # nothing left beside it
