@@ -8,7 +8,8 @@ directory that is never loaded and is cleaned up by the next start. A re-save of
 aside (`.replaced`) until the new one is in place; a job killed in between gets the step back at the next
 start (`restore_replaced`). Every file is flushed to disk before the marker is written, and the marker before
 the rename (`data_prep.durable`), so a node that crashes cannot leave a COMPLETE checkpoint with data missing.
-Loading checks each file against the marker first (`verify`), and uses `torch.load(weights_only=True)`: a checkpoint is data, never code.
+Loading checks each file against the marker first (`verify`), and uses `torch.load(weights_only=True)`: a
+checkpoint is data, never code.
 
     store = CheckpointStore(run_dir / "checkpoints")
     store.save(step, is_primary, write)   # every rank: write(staging) -> {file: FileRecord}; one COMPLETE
