@@ -108,9 +108,11 @@ def _base_chain(path: Path, _seen: tuple[Path, ...] = ()) -> list[Path]:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, yaml.reader.ReaderError) as e:  # a checkpoint or an image given as the config
+        raise ConfigError(f"{path}: not a YAML text file ({_one_line(e)})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     return data
@@ -180,6 +182,11 @@ def _parse_overrides(overrides: Iterable[str]) -> dict:
         return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         raise ConfigError(f"{COMMAND_LINE}: cannot parse overrides: {e}") from None
+
+
+def _one_line(error: Exception) -> str:
+    """An error's text on one line: YAML's errors span several, and a refusal is one `error:` line."""
+    return " ".join(str(error).split())
 
 
 def _drop_secrets(value: Any) -> Any:

@@ -2,13 +2,16 @@
 
 Defaults here are the paper's CIFAR-10 recipe; the YAML files in `configs/` override what differs.
 Each component receives only its own section. Fields whose value must be one of a few words are
-checked in `__post_init__`, which OmegaConf calls when the merged config becomes real objects.
+checked in `__post_init__`, which OmegaConf calls when the merged config becomes real objects; there too every
+number is checked against its range (`pipeline.config.ranges`, one table for all sections).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
+
+from pipeline.config.ranges import check_section
 
 # The paper's testing protocols: one centre view, Table 3's ten crops, Table 4's fully-convolutional scales.
 PROTOCOLS = ("center", "tencrop", "multiscale")
@@ -31,6 +34,7 @@ class RunConfig:
     device: str = "auto"  # auto: cuda when present, else cpu
 
     def __post_init__(self) -> None:
+        check_section("run", self)
         _one_of("run", "device", self.device, ("auto", "cpu", "cuda"))
 
 
@@ -53,10 +57,9 @@ class ModelConfig:
     bn_group_size: int = 0
 
     def __post_init__(self) -> None:
+        check_section("model", self)
         _one_of("model", "shortcut", self.shortcut, ("default", "A", "B", "C"))
         _one_of("model", "bottleneck_stride", self.bottleneck_stride, ("1x1", "3x3"))
-        if self.bn_group_size < 0:
-            raise ValueError(f"model.bn_group_size must be 0 (off) or a number of images, not {self.bn_group_size}")
 
 
 @dataclass
@@ -92,6 +95,7 @@ class DataConfig:
     output_dtype: str = "float32"  # float32 | bfloat16
 
     def __post_init__(self) -> None:
+        check_section("data", self)
         _one_of("data", "backend", self.backend, ("dali", "torch", "synthetic"))
         _one_of("data", "augmentation", self.augmentation, ("paper", "rrc", "cifar", "none"))
         _one_of("data", "output_dtype", self.output_dtype, ("float32", "bfloat16"))
@@ -113,6 +117,7 @@ class OptimConfig:
     decay_bn_and_bias: bool = True
 
     def __post_init__(self) -> None:
+        check_section("optim", self)
         _one_of("optim", "name", self.name, ("sgd",))
 
 
@@ -141,6 +146,7 @@ class ScheduleConfig:
     plateau_min_lr: float = 1e-5
 
     def __post_init__(self) -> None:
+        check_section("schedule", self)
         _one_of("schedule", "kind", self.kind, ("multistep", "plateau", "constant"))
         _one_of("schedule", "unit", self.unit, ("iteration", "epoch"))
         _one_of("schedule", "warmup", self.warmup, ("none", "constant", "linear", "until_train_error"))
@@ -173,13 +179,11 @@ class EngineConfig:
     hang_timeout_minutes: float = 10.0
 
     def __post_init__(self) -> None:
+        check_section("engine", self)
         _one_of("engine", "name", self.name, ("ddp", "deepspeed"))
         _one_of("engine", "precision", self.precision, ("fp32", "bf16", "fp16"))
         _one_of("engine", "zero_stage", self.zero_stage, (0, 1, 2))
         _one_of("engine", "reduce_dtype", self.reduce_dtype, ("fp32", "bf16"))
-        for key in ("timeout_minutes", "hang_timeout_minutes"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"engine.{key} must be positive, not {getattr(self, key)}")
         if self.reduce_dtype == "bf16" and self.precision != "bf16":
             raise ValueError(f"engine.reduce_dtype=bf16 needs engine.precision=bf16, not {self.precision}")
 
@@ -202,10 +206,7 @@ class CheckpointConfig:
     check_every_seconds: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.check_every_steps < 1:
-            raise ValueError(f"checkpoint.check_every_steps must be at least 1, not {self.check_every_steps}")
-        if not self.check_every_seconds > 0:
-            raise ValueError(f"checkpoint.check_every_seconds must be positive, not {self.check_every_seconds}")
+        check_section("checkpoint", self)
 
 
 @dataclass
@@ -224,9 +225,8 @@ class LoggingConfig:
     wandb_init_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
+        check_section("logging", self)
         _one_of("logging", "wandb_mode", self.wandb_mode, ("online", "offline", "disabled"))
-        if not self.wandb_init_timeout_s > 0:
-            raise ValueError(f"logging.wandb_init_timeout_s must be positive, not {self.wandb_init_timeout_s}")
 
 
 @dataclass
@@ -241,6 +241,7 @@ class EvalConfig:
     layer_responses: bool = False  # record Fig. 7's per-layer response std
 
     def __post_init__(self) -> None:
+        check_section("eval", self)
         _one_of("eval", "protocol", self.protocol, PROTOCOLS)
 
 
@@ -263,6 +264,9 @@ class SlurmConfig:
     max_requeues: int = 20
     signal_delay_s: int = 120  # USR2 this long before the time limit, to checkpoint and requeue
     additional: Dict[str, str] = field(default_factory=dict)  # extra sbatch options
+
+    def __post_init__(self) -> None:
+        check_section("slurm", self)
 
     @property
     def ntasks_per_node(self) -> int:
