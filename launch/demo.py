@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from launch.submit.local import torchrun_command
+from pipeline.config.ranges import AT_LEAST_1
 from pipeline.run.layout import RunDir
 from pipeline.run.results import read_results
 from pipeline.tables.spec import planned_runs
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo", help="directory for the demo's data and runs (default: demo)")
-    parser.add_argument("--nproc", type=int, default=2, help="training processes (default: 2)")
+    parser.add_argument("--nproc", type=AT_LEAST_1.parse_int, default=2, help="training processes (default: 2)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     raw, shards, runs, report = out / "raw", out / "digits", out / "runs", out / "report"

@@ -9,11 +9,18 @@ import re
 import typing
 
 from launch.submit.resources import RESOURCES, ResourceFlags, flag_name
+from pipeline.config.ranges import AT_LEAST_1, NON_NEGATIVE, RANGES
 from pipeline.config.schema import SlurmConfig
 
 # `section.key=value`: a config override, wherever it stands on the command line.
 OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 ARRAY_PARALLELISM = 64  # training tasks of a table at once, unless --array-parallelism says otherwise
+
+# argparse `type=`s for numeric flags: a zero count would divide later, a negative one mean nothing. argparse puts
+# the flag before the message, which gives the range (`pipeline.config.ranges`, the ranges configs have too).
+positive_int = AT_LEAST_1.parse_int
+non_negative_int = NON_NEGATIVE.parse_int
+seed_int = RANGES["run"]["seed"].parse_int
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -53,8 +60,9 @@ _RESOURCE_HELP = {
 
 
 def add_resource_flags(parser: argparse.ArgumentParser, node_counts_help: str | None = None) -> None:
-    """A flag for each field of the config's `slurm` section; none given keeps the config's value. With
-    `node_counts_help` (`plan`), --nodes takes several counts to compare."""
+    """A flag for each field of the config's `slurm` section; none given keeps the config's value, and a number
+    given must lie in its field's range (`pipeline.config.ranges`). With `node_counts_help` (`plan`), --nodes takes
+    several counts to compare."""
     group = parser.add_argument_group("SLURM resources (defaults: the config's slurm section)")
     hints = typing.get_type_hints(SlurmConfig)
     for resource in RESOURCES:
@@ -62,11 +70,12 @@ def add_resource_flags(parser: argparse.ArgumentParser, node_counts_help: str | 
         if resource == "additional":
             group.add_argument(flag, action="append", default=[], dest="sbatch", metavar="KEY=VALUE", help=help)
         elif resource == "nodes" and node_counts_help:
-            group.add_argument(flag, type=int, nargs="+", metavar="N", dest="nodes", help=node_counts_help)
+            group.add_argument(flag, type=positive_int, nargs="+", metavar="N", dest="nodes",
+                               help=node_counts_help)
         elif kind is bool:
             group.add_argument(flag, action="store_true", default=None, dest=resource, help=help)
         else:
-            value_type = int if int in (kind, *typing.get_args(kind)) else str
+            value_type = RANGES["slurm"][resource].parse_int if int in (kind, *typing.get_args(kind)) else str
             group.add_argument(flag, type=value_type, dest=resource, help=help)
 
 
@@ -81,9 +90,9 @@ def add_table_options(parser: argparse.ArgumentParser, array_parallelism_default
                       data_check: bool = True) -> None:
     """--seeds and --rows (what is planned is what is then submitted), --array-parallelism and --no-data-check, as
     `sweep`, `plan` and `reproduce` share them."""
-    parser.add_argument("--seeds", type=int, nargs="+", help="seeds for every row (default: the table's)")
+    parser.add_argument("--seeds", type=seed_int, nargs="+", help="seeds for every row (default: the table's)")
     parser.add_argument("--rows", nargs="+", metavar="LABEL", help="only these rows of the table (default: every row)")
-    parser.add_argument("--array-parallelism", type=int, default=array_parallelism_default,
+    parser.add_argument("--array-parallelism", type=positive_int, default=array_parallelism_default,
                         help="how many training tasks run at once" +
                              ("" if array_parallelism_default else f" (default: {ARRAY_PARALLELISM})"))
     if data_check:

@@ -26,6 +26,8 @@ from launch.cli.flags import (
     add_overrides,
     add_resource_flags,
     add_table_options,
+    non_negative_int,
+    positive_int,
     resource_flags,
     split_overrides,
 )
@@ -73,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=describe_exit_codes())
     p.add_argument("config")
     add_overrides(p)
-    p.add_argument("--nproc", type=int, default=1, help="number of processes (ranks)")
+    p.add_argument("--nproc", type=positive_int, default=1, help="number of processes (ranks)")
     p.set_defaults(request=lambda a: LocalRequest(a.config, a.overrides, a.nproc))
 
     p = sub.add_parser("sweep", help="submit every run of a paper table as one SLURM job array")
@@ -87,8 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                                                   a.dry_run, a.no_data_check, resource_flags(a)))
 
     p = sub.add_parser("prep", help="shard a dataset with a SLURM job array (data_prep --num-tasks)")
-    p.add_argument("--num-tasks", type=int, required=True, help="array tasks; each writes a disjoint part")
-    p.add_argument("--array-parallelism", type=int, default=64, help="how many array tasks run at once")
+    p.add_argument("--num-tasks", type=positive_int, required=True, help="array tasks; each writes a disjoint part")
+    p.add_argument("--array-parallelism", type=positive_int, default=64, help="how many array tasks run at once")
     p.add_argument("--wait", action="store_true", help="wait for every task and report the manifest")
     p.add_argument("prep_args", nargs=argparse.REMAINDER, help="-- then data_prep's own arguments")
     add_resource_flags(p)
@@ -101,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=PROTOCOLS, default="center")
     p.add_argument("--checkpoint", default="last", help="last, best, or a checkpoint directory")
     p.add_argument("--layer-responses", action="store_true", help="also record Fig. 7's layer responses")
-    p.add_argument("--nproc", type=int, default=1, help="processes on this machine (without --slurm)")
+    p.add_argument("--nproc", type=positive_int, default=1, help="processes on this machine (without --slurm)")
     p.add_argument("--slurm", action="store_true", help="submit a SLURM job (resources: the run's slurm section)")
     p.add_argument("--wait", action="store_true", help="with --slurm: wait for the result and print it")
     add_resource_flags(p)
@@ -115,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their dependencies; submit nothing")
     add_table_options(p, array_parallelism_default=None)
     p.add_argument("--local", action="store_true", help="run the same chain here, in-process, instead of on SLURM")
-    p.add_argument("--nproc", type=int, default=1, help="with --local: processes (ranks) per run")
+    p.add_argument("--nproc", type=positive_int, default=1, help="with --local: processes (ranks) per run")
     add_resource_flags(p)
     p.set_defaults(request=lambda a: ReproduceRequest(a.table, a.runs, a.overrides, a.seeds, a.rows,
                                                       a.array_parallelism, a.dry_run, a.no_data_check, a.local,
@@ -125,9 +127,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", required=True,
                    help="model names (resnet50, cifar_resnet110, ...) or training configs")
     add_overrides(p, "section.key=value for every model, e.g. data.root=/data/imagenet")
-    p.add_argument("--steps", type=int, default=50, help="timed training steps per model")
-    p.add_argument("--warmup-steps", type=int, default=10, help="untimed steps first (compilation, cudnn autotune)")
-    p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) on this machine (without --slurm)")
+    p.add_argument("--steps", type=positive_int, default=50, help="timed training steps per model")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=10,
+                   help="untimed steps first (compilation, cudnn autotune)")
+    p.add_argument("--nproc", type=positive_int, default=1, help="processes (GPUs) on this machine (without --slurm)")
     p.add_argument("--slurm", action="store_true", help="measure in a SLURM job with the given resources")
     p.add_argument("--out", default="throughput.json", help="the profile to write")
     add_resource_flags(p)

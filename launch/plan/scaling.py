@@ -29,6 +29,7 @@ import re
 from dataclasses import astuple, dataclass
 
 from pipeline.config import CheckpointConfig, ConfigError, EngineConfig, ModelConfig
+from pipeline.config.ranges import AT_LEAST_1, FRACTION
 from pipeline.models import build_model
 
 GIGA = 1e9
@@ -117,7 +118,7 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
                        metavar="RATE", help="network bandwidth of one node, for runs over several nodes, e.g. "
                                             f"400Gb/s (default: {bandwidth_text(d.inter_node_bytes_per_s)}, "
                                             "one 200 Gb/s InfiniBand link)")
-    group.add_argument("--backward-fraction", type=float, metavar="F",
+    group.add_argument("--backward-fraction", type=FRACTION.parse_float, metavar="F",
                        help="the share of a step's compute that backward takes, during which DDP's all-reduce is "
                             f"hidden (default: {d.backward_fraction:.2f})")
     group.add_argument("--bucket-latency-us", type=_microseconds, dest="bucket_latency_s", metavar="US",
@@ -126,7 +127,7 @@ def add_scaling_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--host-copy-bandwidth", type=parse_bandwidth, dest="host_copy_bytes_per_s", metavar="RATE",
                        help="how fast a checkpoint's snapshot reaches host memory, the part of a save that blocks "
                             f"training (default: {bandwidth_text(d.host_copy_bytes_per_s)})")
-    group.add_argument("--node-gpus", type=int, metavar="G",
+    group.add_argument("--node-gpus", type=AT_LEAST_1.parse_int, metavar="G",
                        help="GPUs in one node of the cluster, for tables whose runs use one GPU each: how many of "
                             f"them a node runs at once (default: {d.node_gpus})")
 
