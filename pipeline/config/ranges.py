@@ -103,7 +103,8 @@ def check_section(section: str, values: Any) -> None:
         value = getattr(values, key)
         for item in (value if isinstance(value, (list, tuple)) else [value]):
             if item is not None and not allowed.holds(item):
-                raise ValueError(f"{section}.{key} must be {allowed.text()}, not {_shown(value)}")
+                each = " each" if isinstance(value, (list, tuple)) else ""
+                raise ValueError(f"{section}.{key} must{each} be {allowed.text()}, not {_shown(value)}")
 
 
 def _number(value: float | None) -> str:
