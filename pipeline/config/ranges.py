@@ -112,4 +112,7 @@ def _number(value: float | None) -> str:
 
 
 def _shown(value: Any) -> str:
-    return str(list(value)) if isinstance(value, (list, tuple)) else str(value)
+    """A value as it would be typed: 0 for 0.0, [224, 0] for a list."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_shown, value)) + "]"
+    return _number(value) if isinstance(value, (int, float)) else str(value)
