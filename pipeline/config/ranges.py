@@ -78,7 +78,8 @@ RANGES: dict[str, dict[str, Range]] = {
     "data": {"batch_size": AT_LEAST_1, "recipe_batch_per_gpu": AT_LEAST_1, "eval_batch_per_gpu": AT_LEAST_1,
              "image_size": AT_LEAST_1, "resize_min": AT_LEAST_1, "resize_max": AT_LEAST_1,
              "rrc_min_scale": Range(0, 1, low_open=True), "pad": NON_NEGATIVE, "pca_lighting": OFF_OR_MORE,
-             "shuffle_buffer": AT_LEAST_1, "num_threads": AT_LEAST_1, "hw_decoder_load": FRACTION},
+             "shuffle_buffer": AT_LEAST_1, "hw_decoder_load": FRACTION,
+             "num_threads": Range(0, note="0: the torch loader reads in the rank's own process")},
     "optim": {"lr": POSITIVE, "momentum": Range(0, 1, high_open=True), "weight_decay": NON_NEGATIVE},
     # A decay factor: below 1 lowers the rate, 1 keeps it; above 1 or 0 is no schedule the paper has.
     "schedule": {"milestones": NON_NEGATIVE, "gamma": Range(0, 1, low_open=True), "total": AT_LEAST_1,

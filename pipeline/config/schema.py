@@ -89,7 +89,7 @@ class DataConfig:
     # per_channel: (x - mean) / std per channel, the manifest's statistics.
     normalize: str = "per_pixel_mean"
     shuffle_buffer: int = 4096
-    num_threads: int = 4  # DALI CPU threads / torch loader workers per rank
+    num_threads: int = 4  # DALI CPU threads / torch loader workers per rank (torch: 0 reads in the rank itself)
     # Share of the A100/H100 hardware JPEG decoder in DALI's "mixed" decoder (0..1).
     hw_decoder_load: float = 0.65
     output_dtype: str = "float32"  # float32 | bfloat16
@@ -102,6 +102,8 @@ class DataConfig:
         _one_of("data", "normalize", self.normalize, ("per_pixel_mean", "per_channel"))
         if self.resize_min > self.resize_max:
             raise ValueError(f"data.resize_min ({self.resize_min}) exceeds data.resize_max ({self.resize_max})")
+        if self.backend == "dali" and self.num_threads == 0:
+            raise ValueError("data.num_threads must be at least 1 with data.backend=dali (0 is for the torch loader)")
 
 
 @dataclass

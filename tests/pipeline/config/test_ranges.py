@@ -39,7 +39,9 @@ BAD = [
     ("run.seed=-1", "run.seed must be in [0, 2147483647], not -1"),
     ("model.num_classes=0", "model.num_classes must be at least 1, not 0"),
     ("data.rrc_min_scale=0", "data.rrc_min_scale must be in (0, 1], not 0"),
-    ("data.num_threads=0", "data.num_threads must be at least 1, not 0"),
+    ("data.num_threads=-1", "data.num_threads must be at least 0 (0: the torch loader reads in the rank's own "
+                            "process), not -1"),
+    ("data.num_threads=0", "data.num_threads must be at least 1 with data.backend=dali"),
     ("eval.scales=[224,0]", "eval.scales must each be at least 1, not [224, 0]"),
     ("slurm.nodes=0", "slurm.nodes must be at least 1, not 0"),
     ("slurm.tasks_per_node=0", "slurm.tasks_per_node must be at least 1, not 0"),
@@ -62,6 +64,10 @@ def test_a_number_out_of_range_is_refused_naming_key_and_range(override, says):
                                       "data.pca_lighting=0", "schedule.gamma=1", "data.hw_decoder_load=1"])
 def test_the_ends_of_a_range_load(override):
     load_config(DEMO, [override])
+
+
+def test_the_torch_loader_may_read_in_the_rank_itself():
+    assert load_config(DEMO, ["data.backend=torch", "data.num_threads=0"]).data.num_threads == 0
 
 
 def test_every_number_of_the_schema_has_a_range():
