@@ -10,9 +10,11 @@ here (the output says so). The arithmetic, whose assumptions are also printed un
   epoch, as the loaders do; split sizes come from data.root's manifest where there is one, else from the
   paper's datasets (ImageNet 1,281,167 train / 50,000 val; CIFAR-10 50,000 train / 10,000 test);
 - a step on G GPUs over M nodes (launch.plan.scaling): compute = global batch / G / the per-GPU images/s, plus
-  the part of the gradient all-reduce that backward does not hide; the ring all-reduce takes
-  2 (G-1)/G x gradient bytes / the slowest link's bandwidth (NVLink on one node, the node's network on
-  several; both options) plus a latency per bucket;
+  the part of the communication that backward does not hide: the gradients in a ring, 2 (G-1)/G x their
+  bytes all-reduced (ZeRO: (G-1)/G reduce-scattered, then the weights' (G-1)/G all-gathered after the step)
+  over the slowest link crossed (NVLink on one node, the slower of it and the node's network on several;
+  both options, an H100 node's by default) plus a latency per bucket; the last gradient bucket and ZeRO's
+  all-gather always show;
 - evaluation images, in centre views: training's periodic evaluations (eval.every_epochs / every_steps)
   and its final centre evaluation, each over the evaluation split, plus the evaluation `launch reproduce`
   submits after training (tencrop: 10 views; multiscale: the whole image at each of eval.scales, taken as 4:3
@@ -35,7 +37,7 @@ here (the output says so). The arithmetic, whose assumptions are also printed un
 
 `--nodes N [N ...]` compares node counts. Where a run spans several GPUs (ImageNet), each count is nodes per
 run: the table is costed at the first count, and a line per row and count gives GPUs, step time, compute,
-all-reduce and its exposed part, evaluation and checkpoint pauses per epoch, images/s, speed-up against
+communication and its exposed part, evaluation and checkpoint pauses per epoch, images/s, speed-up against
 1 node and efficiency, then the table's GPU-hours and wall time per count. Where every run uses one GPU
 (CIFAR), more nodes cannot speed a run up: each count is the cluster's size, running --node-gpus runs a node
 at once, and the table's makespan per count is shown instead of a speed-up.
@@ -78,7 +80,7 @@ class RunCost:
     train_eval_views: float  # training's own evaluations (periodic and final), in centre views
     protocol_views: float  # the table's protocol, evaluated after training, in centre views
     rate: Rate
-    step: StepTime  # compute and the all-reduce of one step on `gpus` GPUs over `nodes` nodes
+    step: StepTime  # compute and the communication of one step on `gpus` GPUs over `nodes` nodes
     nodes: int = 1
     steps_per_epoch: int = 1
     saves: float = 0.0  # checkpoints written by training
@@ -98,7 +100,7 @@ class RunCost:
 
     @property
     def steps_s(self) -> float:
-        """Training's steps, without its pauses: compute and the exposed all-reduce."""
+        """Training's steps, without its pauses: compute and the exposed communication."""
         return self.train_steps * self.step.total_s
 
     @property
@@ -186,11 +188,12 @@ class TablePlan:
 
 def plan_table(table_path: str | Path, profile: dict, reference: dict, resources_of: Callable,
                seeds: list[int] | None = None, overrides: Sequence[str] = (), array_parallelism: int = 64,
-               throughput: str | None = None, cluster: Cluster = Cluster(),
+               throughput: str | None = None, cluster: Cluster | None = None,
                rows: Sequence[str] | None = None) -> TablePlan:
     """The cost of every run a table needs (of the rows labelled `rows`, where given); `resources_of(cfg)` gives a
     run's resources (its `slurm` section with the flags applied), `cluster` what the profile does not say about the
     links between GPUs (launch.plan.scaling)."""
+    cluster = cluster or Cluster()
     table = load_table(table_path)
     planned = planned_runs(table_path, None, seeds, tuple(overrides), rows)
     unique = unique_runs(planned)

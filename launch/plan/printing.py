@@ -107,7 +107,7 @@ def _duration(seconds: float) -> str:
 def format_scaling(plans: dict[int, TablePlan], counts: Sequence[int]) -> str:
     """Per row, a line per node count: what a step costs, the pauses, images/s and the speed-up against 1 node."""
     base = plans[1]
-    header = ["row", "nodes", "GPUs", "img/GPU", "step", "compute", "all-reduce", "exposed", "eval/epoch",
+    header = ["row", "nodes", "GPUs", "img/GPU", "step", "compute", "comm", "exposed", "eval/epoch",
               "ckpt/epoch", "images/s", "speed-up", "efficiency", "wall/run"]
     table: list[list[str]] = []
     for index, row in enumerate(base.rows):
@@ -119,7 +119,7 @@ def format_scaling(plans: dict[int, TablePlan], counts: Sequence[int]) -> str:
             speedup = run.train_images_per_s / one.train_images_per_s
             below = "*" if run.below_recipe else ""
             table.append([row.label if i == 0 else "", str(nodes), str(run.gpus), f"{run.images_per_gpu:g}{below}",
-                          _short(run.step.total_s), _short(run.step.compute_s), _short(run.step.allreduce_s),
+                          _short(run.step.total_s), _short(run.step.compute_s), _short(run.step.communication_s),
                           _short(run.step.exposed_s), _short(run.train_eval_s / run.epochs),
                           _short(run.checkpoint_s / run.epochs), _rate(run.train_images_per_s), f"{speedup:.2f}",
                           f"{speedup * one.gpus / run.gpus:.0%}", _duration(run.wall_s)])
@@ -131,9 +131,10 @@ def format_scaling(plans: dict[int, TablePlan], counts: Sequence[int]) -> str:
                        _duration(plan.makespan_s)])
     first = plans[counts[0]]
     out = [_prose(f"Scaling over nodes per run: the table above is costed at {counts[0]} node(s) per run (the first "
-                  "of --nodes). Per run: step = compute + exposed all-reduce; eval/epoch and ckpt/epoch are the "
-                  "pauses of an epoch; images/s over epochs with their pauses; speed-up and efficiency against "
-                  "1 node."), "", *_aligned(header, table, left={0})]
+                  "of --nodes). Per run: step = compute + exposed communication (comm: the gradients' reduction and "
+                  "ZeRO's all-gather of the weights, hidden or not); eval/epoch and ckpt/epoch are the pauses of "
+                  "an epoch; images/s over epochs with their pauses; speed-up and efficiency against 1 node."), "",
+           *_aligned(header, table, left={0})]
     if any(run.below_recipe for plan in plans.values() for run in plan.runs):
         out += ["", _prose("* fewer images per GPU than the recipe was made for (data.recipe_batch_per_gpu): BN "
                            "statistics over fewer images, and the per-GPU images/s, taken at the profile's batch, is "

@@ -35,5 +35,5 @@ class PlanRequest:
     rows: list[str] | None = None
     array_parallelism: int = 64
     node_counts: list[int] = field(default_factory=list)  # --nodes N [N ...]: nodes per run, compared
-    cluster: Cluster = Cluster()
+    cluster: Cluster = field(default_factory=Cluster)  # its defaults: the reference node's, read when asked
     resources: ResourceFlags = ResourceFlags()  # the other resource flags (--gpus-per-node, --time, ...)

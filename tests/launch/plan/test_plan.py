@@ -14,7 +14,7 @@ from launch.plan.bench_results import startup_seconds
 from launch.plan.costs import plan_table
 from launch.plan.profile import REFERENCE, load_profile
 from launch.plan.rates import Rates
-from launch.plan.scaling import checkpoint_saves, parse_bandwidth
+from launch.plan.scaling import Cluster, checkpoint_saves, parse_bandwidth, reference_network, run_step
 from launch.plan.workload import makespan, protocol_views, table_evaluation_views, train_steps, training_evaluations
 from pipeline.config import ConfigError, SlurmConfig, load_config
 from pipeline.config.schema import CheckpointConfig
@@ -103,30 +103,35 @@ def test_plan_arithmetic_on_a_given_profile(tmp_path):
     r20, r56, again = plan.rows
     assert [len(r20.runs), len(r56.runs), len(again.runs)] == [3, 1, 0] and again.same_as == "R20"
     # R20: 1,000 steps of 50 images per GPU at 1,000 images/s = 50 ms each, 100 GPU-s of training. Its
-    # all-reduce of 269,722 fp32 gradients on one node, 2 x 1/2 x 1,078,888 bytes / 150 GB/s + one bucket's
-    # 50 µs = 57.2 µs, hides behind backward (2/3 x 50 ms). Checkpoints: epoch 1's end (epoch 2's is the
-    # final save) and the final save, each a snapshot of 2 x 269,722 x 4 + 5,656 (BN) = 2,163,432 bytes at
-    # 10 GB/s = 216.3432 µs. Evaluations at steps 500 and 1,000 and the final one: 3 x 10,000 images at the
-    # measured 4,000 images/s = 7.5 GPU-s. On 2 GPUs: 50 + 2 x 0.0002163432 + 3.75 = 53.7504326864 s.
+    # all-reduce of 269,722 fp32 gradients on one node (the reference H100 node's NVLink, 360 GB/s),
+    # 2 x 1/2 x 1,078,888 bytes / 360 GB/s + one bucket's 50 µs = 52.997 µs: one bucket, so the last, ready only
+    # when backward ends: none of it hidden. Checkpoints: epoch 1's end (epoch 2's is the final save) and the
+    # final save, each a snapshot of 2 x 269,722 x 4 + 5,656 (BN) = 2,163,432 bytes at 10 GB/s = 216.3432 µs.
+    # Evaluations at steps 500 and 1,000 and the final one: 3 x 10,000 images at the measured 4,000 images/s =
+    # 7.5 GPU-s. On 2 GPUs: 50 + 1,000 x 52.997 µs + 2 x 216.3432 µs + 3.75 = 53.8034296 s.
     run = r20.runs[0]
+    r20_comm = 1_078_888 / 360e9 + 50e-6
     assert (run.train_steps, run.train_images, run.gpus) == (1000, 100_000, 2)
-    assert run.step.compute_s == pytest.approx(0.05) and run.step.exposed_s == 0
-    assert run.step.allreduce_s == pytest.approx(1_078_888 / 150e9 + 50e-6)
+    assert run.step.compute_s == pytest.approx(0.05) and run.step.communication_s == pytest.approx(r20_comm)
+    assert run.step.exposed_s == pytest.approx(r20_comm) and r20_comm == pytest.approx(52.99691e-6)
     assert run.saves == 2 and run.snapshot_s == pytest.approx(216.3432e-6)
-    assert run.gpu_s_train == pytest.approx(2 * 50.0004326864) and run.gpu_s_eval == pytest.approx(7.5)
-    assert run.wall_s == pytest.approx(53.7504326864)
-    # R56: 500 steps of 50 images at 500/s = 100 ms each, 100 GPU-s; one epoch, so one save, the final one:
+    assert run.gpu_s_train == pytest.approx(2 * 50.0534296) and run.gpu_s_eval == pytest.approx(7.5)
+    assert run.wall_s == pytest.approx(53.8034296)
+    # R56: 500 steps of 50 images at 500/s = 100 ms each, 100 GPU-s, and its all-reduce, one bucket:
+    # 3,412,072 / 360 GB/s + 50 µs = 59.478 µs a step; one epoch, so one save, the final one:
     # (2 x 853,018 x 4 + 16,696) bytes / 10 GB/s = 684.084 µs. Evaluations at step 500 and the final one:
-    # 2 x 10,000 at 500 x 2.5 (the profile's eval_factor) = 1,250/s = 16 GPU-s; 50.000684084 + 8 s of wall.
+    # 2 x 10,000 at 500 x 2.5 (the profile's eval_factor) = 1,250/s = 16 GPU-s; 50.0304231 + 8 s of wall.
     run = r56.runs[0]
+    assert run.step.exposed_s == pytest.approx(3_412_072 / 360e9 + 50e-6)
     assert run.saves == 1 and run.snapshot_s == pytest.approx(684.084e-6)
-    assert run.gpu_s_train == pytest.approx(2 * 50.000684084) and run.gpu_s_eval == pytest.approx(16.0)
-    assert run.wall_s == pytest.approx(58.000684084)
-    # Longest first onto 2 slots: [58.0], [53.75]; then 53.75 -> the second (107.5); then 53.75 -> the first.
+    assert run.gpu_s_train == pytest.approx(2 * 50.0304231) and run.gpu_s_eval == pytest.approx(16.0)
+    assert run.wall_s == pytest.approx(58.0304231)
+    # Longest first onto 2 slots: [58.03], [53.80]; then 53.80 -> the second (107.6); then 53.80 -> the first.
     # The profile measured no start-up: none counted, for the runs or the report.
     assert plan.report_s == 0 and any("start-up: not counted" in line for line in plan.assumptions)
-    assert plan.makespan_s == pytest.approx(58.000684084 + 53.7504326864)
-    assert sum(r.gpu_s_train for r in plan.runs) == pytest.approx(400.0 + 6 * 2 * 216.3432e-6 + 2 * 684.084e-6)
+    assert plan.makespan_s == pytest.approx(58.0304231 + 53.8034296)
+    assert sum(r.gpu_s_train for r in plan.runs) == pytest.approx(
+        2 * (3 * 50.0534296 + 50.0304231))  # 400 s of compute, the all-reduces and the snapshots
     assert sum(r.gpu_s_eval for r in plan.runs) == pytest.approx(3 * 7.5 + 16.0)
     assert not any(r.rate.notes for r in plan.runs)  # measured at this batch per GPU and precision
 
@@ -267,34 +272,38 @@ def test_scaling_arithmetic_on_a_given_profile(tmp_path):
 
     one, four = at(1), at(4)
     # floor(1,281,167 / 256) = 5,004 steps an epoch, 2 epochs. Gradients: 25,557,032 parameters x 4 bytes
-    # (bf16 compute, fp32 reduction) = 102,228,128 bytes in ceil(102,228,128 / 25 MiB) = 4 buckets.
+    # (bf16 compute, fp32 reduction) = 102,228,128 bytes in ceil(102,228,128 / 25 MiB) = 4 buckets, the last
+    # (reduced after backward) holding what the 3 full ones leave: 25,557,032 - 3 x 6,553,600 = 5,896,232
+    # gradients, 23,584,928 bytes. The bandwidths: the reference H100 node's, 360 GB/s NVLink, 400 GB/s network.
     assert (one.train_steps, one.steps_per_epoch, one.epochs) == (10_008, 5_004, 2)
     # 1 node, 8 GPUs: 32 images per GPU / 1,000 images/s = 32 ms; the ring over NVLink, 2 x 7/8 x 102,228,128
-    # / 150 GB/s + 4 x 50 µs = 1.3927 ms, hides behind backward's 2/3 x 32 = 21.3 ms.
-    assert one.step.compute_s == pytest.approx(0.032) and one.step.allreduce_s == pytest.approx(1.39266149e-3)
-    assert one.step.exposed_s == 0 and one.step.total_s == pytest.approx(0.032)
-    # 4 nodes, 32 GPUs: 8 ms of compute; the ring across nodes, 2 x 31/32 x 102,228,128 / 25 GB/s + 4 x 50 µs
-    # = 8.1227 ms, of which 2/3 x 8 = 5.3333 ms is hidden: 2.7893 ms exposed, a step of 10.7893 ms.
+    # / 360 GB/s + 4 x 50 µs = 696.94 µs. The first 3 buckets hide behind backward's 2/3 x 32 = 21.3 ms; the
+    # last, 2 x 7/8 x 23,584,928 / 360 GB/s + 50 µs = 164.65 µs, shows: a step of 32.16465 ms.
+    assert one.step.compute_s == pytest.approx(0.032) and one.step.communication_s == pytest.approx(696.94229e-6)
+    assert one.step.exposed_s == pytest.approx(164.64896e-6) and one.step.total_s == pytest.approx(32.16464896e-3)
+    # 4 nodes, 32 GPUs: 8 ms of compute; the ring through the nodes at the slower link, NVLink's 360 GB/s (the
+    # network's 400 is faster): 2 x 31/32 x 102,228,128 / 360 GB/s + 4 x 50 µs = 750.19 µs, of which the last
+    # bucket's 2 x 31/32 x 23,584,928 / 360 GB/s + 50 µs = 176.93 µs shows, the rest hidden behind 5.3333 ms.
     assert four.gpus == 32 and four.images_per_gpu == 8 and four.below_recipe  # the recipe's 32 per GPU
-    assert four.step.compute_s == pytest.approx(0.008) and four.step.allreduce_s == pytest.approx(8.12267992e-3)
-    assert four.step.exposed_s == pytest.approx(2.78934659e-3) and four.step.total_s == pytest.approx(10.78934659e-3)
+    assert four.step.compute_s == pytest.approx(0.008) and four.step.communication_s == pytest.approx(750.18611e-6)
+    assert four.step.exposed_s == pytest.approx(176.93277e-6) and four.step.total_s == pytest.approx(8.17693277e-3)
     # Pauses of an epoch. Evaluation: after epoch 1 and the final one, 2 x 50,000 images at 4,000/s per GPU over
     # 2 epochs: 50,000 / 32,000 = 1.5625 s on 8 GPUs, 0.390625 s on 32. Checkpoints: epoch 1's end and the final
     # save, each (2 x 25,557,032 x 4 + 212,904 BN bytes) / 10 GB/s = 20.466916 ms: one an epoch.
     assert one.train_eval_s / one.epochs == pytest.approx(1.5625)
     assert four.train_eval_s / four.epochs == pytest.approx(0.390625)
     assert one.saves == 2 and one.snapshot_s == pytest.approx(0.020466916)
-    # images/s over an epoch with its pauses: 1,281,024 / (5,004 x 32 ms + 1.5625 + 0.020466916 = 161.710967 s)
-    # = 7,921.69; 1,281,024 / (5,004 x 10.78934659 ms + 0.390625 + 0.020466916 = 54.400982 s) = 23,547.81:
-    # a speed-up of 2.9726 on 4 times the GPUs, 74.3% efficient.
-    assert one.train_images_per_s == pytest.approx(7921.689075)
-    assert four.train_images_per_s == pytest.approx(23547.810119)
+    # images/s over an epoch with their pauses: 1,281,024 / (5,004 x 32.16464896 ms + 1.5625 + 0.020466916 =
+    # 162.5349 s) = 7,881.53; 1,281,024 / (5,004 x 8.17693277 ms + 0.390625 + 0.020466916 = 41.3283 s) =
+    # 30,996.17: a speed-up of 3.9328 on 4 times the GPUs, 98.3% efficient.
+    assert one.train_images_per_s == pytest.approx(7881.533346)
+    assert four.train_images_per_s == pytest.approx(30996.168046)
     # Wall: 2 epochs, one training start-up (60 s), then the ten-crop job: 10 x 50,000 / (4,000 x GPUs) and its
-    # own start-up. 1 node: 2 x 161.710967 + 60 + 15.625 + 60 = 459.046934 s; 4: 2 x 54.400982 + 60 + 3.90625
-    # + 60 = 232.708214 s. GPU-hours: 8 x 459.046934 = 3,672.38 GPU-s; 32 x 232.708214 = 7,446.66.
-    assert one.wall_s == pytest.approx(459.046934) and four.wall_s == pytest.approx(232.708214)
-    assert one.gpu_s_train + one.gpu_s_eval == pytest.approx(3672.375471)
-    assert four.gpu_s_train + four.gpu_s_eval == pytest.approx(7446.662863)
+    # own start-up. 1 node: 2 x 162.5349 + 60 + 15.625 + 60 = 460.6947 s; 4: 2 x 41.3283 + 60 + 3.90625 + 60 =
+    # 206.5632 s. GPU-hours: 8 x 460.6947 = 3,685.56 GPU-s; 32 x 206.5632 = 6,610.02.
+    assert one.wall_s == pytest.approx(460.694741) and four.wall_s == pytest.approx(206.563177)
+    assert one.gpu_s_train + one.gpu_s_eval == pytest.approx(3685.557925)
+    assert four.gpu_s_train + four.gpu_s_eval == pytest.approx(6610.021665)
 
     # The same through the command line: the table at the first count, a line per count, the totals (with the
     # report: one more start-up of 60 s).
@@ -302,25 +311,50 @@ def test_scaling_arithmetic_on_a_given_profile(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert row_line(out, "R50")[:5] == ["R50", "resnet50", "1", "8", "32"]  # the table at 1 node
-    assert "all-reduce: the gradients" in out and "150 GB/s (1200 Gb/s)" in out and "25 GB/s (200 Gb/s)" in out
+    prose = " ".join(out.split())  # the assumptions, unwrapped
+    assert "communication: the gradients" in prose and "360 GB/s (2880 Gb/s)" in prose
+    assert "400 GB/s (3200 Gb/s)" in prose and "the default bandwidths: an 8-GPU H100 node" in prose
+    assert "DGX H100 datasheet" in prose and "[configs/throughput/reference.json]" in prose
     assert "0.67 of compute" in out and "start-up: 60.0 s a job" in out
     scaling = scaling_section(out)
     lines = [[c.strip() for c in line.split("  ") if c.strip()] for line in scaling.splitlines()]
-    assert ["R50", "1", "8", "32", "32 ms", "32 ms", "1.39 ms", "0", "1.56 s", "20.5 ms", "7,922", "1.00", "100%",
-            "7.7 min"] in lines
-    assert ["4", "32", "8*", "10.8 ms", "8 ms", "8.12 ms", "2.79 ms", "391 ms", "20.5 ms", "23,548", "2.97", "74%",
-            "3.9 min"] in lines
+    assert ["R50", "1", "8", "32", "32.2 ms", "32 ms", "697 µs", "165 µs", "1.56 s", "20.5 ms", "7,882", "1.00",
+            "100%", "7.7 min"] in lines
+    assert ["4", "32", "8*", "8.18 ms", "8 ms", "750 µs", "177 µs", "391 ms", "20.5 ms", "30,996", "3.93", "98%",
+            "3.4 min"] in lines
     assert "* fewer images per GPU than the recipe" in scaling
-    # Per count: nodes in use, GPU-hours (3,672.38 / 3,600 = 1.02) and wall (459.05 + 60 s of report = 8.7 min).
-    assert ["1", "8", "1", "1.02", "8.7 min"] in lines and ["4", "32", "4", "2.07", "4.9 min"] in lines
+    # Per count: nodes in use, GPU-hours (3,685.56 / 3,600 = 1.02) and wall (460.69 + 60 s of report = 8.7 min).
+    assert ["1", "8", "1", "1.02", "8.7 min"] in lines and ["4", "32", "4", "1.84", "4.4 min"] in lines
 
-    # A faster network: 400 Gb/s = 50 GB/s makes the 4-node ring 3.9613 + 0.2 = 4.1613 ms, under 5.3333: hidden.
-    fast = launch_plan(str(table), *no_manifest, "--profile", str(profile_path), "--nodes", "4",
+    # A slower network, one 400 Gb/s link a node = 50 GB/s: the 4-node ring takes 2 x 31/32 x 102,228,128 / 50 GB/s
+    # + 4 x 50 µs = 4.1613 ms; its last bucket's 963.92 µs shows, the rest (3.197 ms) hides behind 5.3333 ms.
+    slow = launch_plan(str(table), *no_manifest, "--profile", str(profile_path), "--nodes", "4",
                        "--inter-node-bandwidth", "400Gb/s")
-    assert fast.returncode == 0, fast.stderr
-    assert ["R50", "4", "32", "8*", "8 ms", "8 ms", "4.16 ms", "0"] in [
-        [c.strip() for c in line.split("  ") if c.strip()][:8] for line in scaling_section(fast.stdout).splitlines()]
-    assert "50 GB/s (400 Gb/s) per node" in fast.stdout
+    assert slow.returncode == 0, slow.stderr
+    assert ["R50", "4", "32", "8*", "8.96 ms", "8 ms", "4.16 ms", "964 µs"] in [
+        [c.strip() for c in line.split("  ") if c.strip()][:8] for line in scaling_section(slow.stdout).splitlines()]
+    prose = " ".join(slow.stdout.split())
+    assert "50 GB/s (400 Gb/s) per node" in prose and "--inter-node-bandwidth as given" in prose
+
+
+def test_zero_exposes_its_weight_all_gather_and_the_last_gradient_bucket():
+    # ResNet-50 (25,557,032 parameters, fp32 gradients and weights) on 4 H100 nodes of 8 GPUs, 8 ms of compute a
+    # step (backward 5.3333 ms), the ring at 360 GB/s (NVLink, slower than the nodes' 400 GB/s network).
+    gradients, gpus = 25_557_032 * 4, 32
+    cfg = lambda *engine: load_config(REPO / "configs/imagenet/resnet50.yaml", list(engine))
+    # ZeRO 1 reduce-scatters the gradients in ceil(25,557,032 / 5M) = 6 buckets, 31/32 x bytes / 360 GB/s + 6 x
+    # 50 µs = 575.09 µs, during backward but for the last bucket, the 557,032 gradients left after 5 full ones
+    # (56.00 µs); after the optimizer's step it all-gathers the updated weights, as long again and all exposed.
+    zero = run_step(cfg("engine.name=deepspeed", "engine.zero_stage=1"), gpus, 4, 1000.0, Cluster())
+    scatter = 31 / 32 * gradients / 360e9 + 6 * 50e-6
+    last = 31 / 32 * 557_032 * 4 / 360e9 + 50e-6
+    assert zero.compute_s == pytest.approx(0.008) and zero.communication_s == pytest.approx(2 * scatter)
+    assert zero.exposed_s == pytest.approx(last + scatter) and zero.exposed_s == pytest.approx(631.08888e-6)
+    # DeepSpeed without ZeRO all-reduces the gradients in one piece after backward: all of it shows.
+    flat = run_step(cfg("engine.name=deepspeed", "engine.zero_stage=0"), gpus, 4, 1000.0, Cluster())
+    assert flat.exposed_s == flat.communication_s == pytest.approx(2 * 31 / 32 * gradients / 360e9 + 50e-6)
+    # One GPU moves nothing; DDP on one node shows only its last bucket (the test above).
+    assert run_step(cfg("engine.name=ddp"), 1, 1, 1000.0, Cluster()).exposed_s == 0
 
 
 def test_a_table_of_one_gpu_runs_is_explained_by_its_makespan_not_a_speed_up(tmp_path):
@@ -373,3 +407,18 @@ def test_bench_start_up_is_a_run_less_its_steps_and_final_evaluation():
     # 60 steps of 64 images at 640 images/s = 6 s, a final evaluation of 2 s: 92 s of the 100 went elsewhere.
     assert startup_seconds(100.0, 60, 64, 640.0, {"samples": 297, "seconds": 2.0}) == pytest.approx(92.0)
     assert startup_seconds(100.0, 60, 64, 640.0, None) == pytest.approx(94.0)  # the evaluation was not seen
+
+
+def test_the_reference_bandwidths_are_read_with_their_unit_and_refused_in_one_line(tmp_path):
+    network = reference_network()
+    assert (network.intra_node_bytes_per_s, network.inter_node_bytes_per_s) == (360e9, 400e9)
+    assert "nominal" in network.source.lower() and Cluster().inter_node_bytes_per_s == 400e9
+    profile = json.loads(REFERENCE.read_text())
+    profile["network"]["inter_node_bandwidth"] = "400"  # bits or bytes? refused, naming the file and key
+    (tmp_path / "no_unit.json").write_text(json.dumps(profile))
+    with pytest.raises(ConfigError, match=r"no_unit.json: network.inter_node_bandwidth: '400' is not a bandwidth"):
+        reference_network(tmp_path / "no_unit.json")
+    del profile["network"]
+    (tmp_path / "none.json").write_text(json.dumps(profile))
+    with pytest.raises(ConfigError, match=r"none.json: no 'network' section"):
+        reference_network(tmp_path / "none.json")
