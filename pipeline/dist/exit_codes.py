@@ -16,7 +16,7 @@ INTERRUPTED = 3  # stopped by a signal after saving a checkpoint: the same comma
 LOCKED = 4  # another live run holds the run directory (its lock names the host, pid and SLURM job)
 DATA = 5  # the prepared dataset is missing, damaged, or of a manifest version this code does not know
 WRITE = 6  # the run directory cannot be written (a full disk, a read-only or unwritable directory)
-CHECKPOINT = 7  # every checkpoint of the run is damaged: none to resume from (each is named)
+CHECKPOINT = 7  # every checkpoint of the run is damaged (each is named), or a rank cannot open the one chosen
 HUNG = 8  # another rank stopped answering for engine.hang_timeout_minutes: the job ended, the same command resumes
 
 MEANINGS = {
@@ -28,7 +28,8 @@ MEANINGS = {
     DATA: "the dataset is missing, damaged or of an unknown manifest version (the error names the file)",
     WRITE: "the run directory cannot be written (disk full, read-only, permissions): the last complete "
            "checkpoint is kept; fix it and run the same command to resume",
-    CHECKPOINT: "no checkpoint of the run is intact (the error names each damaged file and what to delete)",
+    CHECKPOINT: "no checkpoint of the run is intact (the error names each damaged file and what to delete), or a "
+                "rank cannot open the checkpoint rank 0 chose (the error names the file and the rank)",
     HUNG: "a rank stopped answering for engine.hang_timeout_minutes (hung or died): the job was ended; run the "
           "same command to resume",
 }
