@@ -27,6 +27,7 @@ from data_prep.lock import FileLock, describe
 from launch.submit.jobs import EvalJob, PrepTask, TrainJob
 from launch.submit.waiting import explain_sacct_once
 from pipeline.config import ExperimentConfig, SlurmConfig, load_config, save_config
+from pipeline.run.continuity import check_continues
 from pipeline.run.layout import RunDir, RunsFolder
 
 SUBMISSION_WAIT_S = 600.0
@@ -100,6 +101,7 @@ def prepare_run(config: str, overrides: list[str]) -> tuple[ExperimentConfig, Pa
     cfg = load_config(config, overrides)
     run = RunDir(RunDir.of(cfg).path.resolve())
     cfg.run.out_dir = str(run.path.parent)  # absolute: the job may start in another working directory
+    check_continues(run, cfg)  # a config its checkpoints cannot resume is refused before its config.yaml is replaced
     save_config(cfg, run.config)
     return cfg, run.path
 
@@ -108,6 +110,7 @@ def prepare_planned_run(run) -> Path:
     """Write a table run's resolved config into its (absolute) run directory before submission."""
     run_dir = RunDir(run.run_dir.resolve())
     run.cfg.run.out_dir = str(run_dir.path.parent)
+    check_continues(run_dir, run.cfg)
     save_config(run.cfg, run_dir.config)
     return run_dir.path
 

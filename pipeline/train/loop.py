@@ -15,6 +15,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -35,7 +36,15 @@ from pipeline.run.results import update_results, write_layer_responses
 from pipeline.train.outcome import Finished, Interrupted, TrainOutcome
 from pipeline.train.progress import Clock, Progress, Window
 from pipeline.train.schedule import LRSchedule
-from pipeline.train.setup import check_run_directory, checkpoint_files, log_start, open_data, own_run_directory, resume
+from pipeline.train.setup import (
+    check_run_directory,
+    checkpoint_files,
+    log_start,
+    open_data,
+    own_run_directory,
+    remove_if_empty,
+    resume,
+)
 
 log = logging.getLogger("pipeline.train")
 
@@ -45,7 +54,9 @@ def train(cfg: ExperimentConfig, info: DistInfo | None = None,
     """Train (or resume) the run `cfg` describes.
 
     The primary rank first takes the run directory's lock (`pipeline.run.lock`): a second training into the
-    same directory is refused there, before anything is written. `on_start` then runs on the primary rank
+    same directory is refused there, before anything is written; so is a config that changes what the run's
+    checkpoints hold (`pipeline.run.continuity`). The start is accepted, and the config written, once the data and
+    the directory are checked; a refused start removes the directories it made. `on_start` runs on the primary rank
     (a SLURM job records its id beside the run). Errors a user can fix end every rank the same way
     (`dist.on_every_rank`): one error, an exit code from `pipeline.dist.exit_codes`, no rank left waiting."""
     info = info or dist_info_from_env()
@@ -55,12 +66,14 @@ def train(cfg: ExperimentConfig, info: DistInfo | None = None,
         info = dist.with_free_port(info)
         dist.init_process_group(info, device.type, cfg.engine.timeout_minutes)
     lock = RunLock(RunDir.of(cfg).path) if info.is_primary else None
+    created: list[Path] = []  # the directories the primary made for the run
     try:
-        dist.on_every_rank(lambda: own_run_directory(lock, on_start))
+        dist.on_every_rank(lambda: own_run_directory(cfg, info, lock, created, on_start))
         return _train(cfg, info, device)
     finally:
         if lock is not None:
             lock.release()
+            remove_if_empty(created)  # left empty: the start was refused before it wrote its config
         dist.destroy_process_group()
 
 
@@ -70,9 +83,10 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> Train
     checkpoints = RunCheckpoints(run.checkpoints, cfg.checkpoint, info)
     # What a user can get wrong (an unwritable directory, a missing or damaged dataset) fails on every rank alike.
     # Two steps: opening the data has collectives of its own (one rank validates it for all), which every rank
-    # must reach, so nothing that can fail on one rank alone may come before them in the same step.
-    dist.on_every_rank(lambda: check_run_directory(cfg, info, device, checkpoints))
+    # must reach, so nothing that can fail on one rank alone may come before them in the same step. The data first:
+    # it writes nothing, so a start refused for its data leaves the run directory as it found it.
     train_loader, eval_loader, warnings = dist.on_every_rank(lambda: open_data(cfg, info, device))
+    dist.on_every_rank(lambda: check_run_directory(cfg, info, device, checkpoints))
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, train_loader.steps_per_epoch, cfg.data.batch_size)
     micro_batch = cfg.data.batch_size // info.world_size
     engine = build_engine(cfg.engine, build_model(cfg.model), cfg.optim, schedule.lr(0), info, device, micro_batch)

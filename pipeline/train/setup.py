@@ -1,6 +1,6 @@
-"""What training sets up around its loop, the same on every rank: the run directory taken and checked, the data
-opened, the newest intact checkpoint resumed, the start recorded, and what each checkpoint holds besides the
-engine's own state.
+"""What training sets up around its loop, the same on every rank: the start checked and the run directory taken,
+the data opened, the directory checked and the config written (the start accepted), the newest intact checkpoint
+resumed, the start recorded, and what each checkpoint holds besides the engine's own state.
 
 Each step that can fail on one rank alone (a directory it cannot write, a damaged file) runs inside
 `dist.on_every_rank` in the loop, so that every rank ends with the same error and none waits at a collective.
@@ -29,6 +29,7 @@ from pipeline.config.per_gpu_batch import check_bn_groups, gpu_share
 from pipeline.data import build_loader, dataset_num_classes
 from pipeline.dist import DistInfo
 from pipeline.dist.process import rng_state, set_rng_state
+from pipeline.run.continuity import check_continues
 from pipeline.run.layout import RunDir
 from pipeline.run.lock import RunLock
 from pipeline.train.progress import Clock, Progress
@@ -37,35 +38,63 @@ from pipeline.train.schedule import LRSchedule
 log = logging.getLogger("pipeline.train")
 
 
-def own_run_directory(lock: RunLock | None, on_start: Callable[[], None] | None) -> None:
-    """The primary takes the run directory's lock (RunLocked when another live run holds it), then runs
-    `on_start`; the other ranks (`lock` None) do nothing."""
+def own_run_directory(cfg: ExperimentConfig, info: DistInfo, lock: RunLock | None, created: list[Path],
+                      on_start: Callable[[], None] | None) -> None:
+    """Check the start, then take the run directory: what the config alone can tell is refused before any
+    directory is made; the primary takes the run directory's lock (RunLocked when another live run holds it),
+    refuses a config that changes what the run's checkpoints hold (`pipeline.run.continuity`), then runs
+    `on_start`; the other ranks (`lock` None) do no more. The directories the primary makes are added to
+    `created`, for `remove_if_empty` at the end: a refused start leaves none behind."""
+    check_bn_groups(cfg, info.world_size)
     if lock is None:
         return
 
     def take() -> None:
-        lock.run_dir.mkdir(parents=True, exist_ok=True)
+        created.extend(make_directories(lock.run_dir))
         lock.acquire()
 
     writing_run_dir(lock.run_dir, take)
+    check_continues(RunDir.of(cfg), cfg, lambda: dataset_num_classes(cfg.data))
     lock.start_heartbeat()
     if on_start is not None:
         on_start()
 
 
+def make_directories(path: Path) -> list[Path]:
+    """Make `path` and its missing parents; returns those this call made (not one another process made first)."""
+    made = []
+    for directory in [*reversed(path.parents), path]:
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue
+        made.append(directory)
+    return made
+
+
+def remove_if_empty(directories: list[Path]) -> None:
+    """Remove each of `directories` (made by this start) that it left empty, deepest first."""
+    for directory in reversed(directories):
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (the start was accepted), or gone: nothing to undo
+            return
+
+
 def check_run_directory(cfg: ExperimentConfig, info: DistInfo, device: torch.device,
                         checkpoints: RunCheckpoints) -> None:
-    """Check the run directory and record where this rank runs."""
+    """Check that this rank can write the run directory and record where it runs; the primary then writes the
+    resolved config: the start is accepted."""
     run = RunDir.of(cfg)
-    check_bn_groups(cfg, info.world_size)
     checkpoints.prepare()  # every rank writes its own files into checkpoints
     writing_run_dir(run.path, lambda: _record_placement(run, info, device))
+    if info.is_primary:
+        writing_run_dir(run.path, lambda: save_config(cfg, run.config))
 
 
 def open_data(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> tuple:
-    """Open the dataset (validated once, by the primary); the primary then writes the resolved config.
-    Returns the loaders and what to warn about the net's classes against the dataset's."""
-    run = RunDir.of(cfg)
+    """Open the dataset (validated once, by the primary) and resolve the net's class count from it; nothing is
+    written. Returns the loaders and what to warn about the net's classes against the dataset's."""
     train_loader = build_loader(cfg.data, cfg.data.train_split, info, train=True, device=device, seed=cfg.run.seed)
     eval_loader = build_loader(cfg.data, cfg.data.eval_split, info, train=False, device=device, seed=cfg.run.seed,
                                eval_resize=cfg.eval.resize)
@@ -76,8 +105,6 @@ def open_data(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> tu
         dataset_classes = dist.from_primary(lambda: dataset_num_classes(cfg.data))
         warnings.append(num_classes_warning(cfg.model.num_classes, dataset_classes,
                                             str(Path(cfg.data.root) / MANIFEST_NAME)))
-    if info.is_primary:
-        writing_run_dir(run.path, lambda: save_config(cfg, run.config))
     return train_loader, eval_loader, warnings
 
 

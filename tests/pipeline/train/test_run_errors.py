@@ -4,7 +4,9 @@ For real, under `launch local` with W&B offline (what users run): before the fir
 that cannot be written (1 rank), a missing shard (2 ranks) and a manifest of an unknown version (1 rank); mid-run
 in 2 ranks, a disk that fills up during a save (a small tmpfs) and a checkpoint directory made immutable
 (`chattr +i`). Each prints one line naming the path (and the latest complete checkpoint, which stays the
-latest), no rank prints a traceback, and once the cause is gone the same command resumes.
+latest), no rank prints a traceback, and once the cause is gone the same command resumes. A start refused before
+its first step leaves no new directory behind; a config that changes what a run's checkpoints hold (another net)
+is refused before it writes anything, by training and by the launcher alike.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from launch.submit.slurm import prepare_run
 from pipeline.checkpoint.store import CheckpointStore
+from pipeline.config import ConfigError
 from pipeline.dist import exit_codes
 from tests.support import DEMO_CONFIG, REPO
 from tests.support.ci import skip_or_fail_under_ci
@@ -67,6 +71,7 @@ def test_what_is_wrong_before_the_first_step_is_one_line(digits_dataset, tmp_pat
     shard.unlink()
     error = ends_with_one_error(launch_local(small_run(data, tmp_path / "b"), log), log, exit_codes.DATA)
     assert error == f"error: {shard}: shard missing"
+    assert not (tmp_path / "b").exists()  # a refused start leaves no new directory behind
     shutil.copy(digits_dataset / shard.name, shard)
     manifest = json.loads((data / "manifest.json").read_text())
     (data / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
@@ -78,6 +83,38 @@ def test_what_is_wrong_before_the_first_step_is_one_line(digits_dataset, tmp_pat
                                              nproc=1), log, exit_codes.USAGE)
     assert error == (f"error: model.num_classes (5) is below the 10 classes of {digits_dataset / 'manifest.json'}: "
                      "set model.num_classes=10")
+    assert not (tmp_path / "c").exists()
+
+    # A ghost-BN group that does not divide a GPU's batch, into a folder of runs that does not exist yet.
+    bad_group = small_run(digits_dataset, tmp_path / "d" / "runs", "model.bn_group_size=5")
+    error = ends_with_one_error(launch_local(bad_group, log, nproc=1), log, exit_codes.USAGE)
+    assert error.startswith("error: model.bn_group_size (5) does not divide the 64 images per GPU")
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_config_that_changes_what_the_checkpoints_hold_is_refused_before_anything_is_written(digits_dataset,
+                                                                                             tmp_path):
+    """A finished ResNet-8 run started again as ResNet-14: one line naming the key, its config.yaml as it was. The
+    launcher, which writes the config before submitting, refuses it too; a longer schedule still resumes."""
+    log = tmp_path / "log"
+    overrides = small_run(digits_dataset, tmp_path, "schedule.total=8")
+    run_dir = tmp_path / "t"
+    assert launch_local(overrides, log, nproc=1).wait(timeout=600) == 0, log.read_text()[-4000:]
+    config = (run_dir / "config.yaml").read_bytes()
+
+    error = ends_with_one_error(launch_local([*overrides, "model.name=cifar_resnet14"], log, nproc=1), log,
+                                exit_codes.USAGE)
+    assert "model.name cifar_resnet8 -> cifar_resnet14" in error and "new run.name" in error, error
+    assert (run_dir / "config.yaml").read_bytes() == config
+    with pytest.raises(ConfigError, match="model.name cifar_resnet8 -> cifar_resnet14"):
+        prepare_run(DEMO_CONFIG, [*overrides, "model.name=cifar_resnet14"])
+    assert (run_dir / "config.yaml").read_bytes() == config
+
+    # What does not change the checkpoints' contents may change: the run resumes and trains on.
+    proc = launch_local([*overrides, "schedule.total=12"], log, nproc=1)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-4000:]
+    assert f"resuming {run_dir} from step 8" in log.read_text()
+    assert json.loads((run_dir / "results.json").read_text())["train"]["step"] == 12
 
 
 @contextlib.contextmanager
