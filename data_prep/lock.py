@@ -5,7 +5,10 @@
 pid is gone (or now belongs to a process started later: a reused pid), or, from another host (where the
 pid cannot be checked), its heartbeat - the file's mtime, refreshed by the holder every HEARTBEAT_S - is
 older than STALE_S. A stale lock is taken over with a note naming the dead holder; a live one is refused
-with an error naming it. Its users:
+with an error naming it. A holder that was only paused longer than that (a suspended job, a node cut off from
+the file server) has lost its lock when it runs again: its heartbeat checks that the file still names it before
+refreshing it, and records the loss (`FileLock.lost`) instead of refreshing another process's lock; `holds()`
+checks at once, for a holder about to write. Its users:
 
     data_prep   `OutputLock`: one per task of a job array, `<out>/_parts/locks/task-<i>-of-<N>.lock` (below)
     training    the run directory's lock, `<run>/run.lock` (`pipeline.run.lock`)
@@ -33,6 +36,7 @@ from .shards import PARTS_DIR
 LOCKS_DIR = "locks"
 HEARTBEAT_S = 30.0  # how often a running process refreshes its lock's mtime
 STALE_S = 600.0  # a lock from another host without a heartbeat for this long belongs to a dead run
+_RECHECK_S = 0.2  # how long `holds` waits before judging a lock that is not ours a second time
 
 
 class Locked(RuntimeError):
@@ -122,6 +126,7 @@ class FileLock:
         self._heartbeat: threading.Thread | None = None
         self._stop_heartbeat = threading.Event()
         self.held = False
+        self.lost: str | None = None  # why the lock is no longer ours (taken over, deleted), once that is seen
 
     def refusal(self, holder: dict) -> str:
         """The error for a live holder (subclasses name what is locked and what to do)."""
@@ -186,20 +191,54 @@ class FileLock:
         return True
 
     def beat(self) -> None:
-        """Refresh the heartbeat (the lock's mtime) when HEARTBEAT_S has passed; cheap to call often."""
+        """Refresh the heartbeat (the lock's mtime) when HEARTBEAT_S has passed, if the lock is still ours (else
+        `lost` says why, and nothing is refreshed: the file is another process's now); cheap to call often."""
         now = time.monotonic()
         if self.held and now - self._last_beat >= self.heartbeat_s:
             self._last_beat = now
+            if not self.holds():
+                return
             try:
                 os.utime(self.path)
-            except OSError:  # deleted by hand or taken over, or its file system is gone: nothing to refresh
+            except OSError:  # deleted meanwhile, or its file system is gone: nothing to refresh
                 pass
+
+    def holds(self) -> bool:
+        """Whether the lock file still names this holder (read now). False once it was taken over or deleted: a
+        process that was paused past the staleness (a suspended job) or judged dead; `lost` then says why."""
+        if not self.held or self.lost is not None:
+            return False
+        why = self._not_ours()
+        if why is not None:
+            # Judged twice: a takeover that finds the lock replaced puts it back (`_take_over`), so for an instant
+            # a live holder's file can be missing; a lock really lost is still lost a moment later.
+            time.sleep(_RECHECK_S)
+            why = self._not_ours()
+        if why is not None:
+            self.lost = why
+        return why is None
+
+    def _not_ours(self) -> str | None:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return f"{self.path} was deleted (by hand, or by a process that judged this one dead)"
+        except OSError:
+            return None  # unreadable just now (a file server's hiccup): that is no sign of another holder
+        try:
+            holder = json.loads(text)
+        except ValueError:
+            holder = {}  # another process's lock, caught between its creation and its JSON
+        if holder == self.info:
+            return None
+        whose = describe(holder) if isinstance(holder, dict) and holder else "another process"
+        return f"{self.path} was taken over by {whose}"
 
     def start_heartbeat(self) -> None:
         """Refresh the heartbeat from a thread of its own, for holders whose work has no loop to call `beat` from
         often enough (a training step, an evaluation or a save may take minutes)."""
         def run() -> None:
-            while not self._stop_heartbeat.wait(self.heartbeat_s):
+            while not self._stop_heartbeat.wait(self.heartbeat_s) and self.lost is None:
                 self.beat()
 
         self._heartbeat = threading.Thread(target=run, name=f"heartbeat {self.path.name}", daemon=True)

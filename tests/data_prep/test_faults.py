@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.lock import OutputLock, lock_path
+from data_prep.lock import FileLock, OutputLock, holder_info, lock_path, read_lock
 from data_prep.manifest import load_manifest
 from data_prep.synth import synth_imagenet
 from tests.support.prep import ROOT, prep, run_cli
@@ -157,6 +157,33 @@ def test_heartbeat_is_refreshed_from_the_work_loop(tmp_path: Path) -> None:
         os.utime(lock.path, (0, 0))
         lock.beat()
         assert time.time() - lock.path.stat().st_mtime < 60
+
+
+def test_a_holder_whose_lock_was_taken_over_knows_it_and_leaves_the_new_lock_alone(tmp_path: Path) -> None:
+    """A holder paused past the staleness (a suspended job) is judged dead and its lock taken over: resumed, its
+    heartbeat finds the file naming another holder, says so (`lost`, `holds()`), and neither refreshes nor deletes
+    the new lock. (The takeover is the real one; `reclaim` stands for the 10 minutes without a heartbeat that another
+    host would wait: on this host a paused holder's pid is alive.)"""
+    path = tmp_path / "run.lock"
+    holder = FileLock(path, holder_info(argv=["the paused run"]), heartbeat_s=0.05)
+    holder.acquire()
+    assert holder.holds()
+    taker = FileLock(path, holder_info(argv=["the start that took over"]),
+                     reclaim=lambda info: "no heartbeat for 600 s (as seen from another host)")
+    taker.acquire()
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    holder.start_heartbeat()
+    deadline = time.monotonic() + 60
+    while holder.lost is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert holder.lost is not None and "taken over by" in holder.lost and "the start that took over" in holder.lost
+    assert not holder.holds()
+    assert path.stat().st_mtime == old  # the new holder's heartbeat, not the old one's
+    holder.release()
+    assert read_lock(path) == taker.info  # left to its holder
+    taker.release()
+    assert not path.exists()
 
 
 def test_the_progress_bar_says_one_rate(capsys) -> None:
