@@ -31,6 +31,7 @@ import torch
 
 from data_prep.durable import FileRecord
 from pipeline.checkpoint.store import CheckpointStore, save_state
+from pipeline.dist import note_progress
 
 
 def snapshot(value: Any) -> Any:
@@ -79,6 +80,7 @@ class FileWriter:
                 future.set_result(save_state(path, state))
             except OSError as e:
                 future.set_exception(e)
+            note_progress()  # a save is as long as its files: each one written is progress (`dist.watchdog`)
         else:
             future = self._pool.submit(save_state, path, snapshot(state))
         self._written.append((name, future))
@@ -98,6 +100,7 @@ class FileWriter:
                 written[name] = future.result()
             except OSError as e:
                 self.fail(e)
+            note_progress()  # waited for one more file: progress, as above
         if self._error is not None:
             raise self._error
         return written

@@ -8,7 +8,8 @@ every `checkpoint.check_every_seconds` (but not more often than every step) wher
 SIGKILL `KillWait` seconds (30 by default) after its SIGTERM, and ten steps of a ResNet-152 at a large batch, or
 of a busy CPU, can take longer than that. The same collective carries the slowest rank's seconds per step since
 the last check, so every rank sets the same next check. It also asks whether every rank has written its files
-of a background save, which is then marked complete.
+of a background save, which is then marked complete, and whether a rank has seen the run directory taken from this
+training (its lock taken over while the job was paused): then every rank ends at once (exit code 4), writing nothing.
 
     policy = SavePolicy(cfg.checkpoint, stop_requested, checkpoints)
     decision = policy.after_step(step)        # every rank, after every step
@@ -53,8 +54,11 @@ class SavePolicy:
             now = time.monotonic()
             checked_step, checked_at = self.last_check
             step_s = (now - checked_at) / (step - checked_step if checked_step is not None else 1)
-            stop, minutes, writing, slowest_step_s = dist.max_over_ranks(
-                [self.stop_requested(), self._minutes_due(), self.checkpoints.writing, step_s])
+            stop, minutes, writing, slowest_step_s, lost = dist.max_over_ranks(
+                [self.stop_requested(), self._minutes_due(), self.checkpoints.writing, step_s,
+                 self.checkpoints.owner_lost()])
+            if lost:
+                self.checkpoints.ensure_owned()  # raises on every rank: the owner's error on the one that saw it
             stopping, minutes_due = bool(stop), bool(minutes)
             if not writing:
                 self.checkpoints.finish_pending()

@@ -3,7 +3,8 @@
 - `environment`: rank, world size and master from whichever launcher started the process (torchrun, srun or
   submitit, none), exported under torchrun's names for the libraries that read them;
 - `collectives`: the process group, and the few collectives that make ranks agree (a flag on any rank, a
-  failure on one rank ended on every rank, what the primary read given to all), the hang watch;
+  failure on one rank ended on every rank, what the primary read given to all), the hang watch's start;
+- `watchdog`: the hang watch itself, the same end of a hung rank on every backend (one line, exit code 8);
 - `process`: one process's set-up (device, threads, seeds, RNG state, stop signals);
 - `exit_codes`: one code per kind of end, shared with `launch`.
 
@@ -25,13 +26,15 @@ from pipeline.dist.environment import (
     job_port,
     with_free_port,
 )
+from pipeline.dist.watchdog import note_progress, stop_watching
 
 _COLLECTIVES = ("RankFailed", "RankHung", "all_reduce_sum", "any_rank", "barrier", "destroy_process_group",
                 "from_primary", "hang_error", "init_process_group", "max_over_ranks", "on_every_rank",
                 "watch_for_hangs")
 
 __all__ = ["DEFAULT_PORT", "JOB_PORTS", "DistInfo", "cuda_device_index", "dist_info_from_env", "export_env",
-           "first_host", "free_port", "job_hosts", "job_port", "with_free_port", *_COLLECTIVES]
+           "first_host", "free_port", "job_hosts", "job_port", "note_progress", "stop_watching", "with_free_port",
+           *_COLLECTIVES]
 
 
 def __getattr__(name: str):

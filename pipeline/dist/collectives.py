@@ -1,8 +1,9 @@
 """The job's process group and the collectives that make its ranks agree.
 
 - `init_process_group` / `destroy_process_group`: join (nccl on GPU, gloo on CPU) and leave it cleanly;
-- `watch_for_hangs`: once training runs, a collective that waits `engine.hang_timeout_minutes` for another rank
-  fails, and `hang_error` says it as `RankHung` (exit code 8);
+- `watch_for_hangs`: once training runs, a rank that makes no progress for `engine.hang_timeout_minutes` (a
+  collective waiting for a rank that hung) ends with one line and exit code 8 (`pipeline.dist.watchdog`), on gloo
+  and NCCL alike; `hang_error` says a backend's own timeout (at start-up) as `RankHung`, with the same code;
 - `any_rank`, `max_over_ranks`, `all_reduce_sum`: a flag or a few numbers over every rank (a stop signal, the
   slowest rank's step time, evaluation counts);
 - `on_every_rank`, `from_primary`: a step that can fail on one rank ends every rank the same way (`RankFailed`),
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import torch
@@ -24,6 +25,7 @@ from torch.distributed import distributed_c10d
 
 from pipeline.dist.environment import DistInfo, export_env
 from pipeline.dist.exit_codes import HUNG, exit_code_of
+from pipeline.dist.watchdog import note_progress, start_watching
 
 T = TypeVar("T")
 
@@ -51,19 +53,31 @@ def init_process_group(info: DistInfo, device_type: str, timeout_minutes: float)
 _timeout = {"minutes": 0.0, "hangs_watched": False}  # what a collective of this process waits at most, now
 
 
-def watch_for_hangs(timeout_minutes: float) -> None:
-    """From now on, a collective that waits `timeout_minutes` for another rank fails (on every process group:
-    DeepSpeed makes its own), ending this rank; the launcher (torchrun's agent, srun with --kill-on-bad-exit)
-    then ends the rest, the hung one included. Training calls it after its first step: what may legitimately
-    keep one rank busy while the others wait (compilation, a checkpoint load) is over, and a step, an
-    evaluation's end or a save's gather waits seconds. Raises nothing; a no-op without a process group."""
+# How much longer than engine.hang_timeout_minutes the backend's own timeout is, once training runs: enough for the
+# project's watchdog (which looks every few seconds) to have ended the process first, with its line, on any backend.
+BACKEND_MARGIN_MINUTES = 2.0
+
+
+def watch_for_hangs(timeout_minutes: float, last_words: Iterable[Callable[[], None]] = ()) -> None:
+    """From now on, a rank that makes no progress for `timeout_minutes` (`note_progress`: a step, an evaluation
+    batch, a collective of this module) ends with one `error:` line and exit code 8, after `last_words` (the run
+    lock released); the launcher (torchrun's agent, srun with --kill-on-bad-exit) then ends the rest, the hung one
+    included. Training calls it after its first step: what may legitimately keep one rank busy while the others
+    wait (compilation, a checkpoint load) is over, and a step, an evaluation's end or a save's gather waits seconds.
+
+    The process group's own timeout (on every group: DeepSpeed makes its own) becomes `timeout_minutes` plus a
+    margin: the backend's end of a hang differs (gloo raises; NCCL aborts the process: no line, exit code 134, the
+    lock left behind), so it is only the backstop. A no-op without a process group (one process has no peer)."""
     if not dist.is_initialized():
         return
-    timeout = datetime.timedelta(minutes=timeout_minutes)
-    _timeout.update(minutes=timeout_minutes, hangs_watched=True)
+    backend_minutes = timeout_minutes + BACKEND_MARGIN_MINUTES
+    _timeout.update(minutes=backend_minutes, hangs_watched=True)
     # `_set_pg_timeout` is torch's own (private) setter; the groups are every one this process belongs to.
     for group in list(distributed_c10d._world.pg_map):
-        distributed_c10d._set_pg_timeout(timeout, group)
+        distributed_c10d._set_pg_timeout(datetime.timedelta(minutes=backend_minutes), group)
+    start_watching(timeout_minutes, _hung_message(f"this rank made no progress for {timeout_minutes:g} min "
+                                                  "(engine.hang_timeout_minutes): another rank hung or died, or "
+                                                  "this one did"), last_words)
 
 
 class RankHung(RuntimeError):
@@ -77,10 +91,15 @@ def hang_error(error: BaseException) -> RankHung | None:
     text = str(error)
     if not isinstance(error, RuntimeError) or not any(w in text for w in ("Timed out", "timed out", "Timeout")):
         return None
-    which = "engine.hang_timeout_minutes" if _timeout["hangs_watched"] else "engine.timeout_minutes, at start-up"
-    return RankHung(f"a collective waited {_timeout['minutes']:g} min ({which}) for another rank, "
-                    "which hung or died: every process of the job is ended so that it frees its GPUs; run the same "
-                    "command (or requeue the job) to resume from the latest checkpoint")
+    which = ("engine.hang_timeout_minutes and a margin" if _timeout["hangs_watched"]
+             else "engine.timeout_minutes, at start-up")
+    return RankHung(_hung_message(f"a collective waited {_timeout['minutes']:g} min ({which}) for another rank, "
+                                  "which hung or died"))
+
+
+def _hung_message(what: str) -> str:
+    return (f"{what}: every process of the job is ended so that it frees its GPUs; run the same command (or requeue "
+            "the job) to resume from the latest checkpoint")
 
 
 # How long the end of a run leaves communication threads to finish (see destroy_process_group).
@@ -104,6 +123,7 @@ def destroy_process_group() -> None:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+        note_progress()
 
 
 def any_rank(flags: list[bool]) -> list[bool]:
@@ -112,7 +132,9 @@ def any_rank(flags: list[bool]) -> list[bool]:
         return list(flags)
     tensor = torch.tensor([1.0 if f else 0.0 for f in flags], device=_collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in tensor.tolist()]
+    flags = [bool(v) for v in tensor.tolist()]
+    note_progress()
+    return flags
 
 
 def max_over_ranks(values: list[float]) -> list[float]:
@@ -121,7 +143,9 @@ def max_over_ranks(values: list[float]) -> list[float]:
         return list(values)
     tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor.tolist()
+    result = tensor.tolist()  # on NCCL, where the host waits for the collective
+    note_progress()
+    return result
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
@@ -130,7 +154,9 @@ def all_reduce_sum(values: list[float]) -> list[float]:
         return list(values)
     tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(tensor)
-    return tensor.tolist()
+    result = tensor.tolist()
+    note_progress()
+    return result
 
 
 class RankFailed(RuntimeError):
@@ -162,6 +188,7 @@ def on_every_rank(work: Callable[[], T], gather: bool = False):
     outcome = (True, result if gather else None) if error is None else (False, (str(error), exit_code_of(error)))
     outcomes: list = [None] * dist.get_world_size()
     dist.all_gather_object(outcomes, outcome)
+    note_progress()
     if error is not None:
         raise error
     for rank, (ok, value) in enumerate(outcomes):
@@ -188,6 +215,7 @@ def from_primary(work: Callable[[], T]) -> T:
             error, outcome = e, (False, (str(e), exit_code_of(e)))
     shared = [outcome]
     dist.broadcast_object_list(shared, src=0)
+    note_progress()
     if error is not None:
         raise error
     ok, value = shared[0]  # type: ignore[misc]

@@ -13,7 +13,7 @@ OK = 0
 FAILED = 1  # an unexpected error: its traceback is printed (please report it)
 USAGE = 2  # a bad config, command line, or a checkpoint this world size cannot continue
 INTERRUPTED = 3  # stopped by a signal after saving a checkpoint: the same command (or the requeued job) resumes
-LOCKED = 4  # another live run holds the run directory (its lock names the host, pid and SLURM job)
+LOCKED = 4  # another live run holds the run directory (its lock names the host, pid and SLURM job), or took it over
 DATA = 5  # the prepared dataset is missing, damaged, or of a manifest version this code does not know
 WRITE = 6  # the run directory cannot be written (a full disk, a read-only or unwritable directory)
 CHECKPOINT = 7  # every checkpoint of the run is damaged (each is named), or a rank cannot open the one chosen
@@ -24,14 +24,15 @@ MEANINGS = {
     FAILED: "an unexpected error (a traceback; please report it)",
     USAGE: "a bad config or command line (or a checkpoint this number of ranks cannot continue)",
     INTERRUPTED: "stopped by a signal after saving a checkpoint: run the same command again to resume",
-    LOCKED: "another live run holds the run directory (the error names it): wait for it, or stop it",
+    LOCKED: "another live run holds the run directory (the error names it): wait for it, or stop it; or it took "
+            "the directory over while this one was paused, and this one wrote nothing more",
     DATA: "the dataset is missing, damaged or of an unknown manifest version (the error names the file)",
     WRITE: "the run directory cannot be written (disk full, read-only, permissions): the last complete "
            "checkpoint is kept; fix it and run the same command to resume",
     CHECKPOINT: "no checkpoint of the run is intact (the error names each damaged file and what to delete), or a "
                 "rank cannot open the checkpoint rank 0 chose (the error names the file and the rank)",
-    HUNG: "a rank stopped answering for engine.hang_timeout_minutes (hung or died): the job was ended; run the "
-          "same command to resume",
+    HUNG: "a rank stopped answering for engine.hang_timeout_minutes (hung or died): the job was ended, the run's "
+          "lock released; run the same command to resume",
 }
 
 

@@ -6,6 +6,12 @@ command), before it writes anything. The holder refreshes the lock's heartbeat f
 The lock is taken over when its holder is gone: on the same host once its pid has ended; from another
 host once its heartbeat is 10 minutes old; and at once by a later start of the same SLURM job (a requeued
 job, whose earlier start SLURM has ended, wherever it ran). The lock itself is data_prep's `FileLock`.
+
+A holder that was only paused longer than that (a suspended SLURM job, a node cut off from the file server) may
+find its lock taken over when it runs again: it must not write another file into the directory, which is another
+run's now. Its heartbeat notices (`FileLock.lost`), and every write of the training asks first (`holds`,
+`ensure_held`: the checkpoints, metrics.jsonl and W&B, results.json); the training then ends with one line,
+`RunLockLost`, exit code 4 (LOCKED), having written nothing more.
 """
 
 from __future__ import annotations
@@ -31,6 +37,12 @@ def slurm_job(env: Mapping[str, str] | None = None) -> dict[str, object]:
     if "SLURM_JOB_ID" not in env:
         return {}
     return {"slurm_job_id": env["SLURM_JOB_ID"], "slurm_restarts": int(env.get("SLURM_RESTART_COUNT") or 0)}
+
+
+class RunLockLost(RuntimeError):
+    """This run's lock was taken over (or deleted) while the run was paused: the directory is not ours to write."""
+
+    exit_code = exit_codes.LOCKED
 
 
 class RunLock(FileLock):
@@ -62,6 +74,14 @@ class RunLock(FileLock):
             super().acquire()
         except Locked as e:
             raise RunLocked(str(e), e.holder) from None
+
+    def ensure_held(self) -> None:
+        """Nothing while the lock is still ours; RunLockLost (one line: who has it, what to do) once it is not."""
+        if not self.holds():
+            raise RunLockLost(f"{self.run_dir} is no longer this run's: {self.lost}, while this process was not "
+                              "heard from (suspended, or cut off from the file system, for longer than the lock's "
+                              "10-minute staleness); this process stops and writes nothing more into it. Let the run "
+                              "that holds it go on, or stop that one and run the same command to resume")
 
 
 def lock_holder(run_dir: Path) -> dict | None:

@@ -19,6 +19,12 @@ checkpoint; its next call then fails. The first failure is one warning (on the c
 in metrics.jsonl) and W&B is off for the rest of this start: `metrics.jsonl` keeps every record, and the
 next start continues the same W&B run. A `metrics.jsonl` that cannot be written (a full disk) is likewise
 one warning: the checkpoint save that follows fails on every rank and ends the run with one error.
+
+A run whose directory was taken from it (its lock taken over while the job was paused: `pipeline.run.lock`) writes
+nothing more: each record first asks `owns()` (the lock file read), and one that finds the directory another run's
+is dropped, as is everything after it; the training ends at its next check, with one line. W&B's own folder of this
+start is still closed (it holds only what was sent before), but `wandb_last_step`, shared with the new holder, is not
+written.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +59,8 @@ class NullLogger:
 
 class RunLogger(NullLogger):
     def __init__(self, run_dir: Path, cfg: LoggingConfig, run_name: str, config: dict[str, Any],
-                 resume_step: int = 0) -> None:
+                 resume_step: int = 0, owns: Callable[[], bool] | None = None) -> None:
+        self.owns = owns or (lambda: True)  # whether the run directory is still this training's (its lock)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.files = RunDir(self.run_dir)
@@ -79,6 +87,8 @@ class RunLogger(NullLogger):
                 self._send(record, step)
 
     def log(self, record: dict[str, Any], step: int, console: bool = True) -> None:
+        if not self.owns():
+            return  # another run's directory now: training ends at its next check, with the error
         record = {"step": step, **record}
         self._append(record)
         if console:
@@ -94,7 +104,7 @@ class RunLogger(NullLogger):
             self._wandb_last_step, self._sent = step, True
 
     def summary(self, values: dict[str, Any]) -> None:
-        if self._wandb is not None:
+        if self._wandb is not None and self.owns():
             self._call_wandb(None, lambda: self._wandb.summary.update(values))
 
     def close(self) -> None:
@@ -112,6 +122,8 @@ class RunLogger(NullLogger):
             self._wandb_failed(None, error)
             forget_wandb_service(run)
             return
+        if not self.owns():
+            return  # the new holder keeps its own count
         try:  # every step sent is written now: the next start sends only what comes after it
             self.files.wandb_last_step.write_text(str(self._wandb_last_step))
         except OSError:
@@ -153,14 +165,16 @@ class RunLogger(NullLogger):
     def _warn(self, step: int, message: str) -> None:
         """One `warning:` line on the console and as an event in metrics.jsonl (not in W&B: it is not a metric)."""
         print(f"warning: {message}", file=sys.stderr, flush=True)
-        self._append({"step": step, "event": f"warning: {message}"})
+        if self.owns():
+            self._append({"step": step, "event": f"warning: {message}"})
 
 
 def make_logger(is_primary: bool, run_dir: Path, cfg: LoggingConfig, run_name: str, config: dict[str, Any],
-                resume_step: int = 0) -> NullLogger:
+                resume_step: int = 0, owns: Callable[[], bool] | None = None) -> NullLogger:
+    """The primary's `RunLogger` (`owns`: whether the run directory is still this training's), else a no-op."""
     if not is_primary:
         return NullLogger()
-    return RunLogger(run_dir, cfg, run_name, config, resume_step)
+    return RunLogger(run_dir, cfg, run_name, config, resume_step, owns)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

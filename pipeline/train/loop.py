@@ -69,7 +69,7 @@ def train(cfg: ExperimentConfig, info: DistInfo | None = None,
     created: list[Path] = []  # the directories the primary made for the run
     try:
         dist.on_every_rank(lambda: own_run_directory(cfg, info, lock, created, on_start))
-        return _train(cfg, info, device)
+        return _train(cfg, info, device, lock)
     finally:
         if lock is not None:
             lock.release()
@@ -77,10 +77,12 @@ def train(cfg: ExperimentConfig, info: DistInfo | None = None,
         dist.destroy_process_group()
 
 
-def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> TrainOutcome:
+def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device, lock: RunLock | None) -> TrainOutcome:
     seed_everything(cfg.run.seed, cfg.run.deterministic)
     run = RunDir.of(cfg)
-    checkpoints = RunCheckpoints(run.checkpoints, cfg.checkpoint, info)
+    # What writes into the run directory asks the lock first (the primary's): a run whose lock was taken over while
+    # the job was paused ends with one line (exit code 4) before it writes anything more.
+    checkpoints = RunCheckpoints(run.checkpoints, cfg.checkpoint, info, owner=lock)
     # What a user can get wrong (an unwritable directory, a missing or damaged dataset) fails on every rank alike.
     # Two steps: opening the data has collectives of its own (one rank validates it for all), which every rank
     # must reach, so nothing that can fail on one rank alone may come before them in the same step. The data first:
@@ -93,7 +95,8 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> Train
     resumed = resume(checkpoints, engine, schedule, train_loader, info, run)
     progress = resumed.progress
     logger = dist.on_every_rank(lambda: make_logger(info.is_primary, run.path, cfg.logging, cfg.run.name,
-                                                    loggable_config(cfg), progress.step))
+                                                    loggable_config(cfg), progress.step,
+                                                    owns=lock.holds if lock is not None else None))
     clock = Clock(progress.elapsed_s)
     stop = StopSignal().install()
     policy = SavePolicy(cfg.checkpoint, lambda: stop.received is not None, checkpoints)
@@ -120,6 +123,7 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> Train
                 lr = schedule.lr(progress.step)
                 engine.set_lr(lr)
                 loss, hits = engine.train_step(images, labels)
+                dist.note_progress()  # the hang watchdog's clock starts again (`dist.watchdog`)
                 progress.step += 1
                 window.add(loss, hits, labels.numel())
 
@@ -136,7 +140,13 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> Train
                 decision = policy.after_step(progress.step)  # a collective at its checks, not every step
                 save_s = save(background=not decision.stopping) if decision.save else 0.0
                 if progress.step == first_step + 1:
-                    dist.watch_for_hangs(cfg.engine.hang_timeout_minutes)  # the slow first step is over
+                    # The slow first step is over. From now on a rank ends (one line, exit code 8, the lock released)
+                    # after engine.hang_timeout_minutes without progress: each step, each evaluation batch, each
+                    # collective (an evaluation's or a save's end) and each checkpoint file written is progress, so
+                    # a long evaluation or save trips it only where one batch, file or wait takes that long. An
+                    # epoch's loader restart comes right after such a collective and takes seconds.
+                    dist.watch_for_hangs(cfg.engine.hang_timeout_minutes,
+                                         last_words=[lock.release] if lock is not None else [])
                 if decision.stopping:
                     logger.log({"event": f"stopped by {stop.received or 'a signal on another rank'}",
                                 **_stop_timing(stop, save_s)}, progress.step)
@@ -151,8 +161,9 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> Train
                     _evaluate_and_log(engine, eval_loader, schedule, logger, progress)
                 if policy.at_epoch_end(progress.step, total_steps):
                     save(background=True)
-        return _final_evaluation(cfg, info, run, engine, eval_loader, logger, progress, stop, save)
+        return _final_evaluation(cfg, info, run, engine, eval_loader, logger, progress, stop, save, lock)
     finally:
+        dist.stop_watching()  # what follows (W&B's close) may take its time, and has no peer to wait for
         checkpoints.close()
         stop.uninstall()
         logger.close()  # after the last save: W&B's teardown can fail (its service shares the job's signals)
@@ -160,14 +171,15 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device) -> Train
 
 def _evaluate_and_log(engine, eval_loader, schedule: LRSchedule, logger, progress: Progress) -> None:
     engine.before_evaluation()
-    result = evaluate(engine.predict, eval_loader)
+    result = evaluate(engine.predict, eval_loader, progress=_batch_done)
     logger.log({"epoch": progress.epoch, **result.as_dict("val_")}, progress.step)
     if schedule.observe_validation_error(result.top1_error):
         logger.log({"event": "validation error plateaued: lr divided"}, progress.step)
 
 
 def _final_evaluation(cfg: ExperimentConfig, info: DistInfo, run: RunDir, engine, eval_loader, logger,
-                      progress: Progress, stop: StopSignal, save: Callable[..., None]) -> TrainOutcome:
+                      progress: Progress, stop: StopSignal, save: Callable[..., None],
+                      lock: RunLock | None) -> TrainOutcome:
     """The centre evaluation of the trained weights, saved with them and recorded in results.json.
 
     A signal now would otherwise go unheard: the loop that checks for it is over. The evaluation stops for it,
@@ -179,7 +191,8 @@ def _final_evaluation(cfg: ExperimentConfig, info: DistInfo, run: RunDir, engine
     engine.before_evaluation()
     try:
         with responses:
-            final = evaluate(engine.predict, eval_loader, should_stop=lambda: stop.received is not None)
+            final = evaluate(engine.predict, eval_loader, should_stop=lambda: stop.received is not None,
+                             progress=_batch_done)
     except EvaluationInterrupted:
         save_s = save(background=False)
         logger.log({"event": f"stopped by {stop.received or 'a signal on another rank'} during the final "
@@ -192,8 +205,13 @@ def _final_evaluation(cfg: ExperimentConfig, info: DistInfo, run: RunDir, engine
     logger.log({"kind": "final", "epoch": progress.epoch, **final.as_dict("val_")}, progress.step)
     logger.summary(outcome.as_dict())
     save(background=False, metrics={"val_top1_error": final.top1_error})
-    dist.on_every_rank(lambda: _record_results(run, outcome, stds) if info.is_primary else None)
+    dist.on_every_rank(lambda: _record_results(run, outcome, stds, lock) if info.is_primary else None)
     return outcome
+
+
+def _batch_done(samples: int) -> None:
+    """An evaluation batch is progress for the hang watchdog: a long evaluation is not a hung one."""
+    dist.note_progress()
 
 
 def _stop_timing(stop: StopSignal, save_s: float) -> dict:
@@ -205,7 +223,9 @@ def _stop_timing(stop: StopSignal, save_s: float) -> dict:
     return timing
 
 
-def _record_results(run: RunDir, outcome: Finished, stds: dict | None) -> None:
+def _record_results(run: RunDir, outcome: Finished, stds: dict | None, lock: RunLock | None) -> None:
+    if lock is not None:
+        lock.ensure_held()
     update_results(run.path, "train", outcome.as_dict())
     if stds is not None:
         write_layer_responses(run.path, {**stds, "samples": outcome.samples, "split": outcome.split,

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from data_prep.lock import FileLock, holder_info, read_lock
 from pipeline.checkpoint.store import CheckpointStore
 from pipeline.dist.exit_codes import HUNG, LOCKED
 from pipeline.dist.exit_codes import INTERRUPTED as EXIT_INTERRUPTED
+from pipeline.run.layout import RunDir
 from pipeline.run.logger import read_metrics
 from tests.support import DEMO_CONFIG, REPO
 from tests.support.training import env, small_run
@@ -153,9 +155,11 @@ def test_a_second_ctrl_c_kills_every_rank_at_once(digits_dataset, tmp_path):
 
 def test_a_rank_stopped_by_sigstop_ends_the_run_within_the_hang_timeout_and_the_next_start_resumes(digits_dataset,
                                                                                                   tmp_path):
-    """A hung rank (SIGSTOP: alive, silent) mid-training: the other's next collective gives up after
-    engine.hang_timeout_minutes, it exits with HUNG and one line, the launcher ends the stopped one (after torch's
-    30-s grace), nothing is left; the same command resumes from the last checkpoint. W&B offline, as by default."""
+    """A hung rank (SIGSTOP: alive, silent, no error from the backend) mid-training: the other makes no progress, and
+    after engine.hang_timeout_minutes the project's watchdog ends it, as it would on NCCL: one line, the run lock
+    released, exit code HUNG; the launcher ends the stopped one (after torch's 30-s grace), nothing is left; the same
+    command resumes from the last checkpoint at once. The backend's own timeout is 2 minutes longer (it would say
+    "a collective waited ..." instead). W&B offline, as by default."""
     out, run_dir = tmp_path / "runs", tmp_path / "runs" / "t"
     hang_timeout_s = 12
     overrides = overrides_of(digits_dataset, out, f"engine.hang_timeout_minutes={hang_timeout_s / 60}",
@@ -178,7 +182,11 @@ def test_a_rank_stopped_by_sigstop_ends_the_run_within_the_hang_timeout_and_the_
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     errors = [line for line in text.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and f"waited {hang_timeout_s / 60:g} min (engine.hang_timeout_minutes)" in errors[0], text
+    assert len(errors) == 1 and f"no progress for {hang_timeout_s / 60:g} min (engine.hang_timeout_minutes)" in \
+        errors[0], text
+    assert "Traceback" not in text, text[-4000:]
+    # The primary released the lock on its way out: a resubmission from another host is not kept waiting.
+    assert not (run_dir / "run.lock").exists()
     # The hang timeout, then torch's agent gives the stopped rank 30 s to end on SIGTERM before its SIGKILL; the
     # rest is this machine's slack (a timing bound on purpose: the failure it guards against is the 30-min default).
     assert took < hang_timeout_s + 30 + 60, took
@@ -188,4 +196,73 @@ def test_a_rank_stopped_by_sigstop_ends_the_run_within_the_hang_timeout_and_the_
                             f"schedule.total={complete.step + 4}", "--nproc", "2"],
                            cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
-    assert f"from step {complete.step}" in again.stderr
+    assert f"from step {complete.step}" in again.stderr and "taking over the stale lock" not in again.stderr
+
+
+def _stopped(group: int) -> bool:
+    """Every process of process group `group` is stopped (SIGSTOP delivered: state T)."""
+    states = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:
+            states.append(fields[0])
+    return bool(states) and all(state in "tTZ" for state in states)  # a zombie has nothing left to stop
+
+
+def _written(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """Every file of the run directory with its size and mtime, but W&B's folder (this start's own: its service
+    process writes there) and what a background save was writing when the job stopped (its thread finishes the
+    file it has; a folder without COMPLETE is never loaded). New entries are seen: their names are kept."""
+    written = {}
+    for path in sorted(run_dir.rglob("*")):
+        relative = path.relative_to(run_dir)
+        if relative.parts[0] in ("wandb", "run.lock") or any(p.endswith(".tmp") for p in relative.parts[:-1]):
+            continue
+        info = path.stat()
+        written[str(relative)] = (info.st_size, info.st_mtime_ns) if path.is_file() else (0, 0)
+    return written
+
+
+def test_a_run_whose_lock_was_taken_over_while_suspended_stops_when_resumed_without_writing(digits_dataset,
+                                                                                          tmp_path):
+    """SLURM's suspend stops every process of a job (SIGSTOP) for as long as it likes; past the lock's staleness,
+    another start takes the run directory over. Resumed, the run writes nothing more into it (checkpoints,
+    metrics.jsonl, results: the same files, the same bytes), leaves the new lock alone, and every rank ends with
+    exit code 4 and one line. The takeover is data_prep's own; its `reclaim` stands for the 10 minutes without a
+    heartbeat that another host waits (on this host a suspended holder's pid is alive, and is never taken over).
+    The suspension outlasts engine.hang_timeout_minutes, shortened for that: a paused job is not a hung one (the
+    watchdog does not count a pause it slept through)."""
+    out, run_dir = tmp_path / "runs", tmp_path / "runs" / "t"
+    hang_timeout_s = 6
+    overrides = overrides_of(digits_dataset, out, f"engine.hang_timeout_minutes={hang_timeout_s / 60}",
+                             "checkpoint.every_steps=8")
+    log = tmp_path / "launch.log"
+    proc = launch_local(overrides, log)
+    taker = FileLock(RunDir(run_dir).lock, holder_info(argv=["a start on another host"]),
+                     reclaim=lambda holder: "no heartbeat for 600 s (as another host sees a suspended job)")
+    try:
+        wait_for((run_dir / "checkpoints" / f"step-{8:09d}" / "COMPLETE").exists, "first checkpoint", proc)
+        os.killpg(proc.pid, signal.SIGSTOP)  # what `scontrol suspend` does
+        wait_for(lambda: _stopped(proc.pid), "every process stopped", proc, timeout=60)
+        before = _written(run_dir)
+        taker.acquire()
+        time.sleep(hang_timeout_s + 4)  # the suspension under test: longer than the hang timeout
+        os.killpg(proc.pid, signal.SIGCONT)  # `scontrol resume`
+        code = proc.wait(timeout=300)
+        text = log.read_text()
+        assert code == LOCKED, text[-4000:]
+        assert_none_left(str(out))
+    finally:
+        kill_leftovers(str(out))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is no longer this run's" in errors[0] and "a start on another host" in errors[0], \
+        text[-4000:]
+    assert "Traceback" not in text, text[-4000:]
+    assert _written(run_dir) == before
+    assert read_lock(RunDir(run_dir).lock) == taker.info  # the new holder's lock, untouched
+    taker.release()

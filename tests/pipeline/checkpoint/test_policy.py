@@ -15,6 +15,9 @@ class _Checkpoints:
     def finish_pending(self) -> None:
         pass
 
+    def owner_lost(self) -> bool:
+        return False
+
 
 @pytest.mark.parametrize(("step_s", "between"), [(0.01, 10), (0.25, 8), (0.5, 4), (1.2, 1), (45.0, 1)])
 def test_checks_come_at_least_every_check_every_seconds_and_at_most_every_check_every_steps(monkeypatch, step_s,
