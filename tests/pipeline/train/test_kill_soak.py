@@ -1,6 +1,7 @@
-"""The kill soak, short: 5 interruptions, one of each kind (a rank SIGKILLed; USR2 and SIGTERM to every process of
+"""The kill soak, short: 7 interruptions, one of each kind (a rank SIGKILLed; USR2 and SIGTERM to every process of
 the run, W&B's service included; every process killed and the newest checkpoint cut in half; a second start of the
-same command, refused by the run's lock), resumed, bitwise (weights and optimizer state).
+same command, refused by the run's lock; every process killed and half a record appended to metrics.jsonl; a rank
+SIGSTOPped, the job ending itself with exit 8), resumed, bitwise (weights and optimizer state).
 
 The recorded soak (K=20 DDP, K=10 DeepSpeed) is `benchmarks/kill_soak.py`; this runs the same script.
 """
@@ -17,17 +18,20 @@ from tests.support.training import assert_bitwise_equal, env, final_state
 from tests.support.wandb_offline import offline_runs
 
 
-def test_five_interruptions_of_every_kind_resume_to_identical_weights(digits_dataset, tmp_path):
+def test_seven_interruptions_of_every_kind_resume_to_identical_weights(digits_dataset, tmp_path):
     report = tmp_path / "kill_soak.md"
-    proc = subprocess.run([sys.executable, "benchmarks/kill_soak.py", "--engines", "ddp:5", "--data",
+    proc = subprocess.run([sys.executable, "benchmarks/kill_soak.py", "--engines", "ddp:7", "--data",
                            str(digits_dataset), "--out", str(report), "--keep", str(tmp_path)], cwd=REPO, env=env(),
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = next(line for line in report.read_text().splitlines() if line.startswith("| ddp |"))
-    # engine | interruptions | kill-rank / usr2 / sigterm / truncate / second-start | finished | identical |
-    # second starts refused | damaged checkpoints named | left behind
-    assert [cell.strip() for cell in summary.split("|")[1:9]] == ["ddp", "5", "1 / 1 / 1 / 1 / 1", "yes", "yes", "yes",
-                                                                 "yes", "0"]
+    # engine | interruptions | kill-rank / usr2 / sigterm / truncate / second-start / torn-metrics / sigstop-rank |
+    # finished | identical | second starts refused | damaged checkpoints named | torn lines warned of | stopped
+    # ranks: exit 8 | left behind
+    assert [cell.strip() for cell in summary.split("|")[1:11]] == [
+        "ddp", "7", "1 / 1 / 1 / 1 / 1 / 1 / 1", "yes", "yes", "yes", "yes", "yes", "yes", "0"]
+    sigstop = next(line for line in report.read_text().splitlines() if "| sigstop-rank |" in line)
+    assert [cell.strip() for cell in sigstop.split("|")][-3:-1] == ["8", "0"]  # exit code, left behind
 
     # What the run left behind after five interruptions: every step logged once, in order, in metrics.jsonl and in
     # W&B (one run id; what a killed start's W&B service lost, a later start sent again); the damaged checkpoint
