@@ -119,7 +119,8 @@ class Run:
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in RunDir(run_dir).checkpoints.glob("step-*/COMPLETE"))
+    # Nine digits exactly: a staging copy (step-N.tmp) may hold its marker for an instant before its rename.
+    return sorted(p.parent for p in RunDir(run_dir).checkpoints.glob("step-?????????/COMPLETE"))
 
 
 def latest_step(run_dir: Path, damaged: dict[Path, str]) -> int:
