@@ -1,13 +1,14 @@
 """`python -m launch local` for real: Ctrl-C makes the ranks save and stop, a second Ctrl-C kills them, none is
 left; a second start into the same run directory is refused while the first runs. W&B is offline, as users run."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,18 @@ def assert_none_left(marker: str, grace_s: float = 10) -> None:
     assert not processes_of(marker), f"left behind: {processes_of(marker)}"
 
 
+@contextlib.contextmanager
+def launched(overrides: list[str], log: Path, out: Path) -> Iterator[subprocess.Popen]:
+    """`launch_local` for the test's body; after it, whatever happened, nothing of the run is left."""
+    proc = launch_local(overrides, log)
+    try:
+        yield proc
+    finally:
+        kill_leftovers(str(out))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def kill_leftovers(marker: str) -> None:
     """Whatever happened, take nothing of this run past the test (these machines are shared)."""
     for line in processes_of(marker):
@@ -83,8 +96,7 @@ def overrides_of(digits_dataset: Path, out: Path, *extra: str) -> list[str]:
 def test_ctrl_c_saves_a_checkpoint_stops_every_rank_and_the_run_resumes(digits_dataset, tmp_path):
     out, run_dir = tmp_path / "runs", tmp_path / "runs" / "t"
     overrides = overrides_of(digits_dataset, out)
-    proc = launch_local(overrides, tmp_path / "launch.log")
-    try:
+    with launched(overrides, tmp_path / "launch.log", out) as proc:
         wait_for(training_steps(run_dir), "training step", proc)
         # The same command again, while the first trains: refused with one line naming it, writing nothing.
         holder = json.loads((run_dir / "run.lock").read_text())
@@ -104,10 +116,6 @@ def test_ctrl_c_saves_a_checkpoint_stops_every_rank_and_the_run_resumes(digits_d
         log = (tmp_path / "launch.log").read_text()
         assert code == EXIT_INTERRUPTED, log[-4000:]
         assert_none_left(str(out))
-    finally:
-        kill_leftovers(str(out))
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
 
     stops = [m for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGTERM"]
     assert len(stops) == 1, log[-4000:]
@@ -135,9 +143,8 @@ def test_a_second_ctrl_c_kills_every_rank_at_once(digits_dataset, tmp_path):
     out, run_dir = tmp_path / "runs", tmp_path / "runs" / "t"
     log = tmp_path / "launch.log"
     # Ranks that would take long to reach a save: the second Ctrl-C must not wait for it.
-    proc = launch_local(overrides_of(digits_dataset, out, "checkpoint.check_every_steps=100000",
-                                      "checkpoint.check_every_seconds=100000"), log)
-    try:
+    with launched(overrides_of(digits_dataset, out, "checkpoint.check_every_steps=100000",
+                               "checkpoint.check_every_seconds=100000"), log, out) as proc:
         wait_for(training_steps(run_dir), "training step", proc)
         os.killpg(proc.pid, signal.SIGINT)
         # Two signals at the same instant may reach the launcher as one: the second follows the first's reply.
@@ -146,10 +153,6 @@ def test_a_second_ctrl_c_kills_every_rank_at_once(digits_dataset, tmp_path):
         code = proc.wait(timeout=60)
         assert code == 128 + signal.SIGINT, log.read_text()[-4000:]
         assert_none_left(str(out))
-    finally:
-        kill_leftovers(str(out))
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert not any("stopped by" in str(m.get("event")) for m in read_metrics(run_dir))
 
 
@@ -167,8 +170,7 @@ def test_a_rank_stopped_by_sigstop_ends_the_run_within_the_hang_timeout_and_the_
     overrides = overrides_of(digits_dataset, out, f"engine.hang_timeout_minutes={hang_timeout_s / 60}",
                              "checkpoint.every_steps=8")
     log = tmp_path / "launch.log"
-    proc = launch_local(overrides, log)
-    try:
+    with launched(overrides, log, out) as proc:
         first = run_dir / "checkpoints" / f"step-{8:09d}" / "COMPLETE"
         wait_for(first.exists, "first checkpoint", proc)
         hung = json.loads((run_dir / "ranks" / "rank-00001.json").read_text())["pid"]
@@ -181,10 +183,6 @@ def test_a_rank_stopped_by_sigstop_ends_the_run_within_the_hang_timeout_and_the_
         text = log.read_text()
         assert code == HUNG, text[-4000:]
         assert_none_left(str(out))
-    finally:
-        kill_leftovers(str(out))
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     errors = [line for line in text.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"no progress for {hang_timeout_s / 60:g} min (engine.hang_timeout_minutes)" in \
         errors[0], text
@@ -244,10 +242,9 @@ def test_a_run_whose_lock_was_taken_over_while_suspended_stops_when_resumed_with
     overrides = overrides_of(digits_dataset, out, f"engine.hang_timeout_minutes={hang_timeout_s / 60}",
                              "checkpoint.every_steps=8")
     log = tmp_path / "launch.log"
-    proc = launch_local(overrides, log)
     taker = FileLock(RunDir(run_dir).lock, holder_info(argv=["a start on another host"]),
                      reclaim=lambda holder: "no heartbeat for 600 s (as another host sees a suspended job)")
-    try:
+    with launched(overrides, log, out) as proc:
         wait_for((run_dir / "checkpoints" / f"step-{8:09d}" / "COMPLETE").exists, "first checkpoint", proc)
         os.killpg(proc.pid, signal.SIGSTOP)  # what `scontrol suspend` does
         wait_for(lambda: _stopped(proc.pid), "every process stopped", proc, timeout=60)
@@ -259,10 +256,6 @@ def test_a_run_whose_lock_was_taken_over_while_suspended_stops_when_resumed_with
         text = log.read_text()
         assert code == LOCKED, text[-4000:]
         assert_none_left(str(out))
-    finally:
-        kill_leftovers(str(out))
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     errors = [line for line in text.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "is no longer this run's" in errors[0] and "a start on another host" in errors[0], \
         text[-4000:]
