@@ -6,9 +6,10 @@
 PYTHON     ?= python3
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
-# A torch build first: 2.13.0 is a CPU build on the project's CPU machines and a CUDA build from PyPI
-# elsewhere. Override for another build, e.g. `make install TORCH_SPEC="torch==2.13.0 --index-url ..."`.
-TORCH_SPEC ?= torch==2.13.0
+# A torch build first, then the project with its test and export extras (torchvision 0.29.1, which the export to
+# torchvision is checked with, pins torch 2.14.1). Override for another build, e.g.
+# `make install TORCH_SPEC="torch==2.14.1 --index-url ..."`.
+TORCH_SPEC ?= torch==2.14.1
 STAMP      := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_DIR   ?= demo
@@ -25,7 +26,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,export]"
 	touch $@
 
 install: $(STAMP)
