@@ -9,6 +9,6 @@ Importing this package is cheap: DALI is imported only when a DALI loader is bui
 """
 
 from pipeline.data.dataset import DatasetError
-from pipeline.data.factory import build_loader, dataset_num_classes
+from pipeline.data.factory import build_loader, dataset_num_classes, evaluation_views
 
-__all__ = ["build_loader", "dataset_num_classes", "DatasetError"]
+__all__ = ["build_loader", "dataset_num_classes", "evaluation_views", "DatasetError"]

@@ -72,6 +72,23 @@ class Split:
             raise DatasetError(f"{self.mean_image_path}: the mean image has shape {image.shape}, not H x W x 3")
         return image
 
+    def read_sample(self, ref: SampleRef) -> tuple[bytes, int]:
+        """One sample's encoded image and its label, read straight from its tar (the loaders' own reads are
+        theirs; this serves a few images, e.g. an export's check)."""
+        tar = self.shards[ref.shard].tar
+        members = []
+        with open(tar, "rb") as f:
+            for offset, size in (ref.image, ref.label):
+                f.seek(offset)
+                members.append(f.read(size))
+        if [len(m) for m in members] != [ref.image[1], ref.label[1]]:
+            raise DatasetError(f"{tar}: truncated (a sample at byte {ref.image[0]} is cut short)")
+        try:
+            return members[0], int(members[1].decode("ascii").strip())
+        except ValueError:
+            raise DatasetError(f"{tar}: the sample at byte {ref.image[0]} has label {members[1][:20]!r}, not an "
+                               "integer") from None
+
     def sample_refs(self) -> list[SampleRef]:
         """Every sample of the split, in manifest (shard, then tar) order, from the index files."""
         refs: list[SampleRef] = []

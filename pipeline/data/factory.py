@@ -9,7 +9,7 @@ import torch
 
 from data_prep.manifest import MANIFEST_NAME
 from pipeline.config.schema import DataConfig
-from pipeline.data.augment import Finish, Normalize, geometry_for
+from pipeline.data.augment import Finish, Geometry, Normalize, geometry_for
 from pipeline.data.base import Loader, local_batch, log, rank_range, train_steps_per_epoch
 from pipeline.data.dali_loader import DaliLoader
 from pipeline.data.dataset import DatasetError, Split, open_split, read_manifest, sample_table
@@ -85,6 +85,20 @@ def build_loader(data: DataConfig, split: str, info: DistInfo, state: dict | Non
     if state is not None:
         loader.load_state_dict(state)
     return loader
+
+
+def evaluation_views(data: DataConfig, split: str, protocol: str = "center",
+                     eval_resize: int | None = None) -> tuple[Split, Geometry, Finish]:
+    """What an evaluation loader of `split` does to each image, for whoever must do it elsewhere (an export, a
+    prediction): the split, the geometry of its views, and the finish that normalises them."""
+    if data.backend == "synthetic":
+        raise DatasetError("the synthetic backend has no images to describe: set data.root to a prepared dataset "
+                           "and data.backend to dali or torch")
+    ds = open_split(data.root, split)
+    geometry = geometry_for(data.augmentation, False, data.image_size,
+                            data.resize_min if eval_resize is None else eval_resize, data.resize_max,
+                            data.rrc_min_scale, protocol)
+    return ds, geometry, _finish(data, ds, train=False, dtype=torch.float32)
 
 
 def _validated_split(root: str, split: str, with_table: bool) -> tuple[Split, np.ndarray | None]:

@@ -89,6 +89,15 @@ class RunDir:
         return self.ranks / f"rank-{rank:05d}.json"
 
     @property
+    def exports(self) -> Path:
+        """`python -m pipeline.export`'s folders, one per checkpoint exported (W&B's model artifact is one)."""
+        return self.path / "export"
+
+    def export(self, step: int) -> Path:
+        """The export folder of the checkpoint of `step` (pipeline/export/files.py names what lies in it)."""
+        return self.exports / f"step-{step:09d}"
+
+    @property
     def slurm_job_id(self) -> Path:
         """The SLURM job id of the run's training, for `launch status`."""
         return self.path / "slurm_job_id"
