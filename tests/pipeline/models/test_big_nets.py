@@ -39,17 +39,6 @@ def _data_prep(*args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def imagenet_shards(tmp_path_factory) -> Path:
-    """A real-format ILSVRC tree of scikit-image photos (4 classes), sharded: 19 train, 5 val images."""
-    root = tmp_path_factory.mktemp("imagenet")
-    _data_prep("synth", "--kind", "imagenet", "--classes", "4", "--per-class", "4", "--val-per-class", "1",
-               "--long-side", "80", "120", "--out", str(root / "raw"))
-    _data_prep("imagenet", "--src", str(root / "raw"), "--out", str(root / "shards"), "--workers", "1",
-               "--no-progress", "--no-fsync")
-    return root / "shards"
-
-
-@pytest.fixture(scope="module")
 def small_cifar_shards(tmp_path_factory) -> Path:
     """The digits in CIFAR-10's format, 4 per class: 40 train, 10 test (a cheap final evaluation)."""
     root = tmp_path_factory.mktemp("cifar")
