@@ -7,7 +7,9 @@
   4. `pipeline.evaluate` scores the best checkpoint again in 2 processes and measures the std of each
      3x3 layer's response (Fig. 7);
   5. `pipeline.report` writes the run's table, training curves and layer responses (Markdown + PNG),
-     as it does for the paper's tables (configs/tables/).
+     as it does for the paper's tables (configs/tables/);
+  6. `pipeline.export` exports that checkpoint (safetensors with model.json, and ONNX), and two test digits
+     are written as image files, for the `python -m pipeline.predict` command it prints to try.
 
 Run it again and it resumes (or, finished, just re-evaluates): nothing is redone that is complete.
 """
@@ -76,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     _run("-m", "pipeline.report", *[str(DEMO_TABLES / name) for name in REPORTS], "--runs", str(runs),
          "--out", str(report))
 
+    _step("6. Exporting the net (safetensors with model.json, and ONNX), each checked in the library that runs it")
+    _run("-m", "pipeline.export", str(run_dir), "--to", "safetensors,onnx", "--checkpoint", "best")
     run = RunDir(run_dir)
+    export = run.export(read_results(run_dir)["eval"]["center"]["step"])  # the best checkpoint, which step 4 scored
+    samples = _write_samples(shards, out / "samples")
+
     result = read_results(run_dir)["train"]
     print(f"\ntest error: {result['top1_error']:.2f}% (top-5 {result['top5_error']:.2f}%, "
           f"{result['samples']} test images, {result['step']} steps)")
@@ -84,10 +91,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run directory:  {run_dir}")
     print(f"checkpoints:    {run.checkpoints}")
     print(f"metrics:        {run.metrics}")
+    print(f"export:         {export}/  ({', '.join(sorted(p.name for p in export.iterdir()))})")
     wandb_runs = sorted(run.wandb.glob("offline-run-*"))
     if wandb_runs:
         print(f"offline W&B run: {wandb_runs[-1]}  (upload with `wandb sync {wandb_runs[-1]}`)")
+    print(f"\ntry the exported net on test digits (or any image):\n"
+          f"  python -m pipeline.predict {export} {' '.join(str(p) for p in samples)}")
     return 0
+
+
+def _write_samples(dataset: Path, folder: Path, count: int = 2) -> list[Path]:
+    """The first `count` images of the test split as files, named by their class (their stored bytes: the
+    split's own format, PNG for the digits)."""
+    from pipeline.data.dataset import open_split, read_manifest  # noqa: PLC0415 - loads torch: not for --help
+
+    split = open_split(dataset, "test")
+    names = {c.index: c.name for c in read_manifest(dataset).classes}
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, ref in enumerate(split.sample_refs()[:count]):
+        data, label = split.read_sample(ref)
+        paths.append(folder / f"test-{i:04d}-{names[label]}.{split.image_ext}")
+        paths[-1].write_bytes(data)
+    return paths
 
 
 if __name__ == "__main__":
