@@ -11,7 +11,7 @@ mean image when the view has its size (the paper's "per-pixel mean subtracted") 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ class Preprocess:
     normalize: str  # per_pixel_mean | per_channel (the run's data.normalize)
     mean: tuple[float, float, float]  # per channel, 0-255: subtracted from views without the mean image's size
     std: tuple[float, float, float]  # 1 for the paper's per-pixel mean
-    mean_image: np.ndarray | None = None  # float32 HxWx3, 0-255, subtracted from views of its size
+    mean_image: np.ndarray | None = field(default=None, repr=False)  # float32 HxWx3, 0-255, for views of its size
 
     @classmethod
     def of_evaluation(cls, geometry: Geometry, finish: Finish, normalize: str, input_size: int) -> Preprocess:
