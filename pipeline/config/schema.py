@@ -15,6 +15,8 @@ from pipeline.config.ranges import check_section
 
 # The paper's testing protocols: one centre view, Table 3's ten crops, Table 4's fully-convolutional scales.
 PROTOCOLS = ("center", "tencrop", "multiscale")
+# What `logging.wandb_log_model` logs: nothing, the last checkpoint, the best.
+WANDB_LOG_MODEL = ("off", "final", "best")
 
 
 def _one_of(section: str, key: str, value: Any, choices: tuple) -> None:
@@ -225,10 +227,16 @@ class LoggingConfig:
     # How long an online `wandb.init` may try to reach its server. Past it the run continues offline with
     # the same id (sync it later with `wandb sync`), so a dead server costs the job this long, not W&B's 90 s.
     wandb_init_timeout_s: float = 30.0
+    # The trained net as a W&B model artifact at the end of a finished training (W&B online or offline): the last
+    # checkpoint's export (final), the best's (best), or nothing (off). See pipeline/train/model_artifact.py.
+    wandb_log_model: str = "final"  # off | final | best
 
     def __post_init__(self) -> None:
         check_section("logging", self)
         _one_of("logging", "wandb_mode", self.wandb_mode, ("online", "offline", "disabled"))
+        if self.wandb_log_model == "False":  # YAML reads a bare `off` as false, which OmegaConf gives as 'False'
+            self.wandb_log_model = "off"
+        _one_of("logging", "wandb_log_model", self.wandb_log_model, WANDB_LOG_MODEL)
 
 
 @dataclass

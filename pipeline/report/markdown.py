@@ -1,5 +1,6 @@
 """The report as Markdown: the paper's values beside ours in the paper's form, each row's state and departures, the
-runs not done with the command that finishes them; `table_cells` is the same table for W&B."""
+trained models logged to W&B, the runs not done with the command that finishes them; `table_cells` is the same
+table for W&B."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ def render(table_path: Path, table: TableConfig, rows: list[RowReading], figure:
     header, cells = table_cells(table, rows)
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
+    models = [r for row in rows for r in row.done if r.model]
+    if models:
+        lines += ["", "## Trained models", ""]
+        lines += [f"- {r.run.label}, seed {r.run.seed}: {model_link(r.model)}" for r in models]
     waiting = [r for row in rows for r in row.runs if r.state != "done"]
     if waiting:
         lines += ["", "## Runs not done", ""]
@@ -45,6 +50,14 @@ def render(table_path: Path, table: TableConfig, rows: list[RowReading], figure:
                           f"files only): `python -m launch status {table_path}" +
                           (f" --runs {runs_dir}" if runs_dir else "") + "`"]
     return "\n".join(lines) + "\n"
+
+
+def model_link(model: dict) -> str:
+    """A run's W&B model artifact: its link where the run was online, else its name to sync; and its files here."""
+    name, folder = model["model_artifact"], model["model_export"]
+    where = f"[{name}]({model['model_url']})" if model.get("model_url") else \
+        f"`{name}` (W&B offline: `wandb sync` uploads it)"
+    return f"{where}, exported to `{folder}`"
 
 
 def table_cells(table: TableConfig, rows: list[RowReading]) -> tuple[list[str], list[list[str]]]:

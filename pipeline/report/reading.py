@@ -2,7 +2,8 @@
 
 Each planned run of a table (`pipeline.tables`) is read from results.json, metrics.jsonl, layer_responses.json and
 config.yaml: its state (`pipeline.run.state`, or what a caller that asks SLURM passes as `states_of`), its
-values with the table's protocol, its curves, its layer responses and its departures from the paper's recipe.
+values with the table's protocol, its curves, its layer responses, its departures from the paper's recipe and the
+W&B model artifact its training logged.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class RunReading:
     curves: dict[str, list[tuple]] = field(default_factory=dict)  # metric -> [(step, value)]
     responses: list[float] | None = None
     departures: list[str] = field(default_factory=list)  # from the paper's recipe
+    model: dict | None = None  # the trained net's W&B artifact: model_artifact, model_export (, model_url online)
 
 
 @dataclass
@@ -116,6 +118,7 @@ def read_run(run: PlannedRun, table: TableConfig, status: Any) -> RunReading:
             reading.detail = f"{status.state}{progress}" + (f", job {status.job_id}" if status.job_id else "")
         return reading
     reading.state, reading.detail = "done", ""
+    reading.model = _model_artifact(run_dir)
     if table.kind == "table":
         _read_values(reading, table)
     elif table.kind == "curves":
@@ -172,6 +175,12 @@ def _curves(run_dir: Path, metrics: list[str]) -> dict[str, list[tuple]]:
             if metric in record and "step" in record:
                 curves[metric].append((record["step"], float(record[metric])))
     return curves
+
+
+def _model_artifact(run_dir: Path) -> dict | None:
+    """The W&B model artifact the run's training logged at its end (`pipeline.train.model_artifact`), the latest."""
+    logged = [r for r in read_metrics(run_dir) if "model_artifact" in r and "model_export" in r]
+    return logged[-1] if logged else None
 
 
 def _logged_keys(run_dir: Path) -> set:

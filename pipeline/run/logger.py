@@ -9,6 +9,7 @@ What W&B holds for sure is known only once a start closes it cleanly (`wandb_las
 a start whose W&B service was killed with the job, or that was killed itself, may have lost whatever
 W&B had not yet written. The next start therefore sends W&B again the records of `metrics.jsonl` after
 that step, up to where it resumes, then goes on live (W&B drops a step it already has).
+Files go to W&B as an artifact through `log_artifact` (the trained model: `pipeline.train.model_artifact`).
 An online run whose server cannot be reached within `logging.wandb_init_timeout_s` continues offline with
 the same id (to be synced later), so a dead server delays training, and the ranks waiting for this one at
 their next collective, by that long at most instead of ending the run.
@@ -33,6 +34,7 @@ import json
 import secrets
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,20 @@ from pipeline.config.schema import LoggingConfig
 from pipeline.run.jsonl import read_jsonl
 from pipeline.run.layout import RunDir
 from pipeline.run.wandb_run import forget_wandb_service, start_wandb
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Files to log as one W&B artifact: `files` maps each file's name in the artifact to its path; those in
+    `mutable` may change after logging (W&B copies them first), the others may not. A W&B URL names the artifact
+    by its first alias."""
+
+    name: str
+    type: str
+    files: dict[str, Path]
+    aliases: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    mutable: frozenset[str] = frozenset()
 
 
 class NullLogger:
@@ -52,6 +68,10 @@ class NullLogger:
 
     def summary(self, values: dict[str, Any]) -> None:
         pass
+
+    def log_artifact(self, artifact: Artifact) -> str | None:
+        """Nothing logged: None."""
+        return None
 
     def close(self) -> None:
         pass
@@ -106,6 +126,26 @@ class RunLogger(NullLogger):
     def summary(self, values: dict[str, Any]) -> None:
         if self._wandb is not None and self.owns():
             self._call_wandb(None, lambda: self._wandb.summary.update(values))
+
+    def log_artifact(self, artifact: Artifact) -> str | None:
+        """Log `artifact` to this start's W&B run (sent, or uploaded, when W&B closes); returns its URL where the
+        run is online, else None. Raises where W&B is off for this start or refuses the artifact."""
+        if self._wandb is None:
+            raise RuntimeError("W&B is off for this start (it stopped working earlier: see the warning above)")
+        import wandb  # W&B: only when it is on
+
+        logged = wandb.Artifact(artifact.name, type=artifact.type, metadata=artifact.metadata)
+        for name, path in artifact.files.items():
+            # Immutable: W&B reads the file where it lies (when it uploads, also from `wandb sync` later) instead of
+            # first copying it into its staging folder in the user's home, which a cluster's quota would not hold.
+            logged.add_file(str(Path(path).resolve()), name=name,
+                            policy="mutable" if name in artifact.mutable else "immutable")
+        self._wandb.log_artifact(logged, aliases=list(artifact.aliases))
+        url = self._wandb.url  # None offline
+        if not url or "/runs/" not in url:
+            return None
+        alias = artifact.aliases[0] if artifact.aliases else "latest"
+        return f"{url.rsplit('/runs/', 1)[0]}/artifacts/{artifact.type}/{artifact.name}/{alias}"
 
     def close(self) -> None:
         if self._wandb is None:

@@ -5,8 +5,9 @@ master come from the environment (`pipeline.dist`). Running the same config into
 directory again resumes from its latest complete checkpoint: resume is the default, not a flag.
 
 The run directory (`<run.out_dir>/<run.name>/`) holds `config.yaml`, `checkpoints/`, `metrics.jsonl`,
-`results.json` (and `layer_responses.json` with `eval.layer_responses`), `wandb/`, `wandb_id` and `ranks/`
-(one file per rank: where it ran, for the latest start).
+`results.json` (and `layer_responses.json` with `eval.layer_responses`), `wandb/`, `wandb_id`, `ranks/`
+(one file per rank: where it ran, for the latest start) and, once it has finished with W&B on, `export/`: the
+trained net as logged to W&B (`logging.wandb_log_model`, `pipeline.train.model_artifact`).
 
 Each periodic training record carries `elapsed_s`, the run's training wall time over all its starts (kept in
 the checkpoint), and `eta_s`, the steps left at the pace of the steps since the previous record.

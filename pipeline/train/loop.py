@@ -1,5 +1,6 @@
 """Training one run: the run directory taken, the data, schedule and engine set up, the newest intact checkpoint
-resumed, then the loop, top to bottom, until the schedule ends or a stop signal; the final evaluation last.
+resumed, then the loop, top to bottom, until the schedule ends or a stop signal; the final evaluation last, and
+the trained net logged to W&B as a model artifact (`pipeline.train.model_artifact`).
 
     outcome = train(cfg)      # Finished (its final evaluation) or Interrupted (a checkpoint, then the signal)
 
@@ -33,6 +34,7 @@ from pipeline.run.layout import RunDir
 from pipeline.run.lock import RunLock
 from pipeline.run.logger import make_logger
 from pipeline.run.results import update_results, write_layer_responses
+from pipeline.train.model_artifact import log_model
 from pipeline.train.outcome import Finished, Interrupted, TrainOutcome
 from pipeline.train.progress import Clock, Progress, Window
 from pipeline.train.schedule import LRSchedule
@@ -161,7 +163,13 @@ def _train(cfg: ExperimentConfig, info: DistInfo, device: torch.device, lock: Ru
                     _evaluate_and_log(engine, eval_loader, schedule, logger, progress)
                 if policy.at_epoch_end(progress.step, total_steps):
                     save(background=True)
-        return _final_evaluation(cfg, info, run, engine, eval_loader, logger, progress, stop, save, lock)
+        outcome = _final_evaluation(cfg, info, run, engine, eval_loader, logger, progress, stop, save, lock)
+        if isinstance(outcome, Finished):
+            # Past the final evaluation's last collective, no rank waits on this one any more: the primary's export
+            # of the trained net may take its time, unwatched (a stop signal now is only noted: the run is done).
+            dist.stop_watching()
+            log_model(cfg, info, run, logger, outcome.step, lock)
+        return outcome
     finally:
         dist.stop_watching()  # what follows (W&B's close) may take its time, and has no peer to wait for
         checkpoints.close()

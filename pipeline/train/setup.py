@@ -32,6 +32,7 @@ from pipeline.dist.process import rng_state, set_rng_state
 from pipeline.run.continuity import check_continues
 from pipeline.run.layout import RunDir
 from pipeline.run.lock import RunLock
+from pipeline.train.model_artifact import library_warning
 from pipeline.train.progress import Clock, Progress
 from pipeline.train.schedule import LRSchedule
 
@@ -160,7 +161,8 @@ def log_start(logger, cfg: ExperimentConfig, info: DistInfo, device: torch.devic
     logger.log({"event": "start", "total_steps": schedule.total_steps, "steps_per_epoch": loader.steps_per_epoch,
                 "world_size": info.world_size, "images_per_gpu": share.images, "bn_batch": share.bn_batch}, step)
     warnings = [*warnings, share.below_recipe(), schedule_warning(cfg.schedule),
-                warmup_warning(cfg.schedule, loader.steps_per_epoch), precision_warning(cfg.engine, device.type)]
+                warmup_warning(cfg.schedule, loader.steps_per_epoch), precision_warning(cfg.engine, device.type),
+                library_warning(cfg.logging)]
     for warning in filter(None, warnings):
         logger.log({"event": f"warning: {warning}"}, step)
     for event in resumed.events:

@@ -23,13 +23,13 @@ TOTAL_STEPS = 1000
 
 def write_run(run: PlannedRun, *, steps: int = TOTAL_STEPS, final_error: float = 10.0, start_error: float = 80.0,
               evaluations: dict[str, dict[str, float]] | None = None, responses: list[float] | None = None,
-              active: bool = False, world_size: int = 1) -> None:
+              active: bool = False, world_size: int = 1, model: dict | None = None) -> None:
     """A run that reached `steps` of TOTAL_STEPS; finished (with results.json) when steps == TOTAL_STEPS.
 
     The error curves fall exponentially from `start_error` to exactly `final_error` (training error 2 points lower).
     `evaluations`: protocol -> metrics, written under results.json's "eval". `active`: the metrics file was
     just written (a run in progress); otherwise it is dated an hour ago (a stopped run). `world_size`: the
-    ranks its start record says it trained on.
+    ranks its start record says it trained on. `model`: the model artifact event's fields, logged at the last step.
     """
     run_dir = run.run_dir
     save_config(run.cfg, run_dir / "config.yaml")
@@ -45,6 +45,8 @@ def write_run(run: PlannedRun, *, steps: int = TOTAL_STEPS, final_error: float =
         logger.log({"loss": error(step) / 20, "train_top1_error": error(step) - 2.0}, step, console=False)
         if step % 100 == 0:
             logger.log({"val_top1_error": error(step), "val_top5_error": error(step) / 3}, step, console=False)
+    if model is not None:
+        logger.log({"event": "model artifact", **model}, steps, console=False)
     logger.close()
     if steps == TOTAL_STEPS:
         update_results(run_dir, "train", {"step": steps, "epoch": 10, "split": "test", "protocol": "center",

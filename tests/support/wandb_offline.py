@@ -29,10 +29,20 @@ class OfflineRun:
     group: str = ""
     tags: list[str] = field(default_factory=list)
     job_type: str = ""
+    artifacts: list[OfflineArtifact] = field(default_factory=list)  # in the order logged
+
+
+@dataclass
+class OfflineArtifact:
+    name: str
+    type: str
+    aliases: list[str]
+    metadata: dict
+    files: dict[str, str]  # each file's name in the artifact -> the local file W&B uploads it from
 
 
 def read_offline_run(path: Path | str) -> OfflineRun:
-    """The run id and logged history of one `.wandb` file."""
+    """The run id, logged history and artifacts of one `.wandb` file."""
     from wandb.proto import wandb_internal_pb2 as pb  # the protobuf schema ships with wandb
 
     path = Path(path)
@@ -55,6 +65,10 @@ def read_offline_run(path: Path | str) -> OfflineRun:
             if record.history.HasField("step"):
                 row.setdefault("_step", record.history.step.num)
             run.history.append(row)
+        elif kind == "artifact":
+            a = record.artifact
+            run.artifacts.append(OfflineArtifact(a.name, a.type, list(a.aliases), json.loads(a.metadata or "{}"),
+                                                 {entry.path: entry.local_path for entry in a.manifest.contents}))
     return run
 
 

@@ -124,6 +124,7 @@ def test_ctrl_c_saves_a_checkpoint_stops_every_rank_and_the_run_resumes(digits_d
     checkpoint = run_dir / "checkpoints" / f"step-{step:09d}"
     assert json.loads((checkpoint / "COMPLETE").read_text())["step"] == step
     assert {"rank-00000.pt", "rank-00001.pt", "state.pt"} <= {p.name for p in checkpoint.iterdir()}
+    assert not RunDir(run_dir).exports.exists()  # an interrupted training logs no model
 
     # The same command resumes there (told to end sooner, so that the test ends).
     again = subprocess.run([sys.executable, "-m", "launch", "local", DEMO_CONFIG, *overrides,
@@ -136,7 +137,20 @@ def test_ctrl_c_saves_a_checkpoint_stops_every_rank_and_the_run_resumes(digits_d
     # One training wrote this directory at a time: every step logged once, in order, one W&B run.
     steps = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
     assert steps == sorted({*range(2, step + 5, 2), step + 4})  # every 2 steps, and the last (the stop's is any)
-    assert len({r.run_id for r in offline_runs(run_dir)}) == 1 and not (run_dir / "run.lock").exists()
+    runs = offline_runs(run_dir)
+    assert len({r.run_id for r in runs}) == 1 and not (run_dir / "run.lock").exists()
+    # The finished training's net, exported and logged as the W&B run's model artifact, by the second start alone.
+    (logged,) = [m for m in read_metrics(run_dir) if m.get("event") == "model artifact"]
+    export = RunDir(run_dir).export(step + 4)
+    assert (logged["step"], logged["model_artifact"], logged["model_export"]) == (step + 4, f"model-t:step-{step + 4}",
+                                                                                    str(export))
+    assert json.loads((export / "model.json").read_text())["source"]["step"] == step + 4
+    assert [a for r in runs[:-1] for a in r.artifacts] == []
+    (artifact,) = runs[-1].artifacts
+    assert (artifact.name, artifact.type, artifact.metadata["step"]) == ("model-t", "model", step + 4)
+    assert {"step-" + str(step + 4), "final"} <= set(artifact.aliases)
+    assert artifact.files["model.safetensors"] == str(export / "model.safetensors") and "model.json" in artifact.files
+    assert artifact.metadata["check"]["passed"] and artifact.metadata["architecture"]["name"] == "cifar_resnet8"
 
 
 def test_a_second_ctrl_c_kills_every_rank_at_once(digits_dataset, tmp_path):

@@ -88,9 +88,17 @@ def test_bad_overrides_name_the_key(override, needle):
     assert needle in str(e.value) and "command line" in str(e.value)
 
 
-def test_choice_fields_are_checked():
+def test_choice_fields_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="engine.name"):
         load_config(None, ["engine.name=horovod"])
+    with pytest.raises(ConfigError, match=r"the command line: logging.wandb_log_model: 'last' is not one of off, "
+                                          r"final, best"):
+        load_config(None, ["logging.wandb_log_model=last"])
+    # A bare `off` is YAML's false: it still means off, in a file and on the command line, and round-trips.
+    (tmp_path / "off.yaml").write_text("logging:\n  wandb_log_model: off\n")
+    for cfg in (load_config(tmp_path / "off.yaml"), load_config(None, ["logging.wandb_log_model=off"])):
+        assert cfg.logging.wandb_log_model == "off"
+        assert load_config(save_config(cfg, tmp_path / "saved.yaml")).logging.wandb_log_model == "off"
 
 
 def test_resolved_config_round_trips(tmp_path):

@@ -44,9 +44,15 @@ def _row(markdown: str, label: str) -> list:
 
 def test_table6_puts_the_paper_beside_our_seeds(tmp_path):
     runs = _runs("table6.yaml", tmp_path)
-    write_run(runs[("ResNet-20", 0)], final_error=8.10)
+    # The trained nets as W&B logged them: one run online (its artifact's URL), one offline (its name to sync).
+    url = "https://wandb.example/team/resnet-repro/artifacts/model/model-cifar10-resnet20-seed0/step-1000"
+    online = {"model_artifact": "model-cifar10-resnet20-seed0:step-1000", "model_url": url,
+              "model_export": str(tmp_path / "cifar10-resnet20-seed0" / "export" / "step-000001000")}
+    offline = {"model_artifact": "model-cifar10-resnet110-seed0:step-1000",
+               "model_export": str(tmp_path / "cifar10-resnet110-seed0" / "export" / "step-000001000")}
+    write_run(runs[("ResNet-20", 0)], final_error=8.10, model=online)
     for seed, error in zip((0, 1, 2), (6.5, 6.7, 6.9)):
-        write_run(runs[("ResNet-110", seed)], final_error=error)
+        write_run(runs[("ResNet-110", seed)], final_error=error, model=offline if seed == 0 else None)
     write_run(runs[("ResNet-110", 3)], steps=500, active=True)  # seed 4: never started
     write_run(runs[("ResNet-56", 0)], steps=300)  # stopped an hour ago, not finished
 
@@ -63,6 +69,11 @@ def test_table6_puts_the_paper_beside_our_seeds(tmp_path):
     assert _row(markdown, "ResNet-1202")[1:] == ["7.93", "–", "–", "0/1", "missing", "none"]
     assert "ResNet-110, seed 3: running at step 500 of 1000 (50%)" in markdown
     assert f"ResNet-110, seed 4: missing: no run directory {tmp_path / 'cifar10-resnet110-seed4'}" in markdown
+    models = markdown.split("## Trained models\n\n")[1].split("\n\n")[0].splitlines()
+    assert models == [
+        f"- ResNet-20, seed 0: [{online['model_artifact']}]({url}), exported to `{online['model_export']}`",
+        f"- ResNet-110, seed 0: `{offline['model_artifact']}` (W&B offline: `wandb sync` uploads it), exported to "
+        f"`{offline['model_export']}`"]
 
 
 def test_a_ten_crop_table_waits_for_the_ten_crop_evaluation(tmp_path):
