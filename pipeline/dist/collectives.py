@@ -72,9 +72,11 @@ def watch_for_hangs(timeout_minutes: float, last_words: Iterable[Callable[[], No
         return
     backend_minutes = timeout_minutes + BACKEND_MARGIN_MINUTES
     _timeout.update(minutes=backend_minutes, hangs_watched=True)
-    # `_set_pg_timeout` is torch's own (private) setter; the groups are every one this process belongs to.
+    # torch's setter (public since 2.14 as `set_timeout`; before, the private `_set_pg_timeout`, which 2.14 warns
+    # of); the groups are every one this process belongs to.
+    set_timeout = getattr(dist, "set_timeout", None) or distributed_c10d._set_pg_timeout
     for group in list(distributed_c10d._world.pg_map):
-        distributed_c10d._set_pg_timeout(datetime.timedelta(minutes=backend_minutes), group)
+        set_timeout(datetime.timedelta(minutes=backend_minutes), group)
     start_watching(timeout_minutes, _hung_message(f"this rank made no progress for {timeout_minutes:g} min "
                                                   "(engine.hang_timeout_minutes): another rank hung or died, or "
                                                   "this one did"), last_words)
