@@ -1,11 +1,12 @@
 """Kill soak: interrupt a training run K times at random steps, resume after each, compare bitwise.
 
     python benchmarks/kill_soak.py [--engines ddp:20,deepspeed:10] [--nproc 2] [--seed 0] [--data DIR] [--keep DIR]
+                                   [--actions kill-rank,usr2,...]
 
 For each engine, one small run (ResNet-8 on the digits, 2 processes over gloo, a checkpoint every 4
 steps, W&B offline as users run it) is trained uninterrupted, then again while being interrupted K times.
 Each time, once the run has logged a random number of steps past where it resumed, one of these happens
-(each once per round of seven, in a random order):
+(each once per round of seven, in a random order; `--actions` takes turns with fewer):
 
     kill-rank     SIGKILL to one random rank (a crashed process or a lost node: nothing is saved)
     usr2          SIGUSR2 to every process of the run (SLURM's warning before the time limit: save, exit)
@@ -174,7 +175,8 @@ def second_start(args: list[str], nproc: int, run_dir: Path, log: Path) -> int:
     return code
 
 
-def soak(engine: str, kills: int, data: Path, out: Path, nproc: int, rng: random.Random) -> dict:
+def soak(engine: str, kills: int, data: Path, out: Path, nproc: int, rng: random.Random,
+         actions: tuple[str, ...] = ACTIONS) -> dict:
     total = 40 + 6 * kills
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -188,9 +190,9 @@ def soak(engine: str, kills: int, data: Path, out: Path, nproc: int, rng: random
     for k in range(kills):
         resumed_from = latest_step(run_dir, damaged)
         target = min(resumed_from + rng.randint(2, 10), total - 1)
-        if k % len(ACTIONS) == 0:  # every action once in each round, in a random order
-            order = rng.sample(ACTIONS, len(ACTIONS))
-        action = order[k % len(ACTIONS)]
+        if k % len(actions) == 0:  # every action once in each round, in a random order
+            order = rng.sample(actions, len(actions))
+        action = order[k % len(actions)]
         args = overrides(data, soaked, engine, total) + (HANG_TIMEOUT if action == "sigstop-rank" else [])
         run = Run(args, nproc, run_dir, log)
         # A checkpoint is cut only where an intact one remains before it: with none, the run rightly stops and
@@ -271,8 +273,8 @@ def report(results: list[dict], args: argparse.Namespace) -> list[str]:
     lines = ["# Kill soak: interrupted K times, resumed, compared bitwise", "",
              f"Machine: {machine()}.",
              f"Command: `python benchmarks/kill_soak.py --engines {args.engines} --nproc {args.nproc} "
-             f"--seed {args.seed}` (ResNet-8 on the digits, DDP / DeepSpeed ZeRO-1 over gloo, W&B offline, a "
-             "checkpoint every 4 steps, the stop check every 2).", "",
+             f"--seed {args.seed}{actions_flag(args.actions)}` (ResNet-8 on the digits, DDP / DeepSpeed ZeRO-1 over "
+             "gloo, W&B offline, a checkpoint every 4 steps, the stop check every 2).", "",
              "| engine | interruptions | " + " / ".join(ACTIONS) + " | finished | final weights identical | "
              "second starts refused | damaged checkpoints named | torn lines cut and warned of | stopped ranks: "
              f"job ended, exit {HUNG} | processes left behind | minutes |",
@@ -292,6 +294,21 @@ def report(results: list[dict], args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def actions_flag(actions: tuple[str, ...]) -> str:
+    """The command line's `--actions`, where it was not all seven."""
+    return "" if actions == ACTIONS else f" --actions {','.join(actions)}"
+
+
+def parse_actions(text: str) -> tuple[str, ...]:
+    """`--actions`: some of ACTIONS, comma-separated."""
+    actions = tuple(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
+    unknown = [a for a in actions if a not in ACTIONS]
+    if unknown or not actions:
+        raise argparse.ArgumentTypeError(f"unknown action(s) {', '.join(unknown) or '(none given)'}: choose among "
+                                         f"{', '.join(ACTIONS)}")
+    return actions
+
+
 def _outcome(row: dict) -> str:
     """What an interruption's exit code does not say: the second start's refusal, the torn line's warning."""
     if row["second_start_exit"] is not None:
@@ -306,6 +323,8 @@ def main() -> int:
     parser.add_argument("--engines", default="ddp:20,deepspeed:10", help="engine:K pairs (K interruptions each)")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seeds the choice of actions, steps and ranks")
+    parser.add_argument("--actions", type=parse_actions, default=ACTIONS, metavar="A,B,...",
+                        help=f"the interruptions that take turns (default: all seven: {','.join(ACTIONS)})")
     parser.add_argument("--data", type=Path, help="prepared digits shards (default: built in a temporary dir)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "kill_soak.md")
     parser.add_argument("--keep", type=Path, metavar="DIR",
@@ -321,7 +340,7 @@ def main() -> int:
             sh("-m", "data_prep", "cifar10", "--src", str(tmp / "raw" / "cifar-10-batches-py"), "--out",
                str(tmp / "shards"), "--no-progress")
             data = tmp / "shards"
-        results = [soak(name, kills, data, tmp / "runs", args.nproc, rng) for name, kills in plan]
+        results = [soak(name, kills, data, tmp / "runs", args.nproc, rng, args.actions) for name, kills in plan]
     write_report(args.out, report(results, args))
     ok = all(r["identical"] and r["refused"] and r["fell_back"] and r["torn_warned"] and r["hung_ended"]
              and not r["left_behind"] for r in results)

@@ -72,6 +72,10 @@ def test_deepspeed_resume_from_the_newest_intact_checkpoint_is_bitwise_identical
     cut_in_half(damaged)
     log = train(2, overrides)
     assert f"{damaged}: " in log and f"from step {previous.step}" in log and "Traceback" not in log
+    # Said as an event too, which the report and W&B see.
+    named = [m["event"] for m in read_metrics(broken / "t") if str(m.get("event")).startswith("warning: checkpoint")]
+    assert len(named) == 1 and f"checkpoint {newest.path} (" in named[0], named
+    assert named[0].endswith(f"is damaged and was not used; resumed from {previous.path.name}"), named
     assert_bitwise_equal(final_state(whole / "t", 40), final_state(broken / "t", 40), "weights and optimizer state")
 
 
