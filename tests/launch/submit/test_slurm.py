@@ -38,21 +38,25 @@ def test_job_with_too_short_time_limit_times_out_requeues_and_finishes(digits_da
     require_minicluster()
     run_dir = tmp_path / "t"
     # SLURM's limit is whole minutes: 1 minute, with USR2 15 s (or, SLURM's timers being coarse, up to
-    # ~30 s) before it. 1,200 steps take ~100 s on an idle 2-core machine (0.08 s a step), so the first
-    # allocation runs out of time even on a machine twice as fast (50 s of steps after its start-up). Once
-    # it has, the test raises the job's limit, so the requeued job finishes however slow the machine is:
-    # the test waits on events, not on a number of allocations.
-    overrides = small_run(digits_dataset, tmp_path, "schedule.total=1200", "schedule.milestones=[1000]",
-                          "logging.every_steps=50", "checkpoint.every_steps=100", "checkpoint.check_every_steps=2",
+    # ~30 s) before it. The first allocation's steps take over 1 s each (a sleep before each backward,
+    # `tests/workers/slow_steps`), so its 120 steps outlast the limit twice over however fast the machine is;
+    # requeued (SLURM_RESTART_COUNT 1), the job trains at full speed. Once the first allocation has run out of
+    # time, the test raises the job's limit, so the requeued job finishes however slow the machine is: the
+    # test waits on events, not on a number of allocations.
+    overrides = small_run(digits_dataset, tmp_path, "schedule.total=120", "schedule.milestones=[100]",
+                          "logging.every_steps=10", "checkpoint.every_steps=20", "checkpoint.check_every_steps=2",
                           "logging.wandb_mode=offline")
-    job = submit(run_dir, overrides, *CPU_JOB, "--time", "1", "--signal-delay-s", "15", "--max-requeues", "5")
+    slow_first_allocation = {"SLOW_STEP_S": "1", "SLOW_UNTIL_REQUEUED": "1",
+                             "PYTHONPATH": f"{SLOW_STEPS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    job = submit(run_dir, overrides, *CPU_JOB, "--time", "1", "--signal-delay-s", "15", "--max-requeues", "5",
+                 env=slow_first_allocation)
     timed_out = lambda: any(m.get("event") == "stopped by SIGUSR2" for m in read_metrics(run_dir))
     wait_for(timed_out, "stop at the time limit", run_dir, timeout=600)
     subprocess.run(["scontrol", "update", f"jobid={job}", "timelimit=30"], check=True)
     wait_finished([run_dir], timeout=1500)
-    assert json.loads((run_dir / "results.json").read_text())["train"]["step"] == 1200
+    assert json.loads((run_dir / "results.json").read_text())["train"]["step"] == 120
     stop = next(m["step"] for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGUSR2")
-    assert 0 < stop < 1200 and f"resuming {run_dir} from step {stop}" in job_logs(run_dir)
+    assert 0 < stop < 120 and f"resuming {run_dir} from step {stop}" in job_logs(run_dir)
 
 
 def test_sigterm_to_every_process_and_scancel_each_save_and_the_run_resumes(digits_dataset, tmp_path):

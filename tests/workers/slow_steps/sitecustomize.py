@@ -1,6 +1,9 @@
 """Every backward pass of this process waits `SLOW_STEP_S` seconds first: training steps slower than SLURM's
 KillWait allows between stop checks (a ResNet-152 at a large batch, or a busy node), made on this CPU by
-putting this folder on a job's PYTHONPATH (Python imports `sitecustomize` at start-up). Test-only."""
+putting this folder on a job's PYTHONPATH (Python imports `sitecustomize` at start-up). Test-only.
+
+With `SLOW_UNTIL_REQUEUED=1` only a SLURM job's first allocation is slowed (`SLURM_RESTART_COUNT` unset or 0): a
+job whose steps outlast its time limit however fast the machine is, and which, requeued, finishes at full speed."""
 
 import importlib.abc
 import importlib.machinery
@@ -8,7 +11,9 @@ import os
 import sys
 import time
 
-SECONDS = float(os.environ.get("SLOW_STEP_S", "0"))
+REQUEUED = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+FULL_SPEED = REQUEUED and os.environ.get("SLOW_UNTIL_REQUEUED") == "1"
+SECONDS = 0.0 if FULL_SPEED else float(os.environ.get("SLOW_STEP_S", "0"))
 
 
 class _SlowBackwardOnceTorchLoads(importlib.abc.MetaPathFinder):
