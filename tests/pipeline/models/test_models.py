@@ -1,6 +1,7 @@
 """The model zoo against the paper: Table 6 parameter counts, Table 1 multiply-adds, shapes, shortcuts."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -145,18 +146,19 @@ def test_build_from_config_section():
 
 
 def test_cli_table_and_json(capsys, monkeypatch):
+    # One compute thread: a pass of one image gains nothing from two, and two spin against a busy machine's load.
     run = lambda *a: subprocess.run([sys.executable, "-m", "pipeline.models", *a], capture_output=True, text=True,
-                                    check=True).stdout
+                                    check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
     rows = json.loads(run("--json"))
     assert {r["name"] for r in rows} == {s.name for s in list_models()}
     assert all(set(r) == {"name", "depth", "params", "macs"} for r in rows)
     by_name = {r["name"]: r for r in rows}
     assert by_name["cifar_resnet1202"]["depth"] == 1202 and by_name["resnet152"]["params"] > 60e6
-    # The table prints the same rows (counted once above: counting every model's mult-adds takes seconds).
-    import pipeline.models.complexity as complexity
-    from pipeline.models.__main__ import main
+    # The table prints the same rows (counted once above: counting every model's mult-adds takes seconds). The
+    # command's own name for model_table is replaced: it imported the function itself.
+    import pipeline.models.__main__ as command
 
-    monkeypatch.setattr(complexity, "model_table", lambda: rows)
-    assert main([]) == 0
+    monkeypatch.setattr(command, "model_table", lambda: rows)
+    assert command.main([]) == 0
     table = capsys.readouterr().out
     assert "resnet152" in table and "60.19M" in table and "mult-adds" in table
