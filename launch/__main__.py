@@ -1,8 +1,7 @@
 """`python -m launch <command> ...`: see `launch.cli`."""
 
-import sys
-
 from launch.cli import main
+from pipeline.dist.exit_codes import exit_process
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

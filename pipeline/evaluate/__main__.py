@@ -23,6 +23,7 @@ from pipeline.checkpoint.store import CheckpointDamaged
 from pipeline.config import ConfigError
 from pipeline.config.schema import PROTOCOLS
 from pipeline.dist import dist_info_from_env
+from pipeline.dist.exit_codes import exit_process
 from pipeline.evaluate.job import evaluate_run
 from pipeline.run.layout import RunDir
 
@@ -59,4 +60,4 @@ def main(argv: list | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -62,4 +62,4 @@ def main(argv: list | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_codes.exit_process(main())
