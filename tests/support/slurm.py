@@ -82,7 +82,7 @@ def wait_finished(run_dirs: Iterable[Path], timeout: float = 600) -> None:
                 subprocess.run(["scontrol", "update", f"jobid={status.job_id}", "starttime=now"], capture_output=True)
         if time.time() > deadline:
             pytest.fail(f"not finished in {timeout}s: {pending}\n" + "".join(job_logs(d) for d in pending))
-        time.sleep(0.25)  # a look costs a few ms (files, one squeue): a finished run is seen at once
+        time.sleep(1)
 
 
 def job_logs(run_dir: Path, tail: int = 2500) -> str:

@@ -63,7 +63,7 @@ def _wait_for_report(runs: Path, stem: str, timeout: float = 1200) -> None:
             training = id_file.read_text().strip()
             if queue_state(training) == "PENDING" and (id_file.parent / "checkpoints").exists():
                 subprocess.run(["scontrol", "update", f"jobid={training}", "starttime=now"], capture_output=True)
-        time.sleep(0.25)
+        time.sleep(1)
 
 
 @pytest.mark.slurm
