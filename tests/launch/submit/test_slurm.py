@@ -73,9 +73,8 @@ def test_sigterm_to_every_process_and_scancel_each_save_and_the_run_resumes(digi
     assert read_kill_wait() == 10  # the minicluster's, what this test is about
     run_dir = tmp_path / "t"
     # A checkpoint at step 11 (then 22, ...): a signal right after it has 9 slow steps to go to step 20, where
-    # checks every 10 steps would come; each start stops (and resumes) at the step its check takes the signal. The
-    # last start, at full speed, trains the rest of the 60 steps.
-    overrides = small_run(digits_dataset, tmp_path, "schedule.total=60", "schedule.milestones=[50]",
+    # checks every 10 steps would come; each start stops (and resumes) at the step its check takes the signal.
+    overrides = small_run(digits_dataset, tmp_path, "schedule.total=160", "schedule.milestones=[150]",
                           "checkpoint.every_steps=11", "logging.wandb_mode=offline")
     slow = {"SLOW_STEP_S": "1.5", "PYTHONPATH": f"{SLOW_STEPS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     stops = lambda: [m for m in read_metrics(run_dir) if m.get("event") == "stopped by SIGTERM"]
@@ -99,18 +98,18 @@ def test_sigterm_to_every_process_and_scancel_each_save_and_the_run_resumes(digi
         assert not (run_dir / "results.json").exists()
         status = launch_here("status", str(run_dir)).stdout
         row = next(line for line in status.splitlines() if line.startswith(str(run_dir)))
-        assert row.split()[1:3] == [said, f"{stop['step']}/60"], status
+        assert row.split()[1:3] == [said, f"{stop['step']}/160"], status
         assert f"it resumes from step {stop['step']} (its last checkpoint)" in status, status
     submit(run_dir, overrides, *CPU_JOB, "--time", "10")
     wait_finished([run_dir])
     logs = job_logs(run_dir, tail=0)
     assert all(f"resuming {run_dir} from step {stop['step']}" in logs for stop in stops()), logs
-    assert "Traceback" not in logs and json.loads((run_dir / "results.json").read_text())["train"]["step"] == 60
+    assert "Traceback" not in logs and json.loads((run_dir / "results.json").read_text())["train"]["step"] == 160
     # One W&B run over the three starts. The signalled starts' W&B services died with them, before writing what they
     # held; the last start sent W&B those records again from metrics.jsonl: every step is there, once, in order.
     runs = offline_runs(run_dir)
     assert len({r.run_id for r in runs if r.run_id}) == 1
-    assert [row["_step"] for row in runs[-1].history if "loss" in row] == list(range(2, 61, 2))
+    assert [row["_step"] for row in runs[-1].history if "loss" in row] == list(range(2, 161, 2))
 
 
 def test_a_job_cancelled_before_it_started_is_cancelled_not_failed(digits_dataset, tmp_path):
