@@ -17,7 +17,6 @@ from typing import Any
 
 from data_prep.__main__ import main
 from pipeline.config import load_config
-from pipeline.dist.exit_codes import freeze_at_exit
 from pipeline.run.layout import RunDir
 from pipeline.run.results import read_results
 from pipeline.train.outcome import Interrupted  # plain data, no torch
@@ -37,7 +36,6 @@ class TrainJob:
         from pipeline.dist import dist_info_from_env  # noqa: PLC0415 - the trainer: only in the job
         from pipeline.train.loop import say_error, train  # noqa: PLC0415 - the trainer: only in the job
 
-        freeze_at_exit()  # the job's objects go with its process (see freeze_at_exit)
         run = RunDir(self.run_dir)
         cfg = load_config(run.config)
         info = dist_info_from_env()
@@ -139,7 +137,6 @@ class EvalJob:
     def __call__(self) -> dict:
         from pipeline.evaluate.job import evaluate_run  # noqa: PLC0415 - loads torch: only in the job
 
-        freeze_at_exit()  # the job's objects go with its process (see freeze_at_exit)
         # (Jobs queued by earlier versions were pickled without `after_training`.)
         if getattr(self, "after_training", False) and "train" not in read_results(Path(self.run_dir)):
             message = (f"{self.run_dir}: its training stopped before finishing (no training result in its "

@@ -1,5 +1,5 @@
 """The exit codes of `pipeline.train` (and of `launch local`, which returns its ranks' code), one per kind of end,
-and how a command's process ends with one (`exit_process`, `freeze_at_exit`).
+and how a command's process ends with one (`exit_process`).
 
 A code other than 0 and 1 comes with one `error:` line on stderr that names the file or directory and what to do;
 every rank exits with the same code, and only the primary rank prints the line. Light on purpose (no torch):
@@ -8,7 +8,6 @@ every rank exits with the same code, and only the primary rank prints the line. 
 
 from __future__ import annotations
 
-import atexit
 import gc
 import sys
 from typing import NoReturn
@@ -65,10 +64,3 @@ def exit_process(code: int) -> NoReturn:
     handlers (W&B's among them) still run; the objects the collections would have freed go with the process."""
     gc.freeze()
     sys.exit(code)
-
-
-def freeze_at_exit() -> None:
-    """What `exit_process` spares, for a process whose end another program calls (submitit runs a SLURM job's
-    callable, then exits): its objects are frozen by an atexit handler, after the handlers registered later (W&B's
-    among them) and before the interpreter's last garbage collections, which then pass over them."""
-    atexit.register(gc.freeze)
