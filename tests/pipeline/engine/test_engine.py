@@ -66,11 +66,27 @@ def test_deepspeed_config_follows_engine_section():
         EngineConfig(reduce_dtype="bf16")
 
 
-# One process, no launcher, one DeepSpeed engine after another: the host syncs of DeepSpeed's bf16 training steps
-# under ZeRO 1 and 2, counted as the evaluation's are; then an engine with engine.compile=true, compiled (torch.compile
-# runs lazily, at the first step, which is not taken here: on CPU that would need a C++ compiler and a minute).
-# One process for the three: each would otherwise pay for its own start (torch, DeepSpeed, a process group).
-_DEEPSPEED_PROBES = """
+# One process, no launcher: a DeepSpeed engine with engine.compile=true is compiled (torch.compile runs lazily,
+# at the first step, which is not taken here: on CPU that would need a C++ compiler and a minute).
+_DEEPSPEED_COMPILE = """
+import torch
+from pipeline import dist
+from pipeline.config import load_config
+from pipeline.dist import dist_info_from_env, with_free_port
+from pipeline.engine import build_engine
+from pipeline.models import build
+info = with_free_port(dist_info_from_env())
+cfg = load_config(None, ["engine.name=deepspeed", "engine.compile=true"])
+dist.init_process_group(info, "cpu", timeout_minutes=5)
+engine = build_engine(cfg.engine, build("cifar_resnet8"), cfg.optim, 0.1, info, torch.device("cpu"), micro_batch=4)
+print("compiled" if engine.engine.is_compiled else "not compiled")
+dist.destroy_process_group()
+"""
+
+
+# One process, no launcher: the host syncs of DeepSpeed's training steps, counted as the evaluation's are.
+_DEEPSPEED_SYNCS = """
+import sys
 import torch
 from pipeline import dist
 from pipeline.config import load_config
@@ -79,40 +95,26 @@ from pipeline.engine import build_engine
 from pipeline.models import build
 from tests.support.host_syncs import HostSyncs
 info = with_free_port(dist_info_from_env())
+cfg = load_config(None, ["engine.name=deepspeed", "engine.zero_stage=" + sys.argv[1], "engine.precision=bf16"])
 dist.init_process_group(info, "cpu", timeout_minutes=5)
-def engine_of(*overrides):
-    cfg = load_config(None, ["engine.name=deepspeed", *overrides])
-    return build_engine(cfg.engine, build("cifar_resnet8"), cfg.optim, 0.1, info, torch.device("cpu"), micro_batch=4)
-for stage in (1, 2):
-    engine = engine_of(f"engine.zero_stage={stage}", "engine.precision=bf16")
-    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    engine.train_step(images, labels)  # the first step builds what later ones reuse
-    with HostSyncs() as syncs:
-        for _ in range(3):
-            engine.train_step(images, labels)
-    print(f"zero{stage} syncs", syncs.total)
-print("compile", "compiled" if engine_of("engine.compile=true").engine.is_compiled else "not compiled")
+engine = build_engine(cfg.engine, build("cifar_resnet8"), cfg.optim, 0.1, info, torch.device("cpu"), micro_batch=4)
+images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+engine.train_step(images, labels)  # the first step builds what later ones reuse
+with HostSyncs() as syncs:
+    for _ in range(3):
+        engine.train_step(images, labels)
+print("syncs", syncs.total)
 dist.destroy_process_group()
 """
 
 
-@pytest.fixture(scope="module")
-def deepspeed_probes() -> tuple[dict[str, str], str]:
-    """What `_DEEPSPEED_PROBES` printed, by probe ("zero1 syncs", "zero2 syncs", "compile"), and its output."""
-    proc = subprocess.run([sys.executable, "-c", _DEEPSPEED_PROBES], capture_output=True, text=True, timeout=300,
-                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
-    output = proc.stdout + proc.stderr[-3000:]
-    assert proc.returncode == 0, output
-    found = dict(line.rsplit(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("zero", "compile ")))
-    return found, output
-
-
 @pytest.mark.parametrize("zero_stage", [1, 2])
-def test_a_deepspeed_zero_step_in_bf16_makes_no_host_sync(deepspeed_probes, zero_stage):
+def test_a_deepspeed_zero_step_in_bf16_makes_no_host_sync(zero_stage):
     """The loop's rule: no host sync per step (a GPU's stream would wait). DeepSpeed's ZeRO 1/2 read the global
     gradient norm every step (1 sync a step, `bool(tensor.any())`) until its computation was turned off."""
-    found, output = deepspeed_probes
-    assert found.get(f"zero{zero_stage} syncs") == "0", output
+    proc = subprocess.run([sys.executable, "-c", _DEEPSPEED_SYNCS, str(zero_stage)], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and proc.stdout.split()[-2:] == ["syncs", "0"], proc.stdout + proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize(("version", "refused"), [("0.16.9", True), ("0.17.1", True), ("0.17.2", False),
@@ -127,9 +129,10 @@ def test_a_deepspeed_without_torch_autocast_is_refused_in_one_line(version, refu
 
 
 @pytest.mark.slow
-def test_deepspeed_honours_engine_compile(deepspeed_probes):
-    found, output = deepspeed_probes
-    assert found.get("compile") == "compiled", output
+def test_deepspeed_honours_engine_compile():
+    proc = subprocess.run([sys.executable, "-c", _DEEPSPEED_COMPILE], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and proc.stdout.split()[-1:] == ["compiled"], proc.stdout + proc.stderr[-3000:]
 
 
 def test_activation_checkpointing_gives_the_same_gradients_and_bn_statistics():
